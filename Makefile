@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` (one search job, embedded) and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint services bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+## run: the digits search job on the embedded default (SQLite + local Ray), then its best trial
+run: $(STAMP)
+	$(BIN)/automl run examples/digits.yaml
+
+## test: lint, types, plane contracts, then the whole suite (real PostgreSQL, Ray, Chromium)
+test: $(STAMP) services lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## services: what the tests talk to: PostgreSQL at 127.0.0.1:5432 and Debian's Chromium
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+clean:
+	rm -rf $(VENV) automl-data .pytest_cache .mypy_cache .ruff_cache

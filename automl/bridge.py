@@ -1,0 +1,290 @@
+"""The bridge: a Ray Tune Searcher + TrialScheduler pair over one Optuna study.
+
+    Searcher.suggest          = study.ask() + the define-by-run space
+    Scheduler.on_trial_result = report(value, epoch), then should_prune() -> STOP (told PRUNED)
+    Searcher.on_trial_complete = tell COMPLETE (best value over its epochs) or FAIL
+
+Ray's own OptunaSearch cannot do this: it hard-codes NopPruner and tells stopped trials as
+complete. Here a pruned trial is told PRUNED at the moment it is pruned and never told again.
+
+All state lives in the study (each Optuna trial carries its Ray trial id), so both halves survive
+being pickled into Ray's experiment state and a driver restart: after `Tuner.restore` they
+reconnect to the database and find their trials again. Database calls are retried while the
+database restarts, and a re-reported epoch (a retried trial redoing an epoch) overwrites the same
+step, so nothing is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.experiment import Trial as RayTrial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.stopper import Stopper
+
+from automl.strategy import Strategy
+from storage.optuna_storage import optuna_storage, retry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RAY_TRIAL_ID = "ray_trial_id"
+CONFIG_ATTR = "config"
+
+
+class Events(Protocol):
+    """What a live view hears: start, report, pruned, complete, fail (with the trial number)."""
+
+    def on_event(self, kind: str, number: int, value: float | None = None) -> None: ...
+
+
+# Per-process listeners by study name: never pickled with the bridge, so a restored bridge
+# (unpickled by Tuner.restore) finds the listener of the process that restored it.
+LISTENERS: dict[str, Events] = {}
+
+
+@dataclass
+class _Known:
+    trial_id: int  # Optuna's storage id
+    number: int
+    finished: bool = False
+    trial: optuna.Trial | None = None  # the handle from ask(); rebuilt after a restart
+
+
+class StudyLink:
+    """The job's study, reconnected lazily; what the searcher and scheduler share.
+
+    Pickling (Ray saves both halves in its experiment state) keeps only the URL, the study name
+    and the strategy; the connection and the trial map are rebuilt from the database.
+    """
+
+    def __init__(self, storage_url: str, study_name: str, strategy: Strategy) -> None:
+        self.storage_url, self.study_name, self.strategy = storage_url, study_name, strategy
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._study: optuna.Study | None = None
+        self._known: dict[str, _Known] = {}
+        self.db_seconds = 0.0  # time spent in database calls, for the overhead report
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "storage_url": self.storage_url,
+            "study_name": self.study_name,
+            "strategy": self.strategy,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["storage_url"], state["study_name"], state["strategy"])  # type: ignore[misc]
+
+    @property
+    def storage(self) -> optuna.storages.BaseStorage:
+        if self._storage is None:
+            self._storage = optuna_storage(self.storage_url)
+        return self._storage
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = self.call(
+                lambda: self.strategy.load_study(self.storage, self.study_name, reseed=1),
+                f"load study {self.study_name}",
+            )
+        return self._study
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """A database call: retried while the database is away, and timed."""
+        started = time.perf_counter()
+        try:
+            return retry(fn, what=what)
+        finally:
+            self.db_seconds += time.perf_counter() - started
+
+    def attach(self, storage: optuna.storages.BaseStorage, study: optuna.Study) -> None:
+        """Use the runner's open study instead of opening another connection."""
+        self._storage, self._study = storage, study
+
+    def emit(self, kind: str, number: int, value: float | None = None) -> None:
+        listener = LISTENERS.get(self.study_name)
+        if listener is not None:
+            listener.on_event(kind, number, value)
+
+    def remember(self, ray_id: str, trial: optuna.Trial) -> None:
+        self._known[ray_id] = _Known(trial._trial_id, trial.number, trial=trial)
+
+    def trial(self, known: _Known) -> optuna.Trial:
+        if known.trial is None:
+            known.trial = self.call(lambda: optuna.Trial(self.study, known.trial_id), "reopen a trial")
+        return known.trial
+
+    def lookup(self, ray_id: str) -> _Known | None:
+        """Find the Optuna trial of a Ray trial; after a restart, from the study's user attrs."""
+        known = self._known.get(ray_id)
+        if known is not None:
+            return known
+        for frozen in self._all_trials():
+            if frozen.user_attrs.get(RAY_TRIAL_ID) == ray_id:
+                known = _Known(frozen._trial_id, frozen.number, frozen.state.is_finished())
+                self._known[ray_id] = known
+                return known
+        return None
+
+    def frozen(self, known: _Known) -> optuna.trial.FrozenTrial:
+        return self.call(lambda: self.storage.get_trial(known.trial_id), "read a trial")
+
+    def tell(self, known: _Known, state: TrialState, value: float | None = None) -> None:
+        """Finish a trial once; a retry after the database came back finds it already told."""
+        if known.finished:
+            return
+
+        def once() -> None:
+            if self.frozen(known).state.is_finished():
+                return
+            self.study.tell(known.number, value, state=state, skip_if_finished=True)
+
+        self.call(once, f"tell trial {known.number}")
+        known.finished = True
+        self.emit(state.name.lower(), known.number, value)
+
+    def _all_trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.call(lambda: self.study.get_trials(deepcopy=False), "list trials")
+
+
+def best_of(values: dict[int, float], maximize: bool) -> float | None:
+    finite = [v for v in values.values() if not math.isnan(v)]
+    if not finite:
+        return None
+    return max(finite) if maximize else min(finite)
+
+
+class OptunaSearcher(Searcher):
+    """Ray Tune asks it for configs; it asks the study."""
+
+    def __init__(self, link: StudyLink, metric: str, mode: str, fixed: dict[str, Any]) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.link, self.fixed = link, dict(fixed)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        study = self.link.study
+        trial = self.link.call(study.ask, "ask the study for a trial")
+        config = {**self.link.call(lambda: self.link.strategy.suggest(trial), "sample a trial"),
+                  **self.fixed}
+        self.link.call(lambda: trial.set_user_attr(RAY_TRIAL_ID, trial_id), "tag a trial")
+        self.link.call(lambda: trial.set_user_attr(CONFIG_ATTR, config), "record a trial config")
+        self.link.remember(trial_id, trial)
+        self.link.emit("start", trial.number)
+        return config
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        known = self.link.lookup(trial_id)
+        if known is None or known.finished:
+            return  # pruned already (told by the scheduler), or not ours
+        frozen = self.link.frozen(known)
+        if frozen.state.is_finished():
+            known.finished = True
+            return
+        value = best_of(frozen.intermediate_values, self.mode == "max")
+        if error or value is None:
+            self.link.tell(known, TrialState.FAIL)
+        else:
+            self.link.tell(known, TrialState.COMPLETE, value)
+
+    # Ray checkpoints searchers; ours keeps its state in the study, so there is nothing to save.
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as handle:
+            handle.write(self.link.study_name)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.link._known.clear()
+
+
+class OptunaPruningScheduler(FIFOScheduler):
+    """Reports each epoch to the study and stops the trials its pruner prunes."""
+
+    def __init__(self, link: StudyLink, metric: str, mode: str) -> None:
+        super().__init__()
+        self.link, self.objective = link, metric
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # fixed at construction
+
+    def on_trial_result(self, tune_controller: Any, trial: RayTrial, result: dict[str, Any]) -> str:
+        known = self.link.lookup(trial.trial_id)
+        if known is None:
+            return TrialScheduler.CONTINUE
+        if known.finished:
+            return TrialScheduler.STOP  # pruned before a driver restart: stays stopped
+        value, epoch = result.get(self.objective), result.get("epoch")
+        if value is None or epoch is None:
+            return TrialScheduler.CONTINUE
+        handle = self.link.trial(known)
+        # an epoch redone by a retried trial is already reported: Optuna keeps the first value
+        self.link.call(lambda: handle.report(float(value), int(epoch)), "report an epoch")
+        self.link.emit("report", known.number, float(value))
+        if int(epoch) >= self.link.strategy.max_epochs:
+            return TrialScheduler.CONTINUE  # its last epoch: nothing left to save by pruning
+        if self.link.call(handle.should_prune, "ask the pruner"):
+            self.link.tell(known, TrialState.PRUNED)
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+
+class JobStopper(Stopper):
+    """Ends the whole experiment on the target value, the job's time limit, or a cancel.
+
+    The time limit is a wall-clock deadline fixed when the job first started, so a resumed job
+    does not get its budget back. Cancel checks (a database read for service jobs) are
+    registered per process, like listeners, and polled at most once a second.
+    """
+
+    _cancel_checks: dict[str, Callable[[], bool]] = {}
+
+    def __init__(
+        self, job_id: str, metric: str, target: float | None, maximize: bool,
+        deadline: float | None,
+    ) -> None:
+        self.job_id, self.metric, self.target, self.maximize = job_id, metric, target, maximize
+        self.deadline = deadline
+        self.reason: str | None = None
+        self._next_cancel_check = 0.0
+
+    @classmethod
+    def register(cls, job_id: str, cancelled: Callable[[], bool] | None) -> None:
+        if cancelled is None:
+            cls._cancel_checks.pop(job_id, None)
+        else:
+            cls._cancel_checks[job_id] = cancelled
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        value = result.get(self.metric)
+        if self.target is not None and value is not None and self._reaches(float(value)):
+            self.reason = self.reason or "target"
+        return False
+
+    def _reaches(self, value: float) -> bool:
+        assert self.target is not None
+        return value >= self.target if self.maximize else value <= self.target
+
+    def stop_all(self) -> bool:
+        if self.reason is None and self.deadline is not None and time.time() >= self.deadline:
+            self.reason = "time_limit"
+        check = self._cancel_checks.get(self.job_id)
+        if self.reason is None and check is not None and time.monotonic() >= self._next_cancel_check:
+            self._next_cancel_check = time.monotonic() + 1.0
+            if check():
+                self.reason = "cancelled"
+        return self.reason is not None
+
+
+def bridge(
+    link: StudyLink, metric: str, mode: str, fixed: dict[str, Any]
+) -> tuple[OptunaSearcher, OptunaPruningScheduler]:
+    return OptunaSearcher(link, metric, mode, fixed), OptunaPruningScheduler(link, metric, mode)
+

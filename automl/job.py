@@ -1,0 +1,289 @@
+"""Running one search job: a Ray Tune experiment coordinated by the job's Optuna study.
+
+The study is named after the job id, so `optuna-dashboard <storage URL>` and the `optuna` CLI see
+it while it runs. When the budget is spent the best trial (by validation) is scored once on the
+test split, where the trials ran, and its checkpoint and reports are published as Optuna
+artifacts of that trial. Running a job whose Ray experiment already exists resumes it
+(`Tuner.restore` + the study in the database): a driver restart loses no trial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import TrialState
+from optuna_dashboard import save_note
+from ray import tune
+
+from automl.bridge import LISTENERS, RAY_TRIAL_ID, Events, JobStopper, StudyLink, best_of, bridge
+from automl.publish import BEST_TRIAL_ATTR, publish
+from automl.report import write_confusion_png, write_model_card
+from automl.settings import Settings
+from automl.spec import JobSpec
+from automl.strategy import Strategy
+from storage.artifacts import artifact_store
+from storage.optuna_storage import optuna_storage, retry
+from workers.config import DataConfig
+from workers.datasets import DatasetError, load_index, verify_images
+from workers.tune_adapter import copy_checkpoint, evaluate_on_split, run_tune_trial
+
+log = logging.getLogger(__name__)
+SPEC_ATTR = "spec"
+STARTED_ATTR = "started_at"
+TEST_METRICS_ATTR = "test_metrics"
+
+
+class JobError(RuntimeError):
+    """The job cannot run as asked (e.g. more GPUs per trial than the cluster has)."""
+
+
+@dataclass
+class JobOutcome:
+    job_id: str
+    state: str  # succeeded, failed, cancelled
+    counts: dict[str, int]
+    best_trial: int | None = None
+    best_value: float | None = None
+    test_metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    elapsed: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, database, ...
+
+
+def strategy_for(spec: JobSpec) -> Strategy:
+    s = spec.strategy
+    return Strategy(
+        space=spec.search_space(),
+        direction="maximize" if spec.objective.maximize else "minimize",
+        sampler=s.sampler,
+        pruner=s.pruner,
+        seed=s.seed,
+        warm_start=s.warm_start,
+        sampler_options=dict(s.sampler_options),
+        pruner_options=dict(s.pruner_options),
+    )
+
+
+def ensure_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        configure_logging=True,
+    )
+
+
+def check_dataset(spec: JobSpec) -> None:
+    """Index and verify the dataset once, on the driver, before anything is stored or started."""
+    try:
+        index = load_index(DataConfig(
+            source=spec.dataset.source,
+            val_fraction=spec.dataset.val_fraction,
+            test_fraction=spec.dataset.test_fraction,
+            split_seed=spec.dataset.split_seed,
+        ))
+        verify_images(index.paths)
+    except DatasetError as error:
+        raise JobError(f"dataset: {error}") from error
+
+
+def check_resources(spec: JobSpec) -> None:
+    """Refuse a trial size no node can ever host, instead of waiting forever for it."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    need = spec.resources
+    if not any(n.get("CPU", 0) >= need.cpu and n.get("GPU", 0) >= need.gpu for n in nodes):
+        biggest_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+        biggest_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+        raise JobError(
+            f"each trial asks for {need.cpu:g} CPU and {need.gpu:g} GPU, but the largest Ray node "
+            f"has {biggest_cpu:g} CPU and {biggest_gpu:g} GPU; lower `resources` in the job spec "
+            "or point --ray-address at a cluster that has them"
+        )
+
+
+def run_job(
+    spec: JobSpec,
+    job_id: str,
+    settings: Settings,
+    *,
+    events: Events | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    connect_seconds: float = 60.0,
+) -> JobOutcome:
+    started = time.monotonic()
+    ensure_ray(settings.ray_address)
+    timings = {"ray_start": time.monotonic() - started}
+    check_resources(spec)
+    check_dataset(spec)  # before anything is stored: an impossible job leaves no trace
+    storage = optuna_storage(settings.storage_url, retry_seconds=connect_seconds)
+    strategy = strategy_for(spec)
+    study = retry(
+        lambda: strategy.create_study(
+            storage,
+            job_id,
+            {SPEC_ATTR: spec.model_dump(mode="json"), STARTED_ATTR: time.time()},
+        ),
+        what=f"create study {job_id}",
+        seconds=connect_seconds,
+    )
+    if events is not None:
+        LISTENERS[job_id] = events
+    link = StudyLink(settings.storage_url, job_id, strategy)
+    link.attach(storage, study)
+    try:
+        grid = _tune(spec, job_id, settings, link, cancelled)
+        timings["database"] = link.db_seconds
+        counts = finish_leftovers(study, spec.objective.maximize)
+        if cancelled is not None and cancelled():
+            return JobOutcome(job_id, "cancelled", counts, elapsed=time.monotonic() - started,
+                              timings=timings)
+        publishing = time.monotonic()
+        outcome = _publish_best(spec, job_id, settings, storage, study, grid, counts)
+        timings["publish"] = time.monotonic() - publishing
+    finally:
+        LISTENERS.pop(job_id, None)
+    outcome.elapsed = time.monotonic() - started
+    outcome.timings = timings
+    return outcome
+
+
+def _tune(
+    spec: JobSpec,
+    job_id: str,
+    settings: Settings,
+    link: StudyLink,
+    cancelled: Callable[[], bool] | None,
+) -> tune.ResultGrid:
+    # Tune launches one pending trial at a time for non-random searchers unless told otherwise.
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(spec.max_concurrent_trials)
+    # Keeping only the best checkpoint makes Tune snapshot its state after every epoch's
+    # checkpoint (so a restore never points at a deleted one); that is wanted, not a warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the live view is ours; verbose=0 is quiet
+    trainable = tune.with_resources(
+        run_tune_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    )
+    path = settings.runs_path / job_id
+    JobStopper.register(job_id, cancelled)
+    if tune.Tuner.can_restore(str(path)):
+        log.warning("resuming job %s from %s", job_id, path)
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True)
+        return tuner.fit()
+    metric, mode = spec.objective.metric, spec.objective.mode
+    searcher, scheduler = bridge(link, metric, mode, spec.trial_settings())
+    started_at = float(link.study.user_attrs.get(STARTED_ATTR, time.time()))
+    deadline = None if spec.budget.time_limit is None else started_at + spec.budget.time_limit
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.budget.n_trials,
+            max_concurrent_trials=spec.max_concurrent_trials,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=job_id,
+            storage_path=str(settings.runs_path),
+            verbose=0,
+            stop=JobStopper(job_id, metric, spec.budget.target, spec.objective.maximize, deadline),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+            ),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        ),
+    )
+    return tuner.fit()
+
+
+def finish_leftovers(study: optuna.Study, maximize: bool) -> dict[str, int]:
+    """Trials still RUNNING after Tune returned were stopped by the budget, the target or a cancel
+    (or were asked just before a driver crash and never started): those with results are told
+    COMPLETE with their best epoch, the others FAIL. Returns the final counts by state."""
+    running = retry(
+        lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="list trials"
+    )
+    for frozen in running:
+        value = best_of(frozen.intermediate_values, maximize)
+        state = TrialState.FAIL if value is None else TrialState.COMPLETE
+
+        def tell(number: int = frozen.number, state: TrialState = state,
+                 value: float | None = value) -> None:
+            study.tell(number, value, state=state, skip_if_finished=True)
+
+        retry(tell, what="finish a trial")
+    return trial_counts(study)
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    counts = {"running": 0, "complete": 0, "pruned": 0, "fail": 0, "waiting": 0}
+    for frozen in study.get_trials(deepcopy=False):
+        counts[frozen.state.name.lower()] = counts.get(frozen.state.name.lower(), 0) + 1
+    return counts
+
+
+def _publish_best(
+    spec: JobSpec,
+    job_id: str,
+    settings: Settings,
+    storage: optuna.storages.BaseStorage,
+    study: optuna.Study,
+    grid: tune.ResultGrid,
+    counts: dict[str, int],
+) -> JobOutcome:
+    results = [grid[i] for i in range(len(grid))]
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        errors = [str(r.error).strip().splitlines()[-1] for r in results if r.error][:3]
+        detail = f"; first errors: {' | '.join(errors)}" if errors else ""
+        return JobOutcome(job_id, "failed", counts, error=f"no trial completed{detail}")
+    best = study.best_trial
+    result = next(
+        (r for r in results if (r.metrics or {}).get("trial_id") == best.user_attrs.get(RAY_TRIAL_ID)),
+        None,
+    )
+    if result is None or not result.best_checkpoints:
+        return JobOutcome(job_id, "failed", counts, error=f"trial {best.number} left no checkpoint")
+    checkpoint = result.get_best_checkpoint(spec.objective.metric, spec.objective.mode)
+    assert checkpoint is not None
+    evaluate = ray.remote(evaluate_on_split).options(
+        num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu
+    )
+    test = ray.get(evaluate.remote(checkpoint, "test"))
+    classes = test.pop("classes")
+    with tempfile.TemporaryDirectory(prefix="automl-publish-") as tmp:
+        folder = copy_checkpoint(checkpoint, Path(tmp))
+        (folder / "test_metrics.json").write_text(json.dumps(test, indent=2, sort_keys=True))
+        if "test_confusion_matrix" in test:
+            write_confusion_png(test["test_confusion_matrix"], classes, folder / "confusion_matrix.png")
+        write_model_card(
+            folder / "model_card.md",
+            job_id=job_id,
+            trial_number=best.number,
+            config=best.user_attrs.get("config", {}),
+            classes=classes,
+            val_value=float(best.value or 0.0),
+            objective=spec.objective.metric,
+            test_metrics=test,
+            counts=counts,
+        )
+        store = artifact_store(settings.artifacts_path)
+        retry(lambda: publish(study, store, folder), what="publish the best checkpoint")
+        card = (folder / "model_card.md").read_text()
+        retry(lambda: save_note(study, card), what="write the model card note")
+    scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
+    retry(lambda: study.set_user_attr(TEST_METRICS_ATTR, scalars), what="record test metrics")
+    retry(lambda: study.set_user_attr(BEST_TRIAL_ATTR, best.number), what="record the best trial")
+    return JobOutcome(job_id, "succeeded", counts, best.number, best.value, scalars)

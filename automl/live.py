@@ -1,0 +1,113 @@
+"""The terminal view of a running job (rich), fed by the bridge's events."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+STYLES = {"running": "cyan", "complete": "green", "pruned": "yellow", "fail": "red"}
+
+
+@dataclass
+class _Row:
+    state: str = "running"
+    epochs: int = 0
+    last: float | None = None
+    best: float | None = None
+
+
+@dataclass
+class LiveView:
+    """Counts by state, the best trial so far, the budget, and the latest trials."""
+
+    job_id: str
+    n_trials: int
+    maximize: bool
+    metric: str
+    time_limit: float | None = None
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    rows: dict[int, _Row] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    _live: Live | None = None
+
+    def on_event(self, kind: str, number: int, value: float | None = None) -> None:
+        row = self.rows.setdefault(number, _Row())
+        if kind == "report" and value is not None:
+            row.epochs += 1
+            row.last = value
+            if row.best is None or (value > row.best if self.maximize else value < row.best):
+                row.best = value
+        elif kind in STYLES:
+            row.state = kind
+        if self._live is not None:
+            self._live.update(self.render())
+
+    def best(self) -> tuple[int, float] | None:
+        scored = [(n, r.best) for n, r in self.rows.items() if r.best is not None]
+        if not scored:
+            return None
+        pick = max if self.maximize else min
+        number, value = pick(scored, key=lambda item: item[1])
+        return number, float(value)
+
+    def render(self) -> RenderableType:
+        elapsed = time.monotonic() - self.started
+        counts = {state: sum(r.state == state for r in self.rows.values()) for state in STYLES}
+        header = Text.assemble(
+            (f"job {self.job_id}", "bold"),
+            f"   trials {len(self.rows)}/{self.n_trials}   elapsed {_clock(elapsed)}",
+            f" of {_clock(self.time_limit)}" if self.time_limit else "",
+        )
+        tally = Text("   ").join(
+            Text(f"{state} {counts[state]}", style=style) for state, style in STYLES.items()
+        )
+        best = self.best()
+        best_line = Text(
+            f"best so far: trial {best[0]}, {self.metric} {best[1]:.4f}" if best else "best so far: -"
+        )
+        table = Table(box=None, pad_edge=False, header_style="dim")
+        for column in ("trial", "state", "epochs", "last", "best"):
+            table.add_column(column, justify="right" if column != "state" else "left")
+        for number in sorted(self.rows)[-8:]:
+            row = self.rows[number]
+            table.add_row(
+                str(number),
+                Text(row.state, style=STYLES.get(row.state, "")),
+                str(row.epochs),
+                _fmt(row.last),
+                _fmt(row.best),
+            )
+        return Group(header, tally, best_line, table)
+
+    def __enter__(self) -> LiveView:
+        self._live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False)
+        self._live.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._live is not None:
+            self._live.update(self.render())
+            self._live.__exit__(exc_type, exc, tb)
+            self._live = None
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

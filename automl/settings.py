@@ -1,0 +1,41 @@
+"""Service configuration from the environment (pydantic-settings), one place for every default.
+
+The embedded default keeps everything under `./automl-data/`: the SQLite database that holds the
+jobs and the Optuna studies, the Optuna artifact store, and Ray Tune's run directories.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUTOML_", extra="ignore")
+
+    home: Path = Field(default=Path("automl-data"), description="root of the embedded default")
+    database_url: str | None = Field(default=None, description="jobs + Optuna studies")
+    artifacts: str | None = Field(default=None, description="Optuna artifact store path")
+    runs: Path | None = Field(default=None, description="Ray Tune storage path (checkpoints)")
+    ray_address: str | None = Field(default=None, description="Ray cluster; None = local Ray")
+    api_token: str | None = Field(default=None, description="bearer token the API requires")
+    api_url: str | None = Field(default=None, description="where the CLI finds the API")
+    dashboard_url: str = Field(
+        default="http://127.0.0.1:8080", description="where users reach optuna-dashboard"
+    )
+
+    @property
+    def storage_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'automl.db').resolve()}"
+
+    @property
+    def artifacts_path(self) -> str:
+        return self.artifacts or str((self.home / "artifacts").resolve())
+
+    @property
+    def runs_path(self) -> Path:
+        return (self.runs or self.home / "runs").resolve()

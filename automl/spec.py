@@ -1,0 +1,196 @@
+"""The job spec: a YAML file validated by pydantic before anything is stored or started.
+
+Errors name the field (`budget.n_trials`, `space.lr`) and what is allowed; nothing half-valid
+gets through, so a job either starts with a spec the engine can run or is refused whole.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from automl.space import SearchSpace, SpaceError
+from workers.config import OBJECTIVES
+
+Duration = float | str
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class SpecError(ValueError):
+    """An invalid job spec; the message lists every problem, each with its field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Strict):
+    source: str = Field(description="ImageFolder directory, CSV manifest, or builtin:digits")
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> DatasetSpec:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave training images (sum < 1)")
+        return self
+
+
+class ObjectiveSpec(_Strict):
+    metric: Literal[OBJECTIVES] = "val_accuracy"  # type: ignore[valid-type]
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @model_validator(mode="after")
+    def _direction_matches(self) -> ObjectiveSpec:
+        natural = "minimize" if self.metric == "val_loss" else "maximize"
+        if self.direction is not None and self.direction != natural:
+            raise ValueError(f"{self.metric} can only be {natural}d; drop `direction` or fix it")
+        return self
+
+    @property
+    def maximize(self) -> bool:
+        return self.metric != "val_loss"
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        return "max" if self.maximize else "min"
+
+
+class BudgetSpec(_Strict):
+    n_trials: int = Field(20, ge=1, le=100_000)
+    max_epochs: int = Field(10, ge=1, le=1000)
+    time_limit: float | None = Field(None, description="seconds, or '30m', '2h'")
+    target: float | None = Field(None, description="stop the job once a trial reaches this value")
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _seconds(cls, value: Duration | None) -> float | None:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("time_limit")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("time_limit must be positive (seconds, or like '30m', '2h')")
+        return value
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions share a GPU")
+
+
+class StrategySpec(_Strict):
+    sampler: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
+    pruner: Literal["hyperband", "sha", "median", "none"] = "hyperband"
+    seed: int | None = None
+    warm_start: bool = Field(True, description="try the strategy's portfolio of strong configs first")
+    sampler_options: dict[str, Any] = Field(default_factory=dict)
+    pruner_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", description="lowercase, digits, dashes")
+    dataset: DatasetSpec
+    objective: ObjectiveSpec = ObjectiveSpec()
+    budget: BudgetSpec = BudgetSpec()
+    max_concurrent_trials: int = Field(1, ge=1, le=1024)
+    resources: ResourcesSpec = ResourcesSpec()
+    max_failures: int = Field(2, ge=0, description="retries of a trial whose worker died")
+    strategy: StrategySpec = StrategySpec()
+    space: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _space_is_runnable(self) -> JobSpec:
+        try:
+            self.search_space()
+        except SpaceError as error:
+            raise ValueError(str(error)) from error
+        target = self.budget.target
+        if target is not None and self.objective.maximize and not 0 < target <= 1:
+            raise ValueError(f"budget.target={target}: {self.objective.metric} lies in (0, 1]")
+        return self
+
+    def search_space(self) -> SearchSpace:
+        return SearchSpace.from_spec(self.space, self.budget.max_epochs)
+
+    def trial_settings(self) -> dict[str, Any]:
+        """What every trial of this job shares, beside what the space samples."""
+        return {
+            "source": self.dataset.source,
+            "val_fraction": self.dataset.val_fraction,
+            "test_fraction": self.dataset.test_fraction,
+            "split_seed": self.dataset.split_seed,
+            "objective": self.objective.metric,
+            "epochs": self.budget.max_epochs,
+        }
+
+
+def new_job_id(name: str) -> str:
+    """`name-xxxxxx`: readable in the dashboard, unique enough to never collide in practice."""
+    return f"{name}-{secrets.token_hex(3)}"
+
+
+def parse_duration(value: Duration) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration: use seconds or '90s', '30m', '2h', '1d'")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def parse_spec(payload: Any, source: str = "job spec") -> JobSpec:
+    if not isinstance(payload, dict):
+        raise SpecError(f"{source}: expected a mapping of fields (name, dataset, budget, ...)")
+    try:
+        return JobSpec.model_validate(payload)
+    except ValidationError as error:
+        raise SpecError(f"{source} is invalid:\n" + format_errors(error)) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` as a string (it wants `1.0e-4`); users mean a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
+def load_spec(path: Path) -> JobSpec:
+    if not path.is_file():
+        raise SpecError(f"job file {path} does not exist")
+    try:
+        payload = load_yaml(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+    return parse_spec(payload, str(path))
+
+
+def format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; check the spelling (see examples/ for every field)"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)

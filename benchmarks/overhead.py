@@ -1,0 +1,118 @@
+"""Orchestration overhead: the same trials through `automl run` vs the engine in a plain loop.
+
+Both arms train the identical configuration (every parameter fixed, one trial at a time, all
+CPUs/GPU to that trial) N times and score the best on the test split once. The ratio of wall
+times is what the service costs; the breakdown says where it goes: starting Ray, starting trials
+(actors, imports, model and data set-up), per-epoch checkpoint persistence and reporting,
+database calls of the bridge, the final test evaluation and publishing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from automl.job import ensure_ray, run_job
+from automl.settings import Settings
+from automl.spec import parse_spec
+from workers.config import TrialConfig
+from workers.engine import train
+from workers.predict import evaluate_checkpoint, load_checkpoint
+
+
+@dataclass(frozen=True)
+class Overhead:
+    trials: int
+    plain_wall: float
+    plain_steps: float  # sum of epoch_seconds (train + eval steps) in the plain loop
+    automl_wall: float
+    automl_steps: float
+    breakdown: dict[str, float]
+
+    @property
+    def ratio(self) -> float:
+        return self.automl_wall / self.plain_wall
+
+    @property
+    def extra(self) -> float:
+        """Share of automl's wall time not spent in train/eval steps, minus the plain loop's."""
+        return (self.automl_wall - self.automl_steps) / self.automl_wall
+
+
+def fixed_space(backbone: str, img_size: int) -> dict[str, Any]:
+    return {
+        "backbone": backbone, "pretrained": False, "img_size": img_size, "freeze_stages": 0,
+        "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.01, "schedule": "cosine",
+        "warmup_epochs": 0, "augment": "basic", "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+        "label_smoothing": 0.0, "drop_path_rate": 0.0, "batch_size": 64, "seed": 0,
+    }
+
+
+def run(
+    trials: int = 4, epochs: int = 5, img_size: int = 64, backbone: str = "test_resnet.r160_in1k"
+) -> Overhead:
+    space = fixed_space(backbone, img_size)
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        plain_wall, plain_steps = _plain(space, trials, epochs, Path(tmp) / "plain")
+        automl_wall, automl_steps, breakdown = _automl(space, trials, epochs, Path(tmp) / "automl")
+    return Overhead(trials, plain_wall, plain_steps, automl_wall, automl_steps, breakdown)
+
+
+def _plain(space: dict[str, Any], trials: int, epochs: int, root: Path) -> tuple[float, float]:
+    config = TrialConfig.from_dict({**space, "epochs": epochs, "source": "builtin:digits"})
+    started = time.perf_counter()
+    steps, best = 0.0, None
+    for trial in range(trials):
+        summary = train(config, root / str(trial))
+        steps += sum(h["epoch_seconds"] for h in summary.history)
+        if best is None or summary.best_value > best[0]:
+            best = (summary.best_value, summary.best_checkpoint)
+    assert best is not None and best[1] is not None
+    evaluate_checkpoint(load_checkpoint(best[1]), "test")
+    return time.perf_counter() - started, steps
+
+
+def _automl(
+    space: dict[str, Any], trials: int, epochs: int, root: Path
+) -> tuple[float, float, dict[str, float]]:
+    from ray.tune import ExperimentAnalysis
+
+    spec = parse_spec({
+        "name": "overhead",
+        "dataset": {"source": "builtin:digits"},
+        "budget": {"n_trials": trials, "max_epochs": epochs},
+        "max_concurrent_trials": 1,
+        "resources": {"cpu": os.cpu_count() or 1},
+        "strategy": {"seed": 0, "pruner": "none", "warm_start": False},
+        "space": space,
+    })
+    settings = Settings(home=root)
+    started = time.perf_counter()
+    ensure_ray(None)
+    ray_start = time.perf_counter() - started
+    outcome = run_job(spec, "overhead", settings)
+    wall = time.perf_counter() - started
+    assert outcome.state == "succeeded", outcome.error
+    frames = ExperimentAnalysis(str(settings.runs_path / "overhead")).trial_dataframes.values()
+    steps = setup = per_epoch = 0.0
+    for frame in frames:
+        steps += float(frame["epoch_seconds"].sum())
+        first = frame.iloc[0]
+        setup += float(first["time_this_iter_s"] - first["epoch_seconds"])
+        per_epoch += float((frame["time_this_iter_s"] - frame["epoch_seconds"]).iloc[1:].sum())
+    timings = outcome.timings
+    breakdown = {
+        "ray start": ray_start,
+        "trial set-up (model, data, first report)": setup,
+        "per-epoch checkpoint + report": per_epoch,
+        "database (bridge)": timings.get("database", 0.0),
+        "test evaluation + publish": timings.get("publish", 0.0),
+    }
+    breakdown["Tune scheduling, actor start, other"] = (
+        wall - steps - sum(breakdown.values())
+    )
+    return wall, steps, breakdown

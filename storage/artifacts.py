@@ -1,0 +1,23 @@
+"""The artifact store: where a finished job's best checkpoint and reports live (Optuna artifacts).
+
+A local path (the embedded default, or a volume shared by the deployment) or `s3://bucket/prefix`
+(needs boto3). optuna-dashboard reads the same store, so it shows what `automl pull` downloads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+from optuna.artifacts._protocol import ArtifactStore
+
+
+def artifact_store(location: str) -> ArtifactStore:
+    if location.startswith("s3://"):
+        bucket, _, prefix = location.removeprefix("s3://").partition("/")
+        if prefix:
+            raise ValueError(f"artifact store {location}: give a bucket only (s3://bucket)")
+        return Boto3ArtifactStore(bucket)
+    path = Path(location).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))

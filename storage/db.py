@@ -1,0 +1,60 @@
+"""Engine, sessions and schema migrations for the jobs database.
+
+One URL configures everything: PostgreSQL when deployed, a SQLite file when embedded. Migrations
+(alembic) are applied on start by whichever process starts first; on PostgreSQL an advisory lock
+keeps two processes starting together from racing.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.optuna_storage import engine_kwargs, ensure_sqlite_parent, redact, retry
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "automl_alembic_version"
+_LOCK_KEY = 0x6175746F6D6C  # "automl"
+
+
+@functools.cache
+def engine_for(url: str) -> Engine:
+    ensure_sqlite_parent(url)
+    engine = create_engine(url, **engine_kwargs(url))
+    if make_url(url).get_backend_name() == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection, _record):  # type: ignore[no-untyped-def]
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+            cursor.close()
+
+    return engine
+
+
+def sessions(url: str) -> sessionmaker[Session]:
+    return sessionmaker(engine_for(url), expire_on_commit=False)
+
+
+def migrate(url: str, retry_seconds: float = 30.0) -> None:
+    """Bring the jobs schema to the latest revision (idempotent)."""
+    engine = engine_for(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("version_table", VERSION_TABLE)
+
+    def upgrade() -> None:
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    retry(upgrade, what=f"migrate the jobs schema in {redact(url)}", seconds=retry_seconds)

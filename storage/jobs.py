@@ -1,0 +1,173 @@
+"""The job queue and job records: submit, claim, progress, finish, cancel.
+
+Claiming is `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL, so runners never wait on each
+other, plus a conditional UPDATE on the row's claim count whose row count decides any race: that
+also makes SQLite, which ignores FOR UPDATE, hand each job to exactly one runner. A running job
+whose runner stopped heartbeating is claimed again and resumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.db import migrate, sessions
+from storage.models import FINISHED_STATES, JOB_STATES, Job, JobEvent, utcnow
+
+
+class UnknownJob(LookupError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"unknown job id {job_id!r}; list jobs with `automl list`")
+        self.job_id = job_id
+
+
+class JobConflict(RuntimeError):
+    """The job is not in a state that allows the request (e.g. cancelling a finished job)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    n_running: int
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    best_trial: int | None
+    best_value: float | None
+
+
+class JobStore:
+    def __init__(self, url: str, *, connect_seconds: float = 30.0) -> None:
+        migrate(url, retry_seconds=connect_seconds)
+        self._sessions: sessionmaker[Session] = sessions(url)
+
+    def submit(self, job_id: str, name: str, spec: dict[str, Any], state: str = "queued") -> Job:
+        with self._sessions.begin() as session:
+            job = Job(
+                id=job_id, name=name, spec=spec, state=state, attempts=0,
+                cancel_requested=False, n_running=0, n_complete=0, n_pruned=0, n_failed=0,
+            )
+            if state == "running":
+                job.started_at = job.heartbeat_at = utcnow()
+            session.add(job)
+            session.add(JobEvent(job_id=job_id, kind="submitted", message=state))
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise UnknownJob(job_id)
+            return job
+
+    def list_jobs(self, state: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
+        query = select(Job)
+        counting = select(func.count()).select_from(Job)
+        if state is not None:
+            if state not in JOB_STATES:
+                raise ValueError(f"state must be one of {', '.join(JOB_STATES)}")
+            query, counting = query.where(Job.state == state), counting.where(Job.state == state)
+        with self._sessions() as session:
+            total = session.scalar(counting) or 0
+            jobs = session.scalars(
+                query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+            ).all()
+            return list(jobs), total
+
+    def claim(self, runner: str, stale_after: timedelta = timedelta(seconds=60)) -> Job | None:
+        """Take the oldest queued job, or a running one whose runner stopped heartbeating."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            candidate = session.scalars(
+                select(Job)
+                .where(
+                    (Job.state == "queued")
+                    | ((Job.state == "running") & (Job.heartbeat_at < now - stale_after))
+                )
+                .order_by(Job.created_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if candidate is None:
+                return None
+            # `attempts` is the row's version: only one claimant's UPDATE can match it
+            taken = session.execute(
+                update(Job)
+                .where(Job.id == candidate.id, Job.attempts == candidate.attempts)
+                .values(
+                    state="running", runner=runner, heartbeat_at=now,
+                    started_at=candidate.started_at or now, attempts=candidate.attempts + 1,
+                )
+            )
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            resumed = candidate.state == "running"
+            session.add(JobEvent(job_id=candidate.id, kind="resumed" if resumed else "claimed",
+                                 message=runner))
+        return self.get(candidate.id)
+
+    def resume(self, job_id: str, runner: str) -> Job:
+        """Take a job back into the foreground (`automl run --job-id`), whatever became of it."""
+        with self._sessions.begin() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise UnknownJob(job_id)
+            job.state, job.runner, job.heartbeat_at = "running", runner, utcnow()
+            job.attempts, job.cancel_requested, job.error = job.attempts + 1, False, None
+            job.started_at, job.finished_at = job.started_at or utcnow(), None
+            session.add(JobEvent(job_id=job_id, kind="resumed", message=runner))
+        return self.get(job_id)
+
+    def heartbeat(self, job_id: str, progress: Progress | None = None) -> bool:
+        """Record liveness (and progress); returns whether a cancel was requested."""
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if progress is not None:
+            values.update(progress.__dict__)
+        with self._sessions.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(**values))
+            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def finish(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        error: str | None = None,
+        progress: Progress | None = None,
+        test_metrics: dict[str, Any] | None = None,
+    ) -> None:
+        assert state in FINISHED_STATES
+        values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "error": error,
+                                  "n_running": 0}
+        if progress is not None:
+            values.update({k: v for k, v in progress.__dict__.items() if k != "n_running"})
+        if test_metrics is not None:
+            values["test_metrics"] = test_metrics
+        with self._sessions.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(**values))
+            session.add(JobEvent(job_id=job_id, kind=state, message=error or ""))
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Queued jobs are cancelled at once; running ones when their runner next looks."""
+        with self._sessions.begin() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise UnknownJob(job_id)
+            if job.state in FINISHED_STATES:
+                raise JobConflict(f"job {job_id} already {job.state}; nothing to cancel")
+            job.cancel_requested = True
+            if job.state == "queued":
+                job.state, job.finished_at = "cancelled", utcnow()
+            session.add(JobEvent(job_id=job_id, kind="cancel_requested"))
+        return self.get(job_id)
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        with self._sessions() as session:
+            return list(
+                session.scalars(
+                    select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+                ).all()
+            )

@@ -1,0 +1,92 @@
+"""Shared fixtures: an isolated cache directory, tiny generated image datasets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Digits and decoded images go to a per-session cache, never the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("automl-cache")
+    previous = os.environ.get("AUTOML_CACHE_DIR")
+    os.environ["AUTOML_CACHE_DIR"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("AUTOML_CACHE_DIR", None)
+    else:
+        os.environ["AUTOML_CACHE_DIR"] = previous
+
+
+def write_images(folder: Path, count: int, color: tuple[int, int, int], seed: int = 0) -> None:
+    """Small noisy images of one dominant color: two colors make an easy two-class dataset."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        noise = rng.integers(-30, 30, size=(20, 24, 3))
+        pixels = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
+
+
+@pytest.fixture
+def color_folder(tmp_path: Path) -> Path:
+    """An ImageFolder tree with two classes (red, blue) of 12 images each."""
+    root = tmp_path / "colors"
+    write_images(root / "red", 12, (200, 30, 30), seed=1)
+    write_images(root / "blue", 12, (30, 30, 200), seed=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def local_ray(isolated_cache: Path) -> Iterator[None]:
+    """One real local Ray for the session (2 CPUs), started after the cache dir is set so its
+    workers inherit AUTOML_CACHE_DIR."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+PG_DEFAULT = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+@contextlib.contextmanager
+def pg_schema(label: str) -> Iterator[str]:
+    """A database URL whose every table lives in a fresh schema, dropped afterwards."""
+    import re
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    base = os.environ.get("AUTOML_TEST_DATABASE_URL", PG_DEFAULT)
+    schema = "t_" + re.sub(r"\W", "_", label)[:40].lower() + "_" + uuid.uuid4().hex[:6]
+    admin = create_engine(base, pool_pre_ping=True)  # survives the database-restart test
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    with pg_schema(request.node.name) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def pg_module_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    with pg_schema(request.module.__name__.rpartition(".")[2]) as url:
+        yield url

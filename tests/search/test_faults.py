@@ -1,0 +1,121 @@
+"""Faults lose no trial and count none twice: a worker killed mid-trial, the driver killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray import tune
+
+from automl.job import JobOutcome, run_job
+from automl.settings import Settings
+from automl.spec import parse_spec
+from storage.optuna_storage import optuna_storage
+from tests.search.test_search_job import DIGITS_JOB
+
+pytestmark = pytest.mark.slow
+AUTOML = str(Path(sys.executable).with_name("automl"))
+
+STEADY_JOB: dict[str, Any] = {
+    **DIGITS_JOB,
+    "name": "faults",
+    "budget": {"n_trials": 3, "max_epochs": 4},
+    "strategy": {"seed": 0, "warm_start": False, "pruner": "none"},
+    "max_failures": 3,
+    "space": {**DIGITS_JOB["space"], "lr": 0.003, "freeze_stages": 0},
+}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.5)
+
+
+def reported_epochs(url: str, study_name: str) -> dict[int, int]:
+    if not Path(url.removeprefix("sqlite:///")).exists():
+        return {}  # the job has not created its database yet
+    try:  # optuna_storage: the job may be creating Optuna's tables at this very moment
+        study = optuna.load_study(study_name=study_name, storage=optuna_storage(url))
+    except KeyError:
+        return {}
+    return {t.number: len(t.intermediate_values) for t in study.get_trials(deepcopy=False)}
+
+
+def trial_workers() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def assert_every_trial_counted_once(study: optuna.Study, ray_dir: Path, epochs: int) -> None:
+    ray_trials = tune.ExperimentAnalysis(str(ray_dir)).trials
+    ours = {t.user_attrs.get("ray_trial_id"): t for t in study.trials}
+    assert {t.trial_id for t in ray_trials} <= set(ours)
+    for ray_trial in ray_trials:
+        trial = ours[ray_trial.trial_id]
+        assert trial.state == TrialState.COMPLETE, (trial.number, trial.state)
+        # one value per epoch, epochs 1..N: nothing lost, nothing reported twice
+        assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
+    # trials Ray never launched (asked just before a crash) are failed, never left running
+    assert all(t.state.is_finished() for t in study.trials)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    spec = parse_spec(STEADY_JOB)
+    settings = Settings(home=tmp_path / "automl-data")
+    job_id = "faults-worker"
+    result: dict[str, JobOutcome] = {}
+    runner = threading.Thread(target=lambda: result.update(out=run_job(spec, job_id, settings)))
+    runner.start()
+    wait_for(lambda: any(n >= 1 for n in reported_epochs(settings.storage_url, job_id).values()))
+    victims = trial_workers()
+    assert victims, "no trial worker process found"
+    os.kill(victims[0], signal.SIGKILL)
+    runner.join(timeout=600)
+    outcome = result["out"]
+    assert outcome.state == "succeeded", outcome.error
+    study = optuna.load_study(study_name=job_id, storage=settings.storage_url)
+    assert len(study.trials) == 3
+    ray_dir = settings.runs_path / job_id
+    assert_every_trial_counted_once(study, ray_dir, epochs=4)
+    failures = [t.run_metadata.num_failures for t in tune.ExperimentAnalysis(str(ray_dir)).trials]
+    assert sum(failures) >= 1  # the kill really hit a trial, and it was retried
+
+
+def test_a_killed_driver_resumes_the_job(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({**STEADY_JOB, "budget": {"n_trials": 4, "max_epochs": 4}}))
+    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data")}
+    command = [AUTOML, "run", str(job), "--job-id", "faults-driver", "--ray-address", "local"]
+    settings = Settings(home=tmp_path / "automl-data")
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: sum(reported_epochs(settings.storage_url, "faults-driver").values()) >= 3)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started
+        first.wait()
+    before = reported_epochs(settings.storage_url, "faults-driver")
+    assert any(0 < n < 4 for n in before.values())  # killed with a trial mid-way
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "job faults-driver succeeded" in second.stdout
+    study = optuna.load_study(study_name="faults-driver", storage=settings.storage_url)
+    assert_every_trial_counted_once(study, settings.runs_path / "faults-driver", epochs=4)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4  # the budget is met exactly: no trial lost, none run twice

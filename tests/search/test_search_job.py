@@ -1,0 +1,207 @@
+"""A whole search job on real local Ray + real Optuna, against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray import tune
+from typer.testing import CliRunner
+
+from automl.cli import app
+from automl.job import JobOutcome, run_job
+from automl.settings import Settings
+from automl.spec import parse_spec
+from storage.optuna_storage import optuna_storage
+from workers.predict import evaluate_checkpoint, load_checkpoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+OPTUNA_CLI = str(Path(sys.executable).with_name("optuna"))
+
+# Half the learning rates cannot learn in 3 epochs, so the pruner has something to prune.
+# Successive halving, because over 3 epochs Hyperband puts most trials in a bracket whose
+# first rung is the last epoch (nothing to prune); the PostgreSQL run keeps the default.
+DIGITS_JOB: dict[str, Any] = {
+    "name": "digits-test",
+    "dataset": {"source": "builtin:digits"},
+    "budget": {"n_trials": 8, "max_epochs": 3},
+    "max_concurrent_trials": 2,
+    "resources": {"cpu": 1},
+    "strategy": {"seed": 0, "warm_start": False, "pruner": "sha"},
+    "space": {
+        "backbone": "test_resnet.r160_in1k",
+        "pretrained": False,
+        "img_size": 32,
+        "augment": "none",
+        "optimizer": "adamw",
+        "lr": [0.003, 1.0e-7],
+        "schedule": "constant",
+        "warmup_epochs": 0,
+        "batch_size": 64,
+        "mixup_alpha": 0.0,
+        "cutmix_alpha": 0.0,
+        "freeze_stages": [0, 1],
+    },
+}
+
+
+@dataclass
+class Ran:
+    outcome: JobOutcome
+    settings: Settings
+    study: optuna.Study
+
+
+def run(tmp: Path, database_url: str | None = None, **changes: Any) -> Ran:
+    spec = parse_spec({**DIGITS_JOB, **changes})
+    settings = Settings(home=tmp / "automl-data", database_url=database_url)
+    job_id = f"{spec.name}-{tmp.name[-6:]}".replace("_", "-")
+    outcome = run_job(spec, job_id, settings)
+    study = optuna.load_study(study_name=job_id, storage=optuna_storage(settings.storage_url))
+    return Ran(outcome, settings, study)
+
+
+@pytest.fixture(scope="module")
+def sqlite_job(tmp_path_factory: pytest.TempPathFactory) -> Ran:
+    return run(tmp_path_factory.mktemp("sqlite"))
+
+
+def test_job_succeeds_with_pruned_and_complete_trials(sqlite_job: Ran) -> None:
+    outcome, study = sqlite_job.outcome, sqlite_job.study
+    assert outcome.state == "succeeded", outcome.error
+    states = [t.state for t in study.trials]
+    assert len(states) == 8
+    assert states.count(TrialState.PRUNED) >= 1
+    assert study.best_trial.state == TrialState.COMPLETE
+    assert study.best_trial.number == outcome.best_trial
+    assert outcome.best_value is not None and outcome.best_value > 0.8
+
+
+def test_pruned_trials_stopped_early_and_were_never_complete(sqlite_job: Ran) -> None:
+    for trial in sqlite_job.study.trials:
+        epochs = len(trial.intermediate_values)
+        if trial.state == TrialState.PRUNED:
+            assert epochs < 3  # Optuna records a pruned trial's last report as its value
+            assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
+        elif trial.state == TrialState.COMPLETE:
+            assert epochs == 3
+            assert trial.value == max(trial.intermediate_values.values())
+
+
+def test_optuna_and_ray_tune_count_the_same_trials(sqlite_job: Ran) -> None:
+    path = sqlite_job.settings.runs_path / sqlite_job.outcome.job_id
+    ray_trials = tune.ExperimentAnalysis(str(path)).trials
+    optuna_trials = sqlite_job.study.trials
+    assert len(ray_trials) == len(optuna_trials)
+    assert {t.trial_id for t in ray_trials} == {
+        t.user_attrs["ray_trial_id"] for t in optuna_trials
+    }
+    # each Optuna trial ran the configuration Ray Tune was given
+    by_id = {t.trial_id: t.config for t in ray_trials}
+    for trial in optuna_trials:
+        assert by_id[trial.user_attrs["ray_trial_id"]]["lr"] == trial.params.get(
+            "lr", trial.user_attrs["config"]["lr"]
+        )
+
+
+def test_optuna_cli_reads_the_same_study(sqlite_job: Ran) -> None:
+    url, name = sqlite_job.settings.storage_url, sqlite_job.outcome.job_id
+    best = subprocess.run(
+        [OPTUNA_CLI, "best-trial", "--study-name", name, "--storage", url, "-f", "json"],
+        capture_output=True, text=True, check=True,
+    )
+    assert json.loads(best.stdout)["number"] == sqlite_job.outcome.best_trial
+    trials = subprocess.run(
+        [OPTUNA_CLI, "trials", "--study-name", name, "--storage", url, "-f", "json"],
+        capture_output=True, text=True, check=True,
+    )
+    assert len(json.loads(trials.stdout)) == 8
+
+
+def test_pulled_checkpoint_predicts_with_the_recorded_test_accuracy(
+    sqlite_job: Ran, tmp_path: Path
+) -> None:
+    settings, job_id = sqlite_job.settings, sqlite_job.outcome.job_id
+    runner = CliRunner()
+    pulled = runner.invoke(app, [
+        "pull", job_id, "--out", str(tmp_path / "model"),
+        "--storage", settings.storage_url, "--artifacts", settings.artifacts_path,
+    ])
+    assert pulled.exit_code == 0, pulled.output
+    files = {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"model.safetensors", "config.json", "metrics.json", "test_metrics.json",
+            "confusion_matrix.png", "model_card.md"} <= files
+    recorded = sqlite_job.study.user_attrs["test_metrics"]["test_accuracy"]
+    assert recorded == sqlite_job.outcome.test_metrics["test_accuracy"]
+    measured = evaluate_checkpoint(load_checkpoint(tmp_path / "model"), "test")
+    assert measured["test_accuracy"] == pytest.approx(recorded, abs=1e-6)
+    image = next(Path(load_checkpoint(tmp_path / "model").config.data.source).glob("*"), None)
+    assert image is None  # builtin:digits is not a path; predict on a real PNG instead
+    from workers.datasets import load_index
+
+    index = load_index(load_checkpoint(tmp_path / "model").config.data)
+    png = index.paths[int(index.split_indices["test"][0])]
+    predicted = runner.invoke(app, ["predict", "--checkpoint", str(tmp_path / "model"), str(png)])
+    assert predicted.exit_code == 0, predicted.output
+    row = json.loads(predicted.stdout.strip().splitlines()[-1])
+    assert row["label"] in [str(d) for d in range(10)] and 0 < row["probability"] <= 1
+
+
+def test_unknown_job_id_is_refused(sqlite_job: Ran, tmp_path: Path) -> None:
+    settings = sqlite_job.settings
+    result = CliRunner().invoke(app, [
+        "pull", "no-such-job", "--out", str(tmp_path / "m"),
+        "--storage", settings.storage_url, "--artifacts", settings.artifacts_path,
+    ])
+    assert result.exit_code == 2
+    assert "unknown job id 'no-such-job'" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_same_job_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    ran = run(
+        tmp_path,
+        database_url=pg_url,
+        budget={"n_trials": 4, "max_epochs": 2},
+        strategy={"seed": 1, "warm_start": True},  # the defaults: TPE + Hyperband, portfolio
+    )
+    assert ran.outcome.state == "succeeded", ran.outcome.error
+    assert len(ran.study.trials) == 4
+    assert all(t.state.is_finished() for t in ran.study.trials)
+    assert ran.study.user_attrs["best_trial"] == ran.study.best_trial.number
+    best = subprocess.run(
+        [OPTUNA_CLI, "best-trial", "--study-name", ran.outcome.job_id, "--storage", pg_url,
+         "-f", "json"],
+        capture_output=True, text=True, check=True,
+    )
+    assert json.loads(best.stdout)["number"] == ran.outcome.best_trial
+
+
+def test_more_gpus_than_the_cluster_is_refused_and_nothing_stored(tmp_path: Path) -> None:
+    from automl.job import JobError
+
+    spec = parse_spec({**DIGITS_JOB, "resources": {"cpu": 1, "gpu": 1}})
+    settings = Settings(home=tmp_path / "automl-data")
+    with pytest.raises(JobError, match=r"asks for 1 CPU and 1 GPU, but the largest Ray node has 2 CPU"):
+        run_job(spec, "gpu-job", settings)
+    assert not (tmp_path / "automl-data").exists()
+
+
+def test_database_down_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps(DIGITS_JOB))
+    monkeypatch.chdir(tmp_path)
+    down = "postgresql+psycopg2://postgres@127.0.0.1:5999/test"
+    result = CliRunner().invoke(app, ["run", str(job), "--storage", down])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "could not" in text and "postgresql+psycopg2://postgres@127.0.0.1:5999/test" in text
+    assert "Connection refused" in text
+    assert "check that it is running" in text

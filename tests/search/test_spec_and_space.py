@@ -1,0 +1,178 @@
+"""Job specs are refused by field, and a user-narrowed space is never left."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from automl.cli import app
+from automl.job import strategy_for
+from automl.space import DEFAULT_BACKBONES
+from automl.spec import SpecError, load_spec, parse_spec
+from workers.config import TrialConfig
+
+BASE: dict[str, Any] = {"name": "t", "dataset": {"source": "builtin:digits"}}
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def spec_error(**changes: Any) -> str:
+    with pytest.raises(SpecError) as caught:
+        parse_spec({**BASE, **changes})
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"budget": {"n_trials": 0}}, "budget.n_trials: Input should be greater than or equal to 1"),
+        ({"budget": {"max_epochs": 0}}, "budget.max_epochs"),
+        ({"budget": {"time_limit": "soon"}}, "is not a duration"),
+        ({"budget": {"time_limit": -5}}, "time_limit must be positive"),
+        ({"budget": {"target": 2.0}}, "budget.target=2.0: val_accuracy lies in (0, 1]"),
+        ({"resources": {"gpu": -1}}, "resources.gpu"),
+        ({"max_concurrent_trials": 0}, "max_concurrent_trials"),
+        ({"strategy": {"sampler": "bayes"}}, "'tpe', 'random', 'gp' or 'cmaes'"),
+        ({"strategy": {"pruner": "asha"}}, "'hyperband', 'sha', 'median' or 'none'"),
+        ({"objective": {"metric": "val_loss", "direction": "maximize"}}, "can only be minimized"),
+        ({"objective": {"metric": "accuracy"}}, "objective.metric"),
+        ({"budgets": {}}, "budgets: unknown field"),
+        ({"name": "My Job"}, "name: String should match pattern"),
+        ({"dataset": {"source": "x", "val_fraction": 0.5, "test_fraction": 0.5}}, "must leave"),
+        ({"space": {"backbone": ["resnet50", "resnet5O"]}}, "space.backbone: unknown backbone 'resnet5O'"),
+        ({"space": {"lrr": 0.1}}, "space.lrr: unknown parameter; did you mean lr?"),
+        ({"space": {"lr": {"low": 0.1, "high": 0.01}}}, "space.lr: low=0.1 must be below high=0.01"),
+        ({"space": {"lr": {"low": 0, "high": 0.1, "log": True}}}, "log range needs low > 0"),
+        ({"space": {"optimizer": ["adamw", "lamb"]}}, "optimizer='lamb' is not one of"),
+        ({"space": {"optimizer": {"low": 1, "high": 2}}}, "space.optimizer"),
+        ({"space": {"epochs": 5}}, "space.epochs: set it with budget.max_epochs"),
+        ({"space": {"warmup_epochs": 20}}, "warmup_epochs=20 must be in [0, epochs=10)"),
+    ],
+)
+def test_bad_specs_name_the_field(changes: dict[str, Any], message: str) -> None:
+    assert message in spec_error(**changes)
+
+
+def test_missing_dataset_is_named() -> None:
+    with pytest.raises(SpecError, match="dataset: required field is missing"):
+        parse_spec({"name": "t"})
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
+    bad = tmp_path / "job.yaml"
+    bad.write_text("name: t\ndataset:\n  source: [builtin:digits\n")
+    with pytest.raises(SpecError, match=r"invalid YAML at line \d+, column \d+"):
+        load_spec(bad)
+
+
+def test_examples_are_valid() -> None:
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        spec = load_spec(path)
+        assert spec.name
+
+
+@pytest.mark.parametrize("args", [["run", "missing.yaml"], ["run", "{job}"]])
+def test_run_refuses_bad_specs_and_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**BASE, "budget": {"n_trials": -1}}))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [a.format(job=job) for a in args])
+    assert result.exit_code == 2
+    assert "error:" in result.output
+    assert not (tmp_path / "automl-data").exists()
+
+
+def sample_configs(spec_changes: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    spec = parse_spec({**BASE, **spec_changes})
+    strategy = strategy_for(spec)
+    study = strategy.create_study(optuna.storages.InMemoryStorage(), "s")
+    configs = []
+    for _ in range(n):
+        trial = study.ask()
+        configs.append(strategy.suggest(trial))
+        study.tell(trial, 0.5)
+    return configs
+
+
+def test_default_space_is_conditional_and_runnable() -> None:
+    configs = sample_configs({"strategy": {"seed": 3}}, 60)
+    for config in configs:
+        TrialConfig.from_dict(config)  # every sample is a config the engine accepts
+        assert config["backbone"] in DEFAULT_BACKBONES
+        assert ("momentum" in config) == (config["optimizer"] == "sgd")
+        assert ("ra_magnitude" in config) == (config["augment"] == "randaugment")
+        assert ("cycle_epochs" in config) == (config["schedule"] == "cyclic")
+    assert len({c["schedule"] for c in configs}) >= 5
+    assert len({c["augment"] for c in configs}) >= 4
+
+
+def test_narrowed_space_is_never_left() -> None:
+    space = {
+        "backbone": ["resnet18", "convnext_atto"],
+        "optimizer": "sgd",
+        "lr": {"low": 0.01, "high": 0.05, "log": True},
+        "momentum": {"low": 0.85, "high": 0.9},
+        "schedule": ["cosine", "step"],
+        "augment": "randaugment",
+        "ra_magnitude": {"low": 3, "high": 5},
+        "batch_size": [32],
+        "img_size": 64,
+        "layer_decay": [0.7, 0.9],
+    }
+    for warm in (True, False):
+        for config in sample_configs({"space": space, "strategy": {"warm_start": warm}}, 40):
+            assert config["backbone"] in ("resnet18", "convnext_atto")
+            assert config["optimizer"] == "sgd"
+            assert 0.01 <= config["lr"] <= 0.05
+            assert 0.85 <= config["momentum"] <= 0.9
+            assert config["schedule"] in ("cosine", "step")
+            assert config["augment"] == "randaugment" and 3 <= config["ra_magnitude"] <= 5
+            assert config["batch_size"] == 32 and config["img_size"] == 64
+            assert config["layer_decay"] in (0.7, 0.9)
+
+
+def test_warm_start_tries_the_portfolio_first() -> None:
+    first = sample_configs({"strategy": {"warm_start": True}}, 1)[0]
+    assert first["optimizer"] == "adamw" and first["lr"] == pytest.approx(1e-3)
+    assert first["schedule"] == "cosine"
+
+
+def test_scientific_notation_in_yaml_is_a_number(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: t\ndataset: {source: builtin:digits}\n"
+        "space:\n  lr: {low: 1e-4, high: 1e-2, log: true}\n  weight_decay: 5e-5\n"
+    )
+    spec = load_spec(job)
+    assert spec.space["lr"] == {"low": 1e-4, "high": 1e-2, "log": True}
+    assert spec.space["weight_decay"] == 5e-5
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "empty_class", "one_class"])
+def test_run_refuses_a_broken_dataset_before_storing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, color_folder: Path, damage: str
+) -> None:
+    import shutil
+
+    if damage == "corrupt":
+        (color_folder / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    elif damage == "empty_class":
+        (color_folder / "green").mkdir()
+    else:
+        shutil.rmtree(color_folder / "blue")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"name": "t", "dataset": {"source": str(color_folder)}}))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(job)])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    expected = {"corrupt": "cannot decode image", "empty_class": "has no images",
+                "one_class": "needs at least two class folders"}[damage]
+    assert "error: dataset:" in message and expected in message
+    assert not (tmp_path / "automl-data").exists()

@@ -1,0 +1,76 @@
+"""docker/ and docker-compose.yml, checked by parsing: no Docker engine runs here."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from automl.cli import app
+from automl.settings import Settings
+
+ROOT = Path(__file__).parents[1]
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+DOCKERFILE = (ROOT / "docker" / "Dockerfile").read_text()
+
+
+def automl_commands() -> dict[str, Any]:
+    group = typer.main.get_command(app)
+    return dict(group.commands)  # type: ignore[attr-defined]
+
+
+def test_compose_has_every_role() -> None:
+    assert set(SERVICES) == {"postgres", "api", "ray-head", "ray-worker", "runner"}
+    for name in ("api", "ray-head", "ray-worker", "runner"):
+        assert SERVICES[name]["build"]["dockerfile"] == "docker/Dockerfile"
+        assert "automl-data:/data" in SERVICES[name]["volumes"]
+
+
+def test_automl_services_run_real_commands_with_real_options() -> None:
+    commands = automl_commands()
+    for name in ("api", "runner"):
+        argv = SERVICES[name]["command"]
+        command = commands[argv[0]]
+        known = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        for flag in (a for a in argv[1:] if a.startswith("--")):
+            assert flag in known, f"{name}: automl {argv[0]} has no {flag}"
+
+
+def test_environment_names_real_settings() -> None:
+    fields = {f"AUTOML_{name.upper()}" for name in Settings.model_fields}
+    fields.add("AUTOML_CACHE_DIR")  # read by the trial engine (workers/digits.py)
+    for name, service in SERVICES.items():
+        for key in service.get("environment", {}):
+            if key.startswith("AUTOML_"):
+                assert key in fields, f"{name}: {key} is not a setting"
+    database = SERVICES["api"]["environment"]["AUTOML_DATABASE_URL"]
+    pg = SERVICES["postgres"]["environment"]
+    assert f"{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}" in database
+
+
+def test_runner_drives_the_ray_head_and_workers_have_gpus() -> None:
+    head = SERVICES["ray-head"]["command"]
+    port = next(re.search(r"--port=(\d+)", a).group(1) for a in head if a.startswith("--port="))
+    assert "--num-cpus=0" in head  # trials run on the GPU workers, not the head
+    assert SERVICES["runner"]["environment"]["AUTOML_RAY_ADDRESS"] == f"ray-head:{port}"
+    assert f"--address=ray-head:{port}" in SERVICES["ray-worker"]["command"]
+    devices = SERVICES["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert SERVICES["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_dockerfile_pins_what_pyproject_pins() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = [d for d in pyproject["project"]["dependencies"] if d.startswith(("torch==", "torchvision=="))]
+    assert len(pins) == 2
+    for pin in pins:
+        assert pin in DOCKERFILE
+    assert re.search(r"^FROM python:3\.11", DOCKERFILE, re.M)
+    assert 'ENTRYPOINT ["automl"]' in DOCKERFILE
+    for plane in ("automl", "workers", "storage"):
+        assert f"COPY {plane} ./{plane}" in DOCKERFILE

@@ -1,0 +1,213 @@
+"""Dataset sources, splits, the decoded-image cache, and every data mistake a user can make."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import timm
+import torch
+from typer.testing import CliRunner
+
+from automl.cli import app
+from tests.conftest import write_images
+from workers.config import ConfigError, DataConfig, TrialConfig
+from workers.datasets import DatasetError, load_index
+from workers.decoded_cache import load_decoded
+from workers.engine import train
+from workers.model import create_backbone
+
+runner = CliRunner()
+
+
+def test_digits_are_a_real_png_imagefolder() -> None:
+    index = load_index(DataConfig(source="builtin:digits"))
+    assert index.classes == tuple(str(d) for d in range(10))
+    assert len(index.paths) == 1797
+    assert all(p.suffix == ".png" for p in index.paths[:5])
+    sizes = {name: len(idx) for name, idx in index.split_indices.items()}
+    assert sum(sizes.values()) == 1797 and sizes["val"] > 200 and sizes["test"] > 200
+
+
+def test_split_is_stratified_disjoint_and_seeded() -> None:
+    a = load_index(DataConfig(source="builtin:digits", split_seed=1))
+    b = load_index(DataConfig(source="builtin:digits", split_seed=1))
+    c = load_index(DataConfig(source="builtin:digits", split_seed=2))
+    assert all(np.array_equal(a.split_indices[s], b.split_indices[s]) for s in a.split_indices)
+    assert not np.array_equal(a.split_indices["val"], c.split_indices["val"])
+    together = np.concatenate(list(a.split_indices.values()))
+    assert len(np.unique(together)) == len(together) == len(a.paths)
+    counts = np.bincount(a.split_labels("val"), minlength=10)
+    assert counts.min() >= counts.max() - 1  # every class equally represented
+
+
+def test_user_split_folders_are_used_as_given(tmp_path: Path) -> None:
+    for split, n in (("train", 6), ("val", 3), ("test", 2)):
+        write_images(tmp_path / split / "cat", n, (200, 0, 0))
+        write_images(tmp_path / split / "dog", n, (0, 0, 200))
+    index = load_index(DataConfig(source=str(tmp_path)))
+    assert index.classes == ("cat", "dog")
+    assert {s: len(i) for s, i in index.split_indices.items()} == {"train": 12, "val": 6, "test": 4}
+    assert all("/val/" in str(index.paths[i]) for i in index.split_indices["val"])
+
+
+def test_csv_manifest(tmp_path: Path, color_folder: Path) -> None:
+    rows = ["path,label"] + [
+        f"{p.relative_to(tmp_path)},{p.parent.name}" for p in sorted(color_folder.rglob("*.png"))
+    ]
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    index = load_index(DataConfig(source=str(manifest)))
+    assert index.classes == ("blue", "red")
+    assert len(index.paths) == 24
+
+
+def test_bad_manifest_names_the_line(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\na.png,x\nb.png,y\n")
+    with pytest.raises(DatasetError, match=r"m.csv:2: image 'a.png' does not exist"):
+        load_index(DataConfig(source=str(manifest)))
+    manifest.write_text("file,class\na.png,x\n")
+    with pytest.raises(DatasetError, match="'path' and 'label' columns"):
+        load_index(DataConfig(source=str(manifest)))
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["train-one", *args])
+    return result.exit_code, result.output
+
+
+def test_corrupt_image_is_named(color_folder: Path) -> None:
+    bad = color_folder / "red" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
+    code, output = run_cli(
+        "--dataset",
+        str(color_folder),
+        "--backbone",
+        "test_resnet",
+        "--epochs",
+        "1",
+        "--set",
+        "img_size=32",
+    )
+    assert code == 2
+    assert "cannot decode image" in output and "broken.png" in output
+    assert "replace or remove the file" in output
+
+
+def test_empty_class_folder_is_named(color_folder: Path) -> None:
+    (color_folder / "green").mkdir()
+    code, output = run_cli("--dataset", str(color_folder), "--epochs", "1")
+    assert code == 2
+    assert "green" in output and "has no images" in output
+
+
+def test_one_class_dataset_is_refused(color_folder: Path) -> None:
+    shutil.rmtree(color_folder / "blue")
+    code, output = run_cli("--dataset", str(color_folder), "--epochs", "1")
+    assert code == 2
+    assert "one class" in output and "at least two" in output
+
+
+def test_tiny_class_cannot_be_split(color_folder: Path) -> None:
+    for extra in list((color_folder / "blue").iterdir())[2:]:
+        extra.unlink()
+    with pytest.raises(DatasetError, match="'blue' has 2 image"):
+        load_index(DataConfig(source=str(color_folder)))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backbone", "resnet10"], "close matches: resnet10t"),
+        (["--set", "lrr=0.1"], "did you mean lr"),
+        (["--set", "optimizer=lamb"], "optimizer='lamb' is not one of sgd, adamw, adam"),
+        (["--set", "lr=fast"], "lr='fast' has the wrong type"),
+        (["--set", "lr"], "expected key=value"),
+        (["--set", "warmup_epochs=20"], "warmup_epochs=20 must be in [0, epochs=10)"),
+        (["--set", "val_fraction=0.6", "--set", "test_fraction=0.5"], "leaves no training"),
+        (["--set", "freeze_stages=9", "--backbone", "test_resnet"], "use 0..5 or 'all'"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(args: list[str], message: str) -> None:
+    code, output = run_cli("--dataset", "builtin:digits", *args)
+    assert code == 2
+    assert message in " ".join(output.split())
+
+
+def test_train_one_prints_one_json_line(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "train-one",
+            "--dataset",
+            "builtin:digits",
+            "--backbone",
+            "test_resnet",
+            "--epochs",
+            "1",
+            "--set",
+            "img_size=32",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["epoch"] == 1 and 0.0 <= line["val_accuracy"] <= 1.0
+    assert Path(line["checkpoint"]).joinpath("model.safetensors").is_file()
+
+
+def test_decoded_cache_is_built_once_and_follows_changes(
+    color_folder: Path, isolated_cache: Path
+) -> None:
+    paths = sorted(color_folder.rglob("*.png"))
+    first = load_decoded(paths, 24)
+    files = sorted((isolated_cache / "decoded").glob("*.npy"))
+    second = load_decoded(paths, 24)
+    assert sorted((isolated_cache / "decoded").glob("*.npy")) == files
+    assert np.array_equal(first, second) and first.shape == (24, 3, 24, 24)
+    write_images(color_folder / "red", 13, (0, 255, 0), seed=9)  # rewrites the images
+    changed = load_decoded(sorted(color_folder.rglob("*.png")), 24)
+    assert not np.array_equal(first, changed)
+    assert len(list((isolated_cache / "decoded").glob("*.npy"))) == len(files) + 1
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_local_pretrained_weights_are_loaded(tmp_path: Path, suffix: str) -> None:
+    """A weights file the test writes itself (1000-class head, as from ImageNet)."""
+    torch.manual_seed(123)
+    source = timm.create_model("test_resnet", num_classes=1000)
+    weights = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        safetensors.torch.save_file(source.state_dict(), str(weights))
+    else:
+        torch.save(source.state_dict(), weights)
+    config = TrialConfig(backbone="test_resnet", pretrained=str(weights))
+    model = create_backbone(config, num_classes=10)
+    stem = next(iter(source.state_dict()))
+    assert torch.equal(model.state_dict()[stem], source.state_dict()[stem])
+    assert model.get_classifier().out_features == 10  # new head for our classes
+    config = TrialConfig.from_dict(
+        {"backbone": "test_resnet", "pretrained": str(weights), "img_size": 32, "epochs": 1}
+    )
+    assert train(config, tmp_path / "run").epochs_run == 1
+
+
+def test_missing_weights_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        create_backbone(TrialConfig(pretrained=str(tmp_path / "nope.pth")), 10)
+
+
+def test_one_space_spans_vits_and_convnets() -> None:
+    """img_size resizes a ViT's position embedding; a DLA without stochastic depth ignores it."""
+    vit = create_backbone(TrialConfig(backbone="vit_tiny_patch16_224", img_size=64), 10)
+    assert vit.pos_embed.shape[1] == (64 // 16) ** 2 + 1
+    assert vit(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+    with pytest.warns(UserWarning, match="dla46x_c has no drop_path_rate"):
+        dla = create_backbone(TrialConfig(backbone="dla46x_c", drop_path_rate=0.1), 10)
+    assert dla(torch.zeros(1, 3, 64, 64)).shape == (1, 10)

@@ -1,0 +1,91 @@
+"""Each LR schedule follows its textbook definition, warmup included, epoch by epoch."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from workers.config import TrialConfig
+from workers.optim import EpochSchedule, create_optimizer
+
+LR, WARMUP_LR, MIN_LR, EPOCHS, WARMUP = 0.1, 0.01, 0.001, 12, 3
+
+
+def trajectory(schedule: str, metrics: list[float] | None = None, **extra: object) -> list[float]:
+    config = TrialConfig.from_dict(
+        {
+            "schedule": schedule,
+            "lr": LR,
+            "warmup_lr": WARMUP_LR,
+            "min_lr": MIN_LR,
+            "epochs": EPOCHS,
+            "warmup_epochs": WARMUP,
+            "optimizer": "sgd",
+            **extra,
+        }
+    )
+    optimizer = create_optimizer(config, torch.nn.Linear(4, 2))
+    schedule_ = EpochSchedule(config, optimizer)
+    values = []
+    for epoch in range(EPOCHS):
+        values.append(schedule_.lr)
+        optimizer.step()
+        schedule_.step(metrics[epoch] if metrics else 0.5)
+    return values
+
+
+def warmup_part() -> list[float]:
+    return [WARMUP_LR + (LR - WARMUP_LR) * e / WARMUP for e in range(WARMUP)]
+
+
+def expected(schedule: str) -> list[float]:
+    after = range(EPOCHS - WARMUP)  # epochs since warmup ended
+    main = {
+        "constant": [LR for _ in after],
+        "step": [LR * 0.1 ** (t // 4) for t in after],
+        "multistep": [LR * 0.1 ** sum(t + WARMUP >= m for m in (6, 9)) for t in after],
+        "cosine": [
+            MIN_LR + (LR - MIN_LR) * (1 + math.cos(math.pi * t / (EPOCHS - WARMUP))) / 2
+            for t in after
+        ],
+        "cyclic": [
+            MIN_LR + (LR - MIN_LR) * (1 + math.cos(math.pi * (t % 3) / 3)) / 2 for t in after
+        ],
+    }[schedule]
+    return warmup_part() + main
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "multistep", "cosine", "cyclic"])
+def test_schedule_matches_its_definition(schedule: str) -> None:
+    got = trajectory(schedule, decay_epochs=4, decay_rate=0.1, milestones=[6, 9], cycle_epochs=3)
+    assert got == pytest.approx(expected(schedule), rel=1e-6)
+
+
+def test_onecycle_rises_from_warmup_lr_to_lr_then_anneals() -> None:
+    got = trajectory("onecycle")
+    assert got[0] == pytest.approx(WARMUP_LR)
+    assert max(got) == pytest.approx(LR) and got.index(max(got)) == WARMUP
+    assert all(a < b for a, b in itertools.pairwise(got[: WARMUP + 1]))
+    assert all(a > b for a, b in itertools.pairwise(got[WARMUP:]))
+    assert got[-1] < LR * 0.05
+
+
+def test_plateau_decays_only_when_the_metric_stalls() -> None:
+    improving = [0.1 * e for e in range(EPOCHS)]
+    assert trajectory("plateau", improving) == pytest.approx(
+        warmup_part() + [LR] * (EPOCHS - WARMUP)
+    )
+    stalled = [0.5] * EPOCHS  # patience 2: decays after the third flat epoch past warmup
+    got = trajectory("plateau", stalled, plateau_patience=2, decay_rate=0.5)
+    assert got[:WARMUP] == pytest.approx(warmup_part())
+    assert got[WARMUP : WARMUP + 4] == pytest.approx([LR] * 4)
+    assert got[WARMUP + 4] == pytest.approx(LR * 0.5)
+
+
+def test_no_warmup_starts_at_lr() -> None:
+    config = TrialConfig(schedule="cosine", lr=LR, epochs=5, warmup_epochs=0)
+    optimizer = create_optimizer(config, torch.nn.Linear(4, 2))
+    assert EpochSchedule(config, optimizer).lr == pytest.approx(LR)

@@ -1,0 +1,108 @@
+"""The trial engine learns, freezes, checkpoints and resumes as a user would expect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from workers.config import TrialConfig
+from workers.datasets import load_index
+from workers.engine import EpochResult, train
+from workers.model import backbone_stages, create_backbone
+from workers.predict import evaluate_checkpoint, load_checkpoint, predict_images
+
+TINY = {"backbone": "test_resnet", "img_size": 32, "batch_size": 64, "lr": 3e-3}
+
+
+def test_tiny_model_learns_digits(tmp_path: Path) -> None:
+    # digits are not mirror-symmetric, so this test trains without flips
+    config = TrialConfig.from_dict({**TINY, "epochs": 4, "augment": "none"})
+    seen: list[EpochResult] = []
+    summary = train(config, tmp_path, callback=seen.append)
+    assert [r.epoch for r in seen] == [1, 2, 3, 4]
+    assert summary.best_value >= 0.90
+    assert seen[-1].metrics["val_accuracy"] > seen[0].metrics["val_accuracy"]
+    for key in ("val_loss", "val_precision", "val_recall", "val_f1", "val_auroc"):
+        assert 0.0 <= seen[-1].metrics[key] < 10.0
+    matrix = seen[-1].metrics["val_confusion_matrix"]
+    val_images = len(load_index(config.data).split_indices["val"])
+    assert len(matrix) == 10 and sum(map(sum, matrix)) == val_images
+    assert "val_confusion_matrix" not in seen[-1].report
+
+
+def test_callback_can_stop_a_trial(tmp_path: Path) -> None:
+    config = TrialConfig.from_dict({**TINY, "epochs": 5})
+    summary = train(config, tmp_path, callback=lambda result: result.epoch == 2)
+    assert summary.epochs_run == 2 and summary.stopped_by == "callback"
+
+
+def test_early_stopping_on_patience(tmp_path: Path) -> None:
+    config = TrialConfig.from_dict(
+        {**TINY, "epochs": 8, "lr": 1e-9, "patience": 1, "schedule": "constant"}
+    )
+    summary = train(config, tmp_path)
+    assert summary.stopped_by == "early_stopping"
+    assert summary.epochs_run < 8
+
+
+@pytest.mark.parametrize("depth", [2, "all"])
+def test_frozen_stages_stay_bit_identical(tmp_path: Path, depth: int | str) -> None:
+    config = TrialConfig.from_dict({**TINY, "epochs": 1, "freeze_stages": depth, "lr": 1e-2})
+    torch.manual_seed(config.seed)
+    initial = create_backbone(config, num_classes=10).state_dict()
+    fresh = create_backbone(config, num_classes=10)
+    stages = backbone_stages(fresh)
+    head = [n for n, _ in fresh.named_parameters() if all(n not in st for st in stages)]
+    summary = train(config, tmp_path)
+    trained = load_checkpoint(summary.best_checkpoint, torch.device("cpu")).model.state_dict()
+    count = len(stages) if depth == "all" else depth
+    frozen = [name for stage in stages[:count] for name in stage]
+    moving = [name for stage in stages[count:] for name in stage]
+    assert frozen
+    for name in frozen:
+        assert torch.equal(initial[name], trained[name]), name
+    # running statistics of frozen BatchNorm layers do not move either
+    frozen_modules = {name.rpartition(".")[0] for name in frozen}
+    for name, value in initial.items():
+        if (
+            name.endswith(("running_mean", "running_var"))
+            and name.rpartition(".")[0] in frozen_modules
+        ):
+            assert torch.equal(value, trained[name]), name
+    assert any(not torch.equal(initial[n], trained[n]) for n in moving + head)
+
+
+def test_checkpoint_round_trip_predicts_identically(tmp_path: Path) -> None:
+    config = TrialConfig.from_dict({**TINY, "epochs": 1})
+    summary = train(config, tmp_path)
+    assert summary.best_checkpoint is not None
+    files = {p.name for p in summary.best_checkpoint.iterdir()}
+    assert files == {"model.safetensors", "config.json", "metrics.json"}
+    loaded = load_checkpoint(summary.best_checkpoint, torch.device("cpu"))
+    assert loaded.classes == [str(d) for d in range(10)]
+    again = load_checkpoint(summary.best_checkpoint, torch.device("cpu"))
+    paths = list(load_index(config.data).paths[:16])
+    first = predict_images(loaded, paths)
+    second = predict_images(again, paths)
+    assert [p.probabilities for p in first] == [p.probabilities for p in second]
+    # the loaded model scores the val split exactly as training measured it
+    val = evaluate_checkpoint(loaded, "val")
+    assert val["val_accuracy"] == pytest.approx(summary.best_metrics["val_accuracy"], abs=1e-6)
+
+
+def test_resume_continues_the_curve(tmp_path: Path) -> None:
+    config = TrialConfig.from_dict(
+        {**TINY, "epochs": 4, "schedule": "cosine", "warmup_epochs": 1, "mixup_alpha": 0.2}
+    )
+    straight = train(config, tmp_path / "straight")
+    interrupted = train(config, tmp_path / "cut", callback=lambda r: r.epoch == 2)
+    assert interrupted.epochs_run == 2
+    resumed = train(config, tmp_path / "resumed", resume=tmp_path / "cut" / "latest")
+    assert resumed.epochs_run == 4
+    assert len(resumed.history) == 4
+    for ours, theirs in zip(resumed.history, straight.history, strict=True):
+        assert ours["lr"] == pytest.approx(theirs["lr"])
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+        assert ours["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=1e-6)

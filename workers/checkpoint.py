@@ -1,0 +1,143 @@
+"""Checkpoints: a directory of safetensors and JSON, never a pickle.
+
+    model.safetensors      the model's weights
+    config.json            trial config, timm name, class names, preprocessing
+    metrics.json           the epoch's metrics and the per-epoch history
+    optimizer.safetensors  optimizer tensors (resume only)
+    trainer.json           epoch, objective history, early-stopping state, optimizer scalars
+
+A checkpoint is written to a sibling temp directory and renamed into place, so a reader (Ray Tune
+persisting it, a user pulling it, a crash mid-write) never sees half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+FORMAT = "automl-checkpoint/1"
+MODEL_FILES = ("model.safetensors", "config.json", "metrics.json")
+
+
+@dataclass
+class TrainerState:
+    """What, beside weights and optimizer tensors, a resumed trial needs to continue its curve."""
+
+    epoch: int = 0
+    objective_history: list[float] = field(default_factory=list)
+    best_value: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def write_checkpoint(
+    target: Path,
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    state: TrainerState | None = None,
+) -> Path:
+    """Write atomically to `target` (replacing it); returns `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        save_model(model, str(staging / "model.safetensors"))
+        _dump(staging / "config.json", {"format": FORMAT, **config})
+        _dump(staging / "metrics.json", metrics)
+        if optimizer is not None and state is not None:
+            tensors, scalars = _split_optimizer_state(optimizer.state_dict())
+            save_file(tensors, str(staging / "optimizer.safetensors"))
+            _dump(staging / "trainer.json", {**state.__dict__, "optimizer": scalars})
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def read_config(checkpoint: Path) -> dict[str, Any]:
+    path = checkpoint / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{checkpoint} is not a checkpoint directory (no config.json); "
+            "pass the directory written by `automl pull` or `automl train-one --out`"
+        )
+    config: dict[str, Any] = json.loads(path.read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{checkpoint}: unsupported checkpoint format {config.get('format')!r}")
+    return config
+
+
+def read_metrics(checkpoint: Path) -> dict[str, Any]:
+    metrics: dict[str, Any] = json.loads((checkpoint / "metrics.json").read_text())
+    return metrics
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    load_model(model, str(checkpoint / "model.safetensors"), device="cpu")
+
+
+def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> TrainerState:
+    """Restore the optimizer in place and return the loop state saved beside it."""
+    saved = json.loads((checkpoint / "trainer.json").read_text())
+    scalars = saved.pop("optimizer")
+    tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+    optimizer.load_state_dict(_join_optimizer_state(tensors, scalars))
+    return TrainerState(**saved)
+
+
+def copy_model_files(checkpoint: Path, out: Path) -> Path:
+    """The part of a checkpoint a user needs to predict: no optimizer state."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        shutil.copy2(checkpoint / name, out / name)
+    return out
+
+
+def _split_optimizer_state(
+    state_dict: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {"param_groups": state_dict["param_groups"], "state": {}}
+    for param_id, entries in state_dict["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param_id}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars["state"].setdefault(str(param_id), {})[name] = value
+    return tensors, scalars
+
+
+def _join_optimizer_state(
+    tensors: dict[str, torch.Tensor], scalars: dict[str, Any]
+) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {
+        int(pid): dict(entries) for pid, entries in scalars["state"].items()
+    }
+    for key, value in tensors.items():
+        param_id, _, name = key.partition(".")
+        state.setdefault(int(param_id), {})[name] = value
+    return {"state": state, "param_groups": scalars["param_groups"]}
+
+
+def _dump(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple | set):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -1,0 +1,240 @@
+"""The configuration of one fine-tuning trial.
+
+A plain dataclass rather than a pydantic model: the trial engine must run on a GPU box that has
+only torch, torchvision, timm, torchmetrics, safetensors, numpy and Pillow installed (DESIGN.md).
+The control plane validates job specs with pydantic and hands the engine a flat dict; this module
+checks that dict once more so the engine never starts a trial it cannot finish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+OPTIMIZERS = ("sgd", "adamw", "adam")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle", "cyclic", "plateau")
+AUGMENTS = ("none", "basic", "randaugment", "trivialaugment", "autoaugment")
+OBJECTIVES = (
+    "val_accuracy",
+    "val_loss",
+    "val_precision",
+    "val_recall",
+    "val_f1",
+    "val_auroc",
+)
+
+
+class ConfigError(ValueError):
+    """A trial configuration the engine cannot run; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are split."""
+
+    source: str = "builtin:digits"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name}={value} must be in [0, 1)")
+        if self.val_fraction <= 0.0:
+            raise ConfigError("val_fraction must be > 0: the search needs a validation split")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
+                "leaves no training images; keep their sum below 1 (e.g. 0.15 + 0.15)"
+            )
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Every knob of one fine-tuning run. Defaults give a sane AdamW + cosine fine-tune."""
+
+    # model
+    backbone: str = "resnet10t"
+    pretrained: bool | str = False  # True: timm hub; a path: local .safetensors/.pth file
+    img_size: int | None = None  # None: the backbone's pretrained input size
+    freeze_stages: int | Literal["all"] = 0  # first k of timm's coarse groups; "all" = linear probe
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    # optimizer (timm.optim)
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.05
+    layer_decay: float | None = None
+    clip_grad: float | None = None
+    # learning-rate schedule, stepped once per epoch
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-5
+    min_lr: float = 0.0
+    decay_epochs: int = 10  # step: decay every n epochs
+    decay_rate: float = 0.1  # step, multistep, plateau
+    milestones: tuple[int, ...] = (30, 60, 90)  # multistep
+    cycle_epochs: int = 4  # cyclic: epochs per half cycle
+    plateau_patience: int = 2
+    # augmentation and regularization
+    augment: str = "basic"
+    crop_min_scale: float = 0.25  # RandomResizedCrop's smallest area; milder than ImageNet's 0.08
+    ra_num_ops: int = 2
+    ra_magnitude: int = 9
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_prob: float = 1.0
+    label_smoothing: float = 0.0
+    # loop
+    batch_size: int = 64
+    epochs: int = 10
+    patience: int | None = None  # early stopping on the objective, in epochs
+    objective: str = "val_accuracy"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    seed: int = 0
+    num_workers: int | None = None  # None: one per available CPU, at most 8
+    data: DataConfig = field(default_factory=DataConfig)
+
+    @property
+    def maximize(self) -> bool:
+        return self.objective != "val_loss"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        """Build from a flat dict (Ray Tune config, CLI --set), refusing unknown keys."""
+        values = dict(values)
+        data_keys = {f.name for f in dataclasses.fields(DataConfig)}
+        data_values = dict(values.pop("data", None) or {})
+        for key in list(values):
+            if key in data_keys:
+                data_values[key] = values.pop(key)
+        known = {f.name for f in dataclasses.fields(cls)} | data_keys
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"unknown trial setting {key!r}{_did_you_mean(key, known)}")
+        hints = typing.get_type_hints(cls)
+        coerced = {key: _coerce(key, value, hints[key]) for key, value in values.items()}
+        data_hints = typing.get_type_hints(DataConfig)
+        for key in data_values:
+            if key not in data_keys:
+                raise ConfigError(f"unknown data setting {key!r}{_did_you_mean(key, data_keys)}")
+        data = DataConfig(**{k: _coerce(k, v, data_hints[k]) for k, v in data_values.items()})
+        config = cls(**coerced, data=data)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["milestones"] = list(self.milestones)
+        return out
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        merged = self.to_dict()
+        merged.update(changes)
+        return TrialConfig.from_dict(merged)
+
+    def validate(self) -> None:
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("augment", self.augment, AUGMENTS)
+        _choice("objective", self.objective, OBJECTIVES)
+        _positive("lr", self.lr)
+        _positive("batch_size", self.batch_size)
+        _positive("epochs", self.epochs)
+        if self.img_size is not None:
+            _positive("img_size", self.img_size)
+        if isinstance(self.freeze_stages, int) and self.freeze_stages < 0:
+            raise ConfigError("freeze_stages must be >= 0 or 'all'")
+        for name in (
+            "drop_rate",
+            "drop_path_rate",
+            "label_smoothing",
+            "mixup_prob",
+            "crop_min_scale",
+        ):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        for name in ("weight_decay", "mixup_alpha", "cutmix_alpha", "min_lr", "warmup_lr"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs})"
+            )
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"layer_decay={self.layer_decay} must be in (0, 1]")
+        if not 0 <= self.ra_magnitude <= 30:
+            raise ConfigError(f"ra_magnitude={self.ra_magnitude} must be in [0, 30]")
+        if self.patience is not None:
+            _positive("patience", self.patience)
+        self.data.validate()
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name}={value} must be > 0")
+
+
+def _did_you_mean(key: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"{hint} (known: {', '.join(sorted(known))})"
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Accept what YAML, JSON or a command line produce, reject anything else by name."""
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        converted = _convert(value, option)
+        if converted is not _NO:
+            return converted
+    wanted = " or ".join(_type_name(o) for o in options)
+    raise ConfigError(f"{name}={value!r} has the wrong type: expected {wanted}")
+
+
+_NO = object()
+
+
+def _convert(value: Any, option: Any) -> Any:
+    origin = typing.get_origin(option)
+    if origin is Literal:
+        return value if value in typing.get_args(option) else _NO
+    if origin is tuple:
+        if isinstance(value, list | tuple) and all(isinstance(v, int) for v in value):
+            return tuple(value)
+        return _NO
+    if option is bool:
+        return value if isinstance(value, bool) else _NO
+    if option is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if option is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if ok else _NO
+    if option is str:
+        return value if isinstance(value, str) else _NO
+    return _NO
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _type_name(option: Any) -> str:
+    if typing.get_origin(option) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(option))
+    return getattr(option, "__name__", str(option))

@@ -1,0 +1,206 @@
+"""Finding a dataset's images and labels, and splitting them.
+
+Three sources: an ImageFolder tree (one folder per class, or `train/ val/ [test/]` folders each
+holding class folders), a CSV manifest with `path,label` columns, and `builtin:digits`.
+Every user mistake found here raises `DatasetError` with the path and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from workers.config import DataConfig
+from workers.digits import ensure_digits
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used as given; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """All images of a dataset, their labels, and which split each belongs to."""
+
+    classes: tuple[str, ...]
+    paths: tuple[Path, ...]
+    labels: np.ndarray  # int64, one per path
+    split_indices: dict[str, np.ndarray]  # "train"/"val"/"test" -> indices into paths
+
+    def split_labels(self, split: str) -> np.ndarray:
+        return self.labels[self.split_indices[split]]
+
+
+def load_index(data: DataConfig) -> DatasetIndex:
+    """Index `data.source` and split it (stratified by seed unless the user gave split folders)."""
+    source = data.source
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name != "digits":
+            raise DatasetError(
+                f"unknown builtin dataset {source!r}; the bundled one is builtin:digits"
+            )
+        root = ensure_digits()
+        classes, paths, labels = _scan_class_folders(root)
+        return _with_split(classes, paths, labels, data)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DatasetError(
+            f"dataset {source!r} does not exist; give an ImageFolder directory, "
+            "a CSV manifest (path,label) or builtin:digits"
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DatasetError(
+                f"dataset file {path} is not a .csv manifest with path,label columns"
+            )
+        classes, paths, labels = _read_manifest(path)
+        return _with_split(classes, paths, labels, data)
+    if (path / "train").is_dir() and (path / "val").is_dir():
+        return _user_split(path)
+    classes, paths, labels = _scan_class_folders(path)
+    return _with_split(classes, paths, labels, data)
+
+
+def verify_images(paths: tuple[Path, ...] | list[Path], workers: int = 8) -> None:
+    """Check every image file parses (PIL's verify: headers and structure, no full decode).
+
+    A job runs this once on its driver before any trial starts: one corrupt file would otherwise
+    fail every trial of the search, each after its retries.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def broken(path: Path) -> str | None:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as error:  # PIL raises many types for damaged files
+            return f"{path} ({type(error).__name__}: {error})"
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        bad = [b for b in pool.map(broken, paths) if b is not None]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DatasetError(
+            f"cannot decode image {'; '.join(bad[:3])}{more}; replace or remove the file(s)"
+        )
+
+
+def _scan_class_folders(root: Path) -> tuple[list[str], list[Path], list[int]]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DatasetError(
+            f"{root} has no class folders; put each class's images in its own sub-folder "
+            "(root/cat/1.jpg, root/dog/2.jpg)"
+        )
+    classes, paths, labels = [], [], []
+    for label, folder in enumerate(folders):
+        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+        if not images:
+            raise DatasetError(
+                f"class folder {folder} has no images ({', '.join(IMG_EXTENSIONS)}); "
+                "add images or remove the folder"
+            )
+        classes.append(folder.name)
+        paths.extend(images)
+        labels.extend([label] * len(images))
+    _require_two_classes(classes, root)
+    return classes, paths, labels
+
+
+def _read_manifest(manifest: Path) -> tuple[list[str], list[Path], list[int]]:
+    with manifest.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise DatasetError(
+                f"{manifest} must have a header row with 'path' and 'label' columns, "
+                f"found {reader.fieldnames}"
+            )
+        rows = [(row["path"], row["label"]) for row in reader]
+    if not rows:
+        raise DatasetError(f"{manifest} lists no images; add path,label rows")
+    classes = sorted({label for _, label in rows})
+    _require_two_classes(classes, manifest)
+    index = {name: i for i, name in enumerate(classes)}
+    paths, labels = [], []
+    for line, (raw, label) in enumerate(rows, start=2):
+        path = Path(raw) if Path(raw).is_absolute() else manifest.parent / raw
+        if not path.is_file():
+            raise DatasetError(f"{manifest}:{line}: image {raw!r} does not exist")
+        paths.append(path)
+        labels.append(index[label])
+    return classes, paths, labels
+
+
+def _user_split(root: Path) -> DatasetIndex:
+    """`train/ val/ [test/]`, each with the same class folders."""
+    parts = {
+        split: _scan_class_folders(root / split) for split in SPLITS if (root / split).is_dir()
+    }
+    classes = parts["train"][0]
+    for split, (split_classes, _, _) in parts.items():
+        if split_classes != classes:
+            raise DatasetError(
+                f"{root / split} has classes {split_classes} but train/ has {classes}; "
+                "every split folder needs the same class folders"
+            )
+    paths: list[Path] = []
+    labels: list[int] = []
+    split_indices = {}
+    for split, (_, split_paths, split_labels) in parts.items():
+        split_indices[split] = np.arange(len(paths), len(paths) + len(split_paths))
+        paths.extend(split_paths)
+        labels.extend(split_labels)
+    split_indices.setdefault("test", np.arange(0))
+    return DatasetIndex(tuple(classes), tuple(paths), np.asarray(labels, np.int64), split_indices)
+
+
+def _with_split(
+    classes: list[str], paths: list[Path], labels: list[int], data: DataConfig
+) -> DatasetIndex:
+    label_array = np.asarray(labels, np.int64)
+    split = stratified_split(
+        label_array, data.val_fraction, data.test_fraction, data.split_seed, classes
+    )
+    return DatasetIndex(tuple(classes), tuple(paths), label_array, split)
+
+
+def stratified_split(
+    labels: np.ndarray, val: float, test: float, seed: int, classes: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Per class: shuffle by seed, then carve val and test (at least one each when asked)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[int]] = {split: [] for split in SPLITS}
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_test = max(1, round(len(members) * test)) if test > 0 else 0
+        n_val = max(1, round(len(members) * val)) if val > 0 else 0
+        if len(members) - n_val - n_test < 1:
+            name = classes[label] if classes else str(label)
+            raise DatasetError(
+                f"class {name!r} has {len(members)} image(s): too few for train/val/test; "
+                f"it needs at least {n_val + n_test + 1}"
+            )
+        out["test"].extend(members[:n_test])
+        out["val"].extend(members[n_test : n_test + n_val])
+        out["train"].extend(members[n_test + n_val :])
+    return {split: np.sort(np.asarray(idx, np.int64)) for split, idx in out.items()}
+
+
+def _require_two_classes(classes: list[str], where: Path) -> None:
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise DatasetError(
+            f"{where} has one class ({found}); a classifier needs at least two class folders"
+            if classes
+            else f"{where} has no classes"
+        )

@@ -1,0 +1,347 @@
+"""One fine-tuning trial: train epoch by epoch, evaluate, checkpoint, hand the epoch to a callback.
+
+The callback is the only coupling to the outside: Ray Tune's adapter reports through it, the CLI
+prints through it, and either can return True to stop the trial (a pruner's verdict). Nothing here
+imports Ray, Optuna or a database, so the same loop runs, and is benchmarked, on a bare GPU box.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.loss import SoftTargetCrossEntropy
+from torch.utils.data import DataLoader, Dataset
+
+from workers import checkpoint as ckpt
+from workers.augment import batch_mixer, eval_transform, normalize, train_transform
+from workers.config import ConfigError, TrialConfig
+from workers.datasets import DatasetIndex, load_index
+from workers.decoded_cache import load_decoded, stored_size
+from workers.metrics import Evaluator
+from workers.model import Preprocessing, create_backbone, freeze_stages, preprocessing
+from workers.optim import EpochSchedule, create_optimizer
+
+PER_EPOCH_ONLY = ("val_confusion_matrix",)  # kept in metrics.json, left out of reports
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What the callback sees after each epoch."""
+
+    epoch: int  # 1-based
+    metrics: dict[str, Any]
+    checkpoint: Path  # full state after this epoch (weights, optimizer, loop state)
+    is_best: bool
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """Scalar metrics only: what goes to Ray Tune and Optuna."""
+        return {k: v for k, v in self.metrics.items() if k not in PER_EPOCH_ONLY}
+
+
+@dataclass
+class TrialSummary:
+    config: TrialConfig
+    epochs_run: int
+    best_epoch: int
+    best_value: float
+    best_metrics: dict[str, Any]
+    best_checkpoint: Path | None  # None when a resumed run never beat its pre-resume best
+    stopped_by: str  # "budget", "early_stopping" or "callback"
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+Callback = Callable[[EpochResult], bool | None]
+StepHook = Callable[[int, int], None]  # (batch index, batches per epoch)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A dataset decoded once for one preprocessing, shared by every trial that uses it."""
+
+    index: DatasetIndex
+    pixels: np.ndarray  # (N, 3, S, S) uint8, memory-mapped
+    preprocessing: Preprocessing
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.index.classes)
+
+
+def prepare_data(
+    config: TrialConfig, prep: Preprocessing, index: DatasetIndex | None = None
+) -> PreparedData:
+    index = index or load_index(config.data)
+    size = stored_size(prep.img_size, prep.crop_pct)
+    pixels = load_decoded(index.paths, size, prep.interpolation)
+    return PreparedData(index, pixels, prep)
+
+
+class CachedImages(Dataset[tuple[torch.Tensor, int]]):
+    """uint8 CHW tensors straight from the decoded cache, through a transform."""
+
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        self.pixels, self.labels, self.indices, self.transform = pixels, labels, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+        index = int(self.indices[item])
+        image = torch.from_numpy(np.array(self.pixels[index]))
+        return self.transform(image), int(self.labels[index])
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train(
+    config: TrialConfig,
+    workdir: Path,
+    *,
+    callback: Callback | None = None,
+    resume: Path | None = None,
+    data: PreparedData | None = None,
+    device: torch.device | None = None,
+    on_step: StepHook | None = None,
+) -> TrialSummary:
+    """Run (or resume) one trial; `workdir/latest` and `workdir/best` hold its checkpoints."""
+    device = device or pick_device()
+    _seed_everything(config.seed)
+    index = data.index if data is not None else load_index(config.data)
+    model = create_backbone(config, len(index.classes))
+    data = data or prepare_data(config, preprocessing(model, config.img_size), index)
+    frozen = freeze_stages(model, config.freeze_stages)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer(config, model)
+    schedule = EpochSchedule(config, optimizer)
+    state = ckpt.TrainerState()
+    if resume is not None:
+        ckpt.load_weights(model, resume)
+        state = ckpt.load_trainer_state(resume, optimizer)
+        schedule.fast_forward(state.objective_history)
+    run = _Run(config, data, model, optimizer, schedule, device, frozen)
+    summary_stop = "budget"
+    while state.epoch < config.epochs:
+        epoch = state.epoch + 1
+        _seed_everything(config.seed * 100_003 + epoch)
+        metrics = run.epoch(epoch, on_step)
+        value = float(metrics[config.objective])
+        improved = state.best_value is None or (
+            value > state.best_value if config.maximize else value < state.best_value
+        )
+        state.epoch = epoch
+        state.objective_history.append(value)
+        state.history.append({k: v for k, v in metrics.items() if k not in PER_EPOCH_ONLY})
+        if improved:
+            state.best_value, state.best_epoch, state.bad_epochs = value, epoch, 0
+        else:
+            state.bad_epochs += 1
+        schedule.step(value)
+        latest = run.save(workdir / "latest", metrics, state)
+        if improved:
+            ckpt.write_checkpoint(
+                workdir / "best", model, run.checkpoint_config(), _with_history(metrics, state)
+            )
+        if callback is not None and callback(EpochResult(epoch, metrics, latest, improved)):
+            summary_stop = "callback"
+            break
+        if config.patience is not None and state.bad_epochs >= config.patience:
+            summary_stop = "early_stopping"
+            break
+    best_dir = workdir / "best"
+    return TrialSummary(
+        config=config,
+        epochs_run=state.epoch,
+        best_epoch=state.best_epoch,
+        best_value=float(state.best_value if state.best_value is not None else float("nan")),
+        best_metrics=state.history[state.best_epoch - 1] if state.best_epoch else {},
+        best_checkpoint=best_dir if best_dir.exists() else None,
+        stopped_by=summary_stop,
+        history=state.history,
+    )
+
+
+class _Run:
+    """The per-trial objects the epoch loop needs, built once."""
+
+    def __init__(
+        self,
+        config: TrialConfig,
+        data: PreparedData,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: EpochSchedule,
+        device: torch.device,
+        frozen_stages: int,
+    ) -> None:
+        self.config, self.data, self.model = config, data, model
+        self.optimizer, self.schedule, self.device = optimizer, schedule, device
+        self.frozen_stages = frozen_stages
+        prep = data.preprocessing
+        labels, split = data.index.labels, data.index.split_indices
+        self.train_set = CachedImages(
+            data.pixels, labels, split["train"], train_transform(config, prep.img_size)
+        )
+        self.val_set = CachedImages(
+            data.pixels, labels, split["val"], eval_transform(prep.img_size)
+        )
+        self.mixer = batch_mixer(config, data.num_classes)
+        if self.mixer is not None and config.batch_size % 2:
+            raise ConfigError(
+                f"batch_size={config.batch_size} must be even when mixup/cutmix is on"
+            )
+        self.criterion: torch.nn.Module = (
+            SoftTargetCrossEntropy()
+            if self.mixer is not None
+            else torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        )
+        self.autocast = device.type == "cuda" and config.amp
+
+    def loader(self, dataset: CachedImages, *, train: bool, epoch: int = 0) -> DataLoader[Any]:
+        workers = _num_workers(self.config, self.device)
+        generator = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
+        return DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.config.batch_size,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            generator=generator,
+            persistent_workers=False,
+        )
+
+    def batches(self, loader: DataLoader[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return device_batches(loader, self.device, self.data.preprocessing)
+
+    def epoch(self, epoch: int, on_step: StepHook | None) -> dict[str, Any]:
+        started = time.perf_counter()
+        lr = self.schedule.lr
+        train_loss, seen = self._train_epoch(epoch, on_step)
+        train_seconds = time.perf_counter() - started
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_images_per_second": seen / max(train_seconds, 1e-9),
+        }
+        metrics.update(self.evaluate(self.loader(self.val_set, train=False), "val"))
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        return metrics
+
+    def _train_epoch(self, epoch: int, on_step: StepHook | None) -> tuple[float, int]:
+        self.model.train()
+        loader = self.loader(self.train_set, train=True, epoch=epoch)
+        total, seen = torch.zeros((), device=self.device), 0
+        for step, (images, targets) in enumerate(self.batches(loader)):
+            soft_targets = targets
+            if self.mixer is not None:
+                images, soft_targets = self.mixer(images, targets)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                loss = self.criterion(self.model(images), soft_targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.clip_grad:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+            self.optimizer.step()
+            total += loss.detach() * len(targets)
+            seen += len(targets)
+            if on_step is not None:
+                on_step(step + 1, len(loader))
+        return float(total) / max(seen, 1), seen
+
+    def evaluate(self, loader: DataLoader[Any], prefix: str) -> dict[str, Any]:
+        return evaluate_model(
+            self.model,
+            loader,
+            self.device,
+            self.data.preprocessing,
+            self.data.num_classes,
+            prefix,
+            amp=self.config.amp,
+        )
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {
+            "trial": self.config.to_dict(),
+            "backbone": self.config.backbone,
+            "classes": list(self.data.index.classes),
+            "preprocessing": self.data.preprocessing.to_dict(),
+            "frozen_stages": self.frozen_stages,
+        }
+
+    def save(self, target: Path, metrics: dict[str, Any], state: ckpt.TrainerState) -> Path:
+        return ckpt.write_checkpoint(
+            target,
+            self.model,
+            self.checkpoint_config(),
+            _with_history(metrics, state),
+            optimizer=self.optimizer,
+            state=state,
+        )
+
+
+def device_batches(
+    loader: DataLoader[Any], device: torch.device, prep: Preprocessing
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Move uint8 batches to the device, then normalize there (cheaper than on the CPU)."""
+    for images, targets in loader:
+        images = normalize(images.to(device, non_blocking=True), prep.mean, prep.std)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        yield images, targets.to(device, non_blocking=True)
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model: torch.nn.Module,
+    loader: DataLoader[Any],
+    device: torch.device,
+    prep: Preprocessing,
+    num_classes: int,
+    prefix: str,
+    amp: bool = True,
+) -> dict[str, Any]:
+    model.eval()
+    evaluator = Evaluator(num_classes, device)
+    for images, targets in device_batches(loader, device, prep):
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = model(images)
+        evaluator.update(logits, targets)
+    return evaluator.compute(prefix)
+
+
+def _with_history(metrics: dict[str, Any], state: ckpt.TrainerState) -> dict[str, Any]:
+    return {**metrics, "history": state.history}
+
+
+def _num_workers(config: TrialConfig, device: torch.device) -> int:
+    if config.num_workers is not None:
+        return config.num_workers
+    if device.type != "cuda":
+        return 0  # on CPU the model wants every core, and cached images need no decoding
+    return min(8, max(1, len(os.sched_getaffinity(0)) - 1))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

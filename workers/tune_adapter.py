@@ -1,0 +1,56 @@
+"""The thin layer between Ray Tune and the trial engine; the only worker module importing Ray.
+
+Each epoch is reported with its full checkpoint; Ray Tune persists it under the run's storage
+path and keeps the best one per trial (plus the latest, which a retried trial resumes from).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from workers.config import TrialConfig
+from workers.engine import EpochResult, train
+
+
+def run_tune_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: config is the flat trial config the searcher suggested."""
+    trial_config = TrialConfig.from_dict(config)
+    workdir = Path(tempfile.mkdtemp(prefix="automl-trial-"))
+
+    node = ray.get_runtime_context().get_node_id()  # which machine ran it, for the user
+
+    def report(result: EpochResult) -> bool:
+        metrics = {**result.report, "node_id": node}
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(result.checkpoint))
+        return False  # stopping is the scheduler's call; Ray ends the trial
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        train(trial_config, workdir, callback=report)
+        return
+    with checkpoint.as_directory() as resume_from:  # a retry after a worker died
+        train(trial_config, workdir, callback=report, resume=Path(resume_from))
+
+
+def evaluate_on_split(checkpoint: tune.Checkpoint, split: str = "test") -> dict[str, Any]:
+    """Score a trial's checkpoint on one split; runs as a Ray task where the trials ran."""
+    from workers.predict import evaluate_checkpoint, load_checkpoint
+
+    with checkpoint.as_directory() as directory:
+        loaded = load_checkpoint(Path(directory))
+        metrics = evaluate_checkpoint(loaded, split)
+        metrics["classes"] = loaded.classes
+        return metrics
+
+
+def copy_checkpoint(checkpoint: tune.Checkpoint, out: Path) -> Path:
+    """The model files of a Ray-persisted checkpoint (local or remote storage) into `out`."""
+    from workers.checkpoint import copy_model_files
+
+    with checkpoint.as_directory() as directory:
+        return copy_model_files(Path(directory), out)
