@@ -6,6 +6,7 @@ commands so `automl --help` stays fast.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -84,3 +85,54 @@ def gpu(
         out.print(f"four small trials: one after another {result['sequential_s']:.1f}s, "
                   f"sharing the device {result['shared_s']:.1f}s "
                   f"(x{result['speedup']:.2f})")
+
+
+REPLAY_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "finetune-curves"
+
+
+@app.command()
+def replay(
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False,
+                                       help="recorded runs in the finetune-curves format")] = REPLAY_DATA,
+    workers: Annotated[int, typer.Option(min=1)] = 4,
+    seeds: Annotated[int, typer.Option(min=1)] = 3,
+    budgets: Annotated[str, typer.Option(help="seconds, comma-separated")] = "3600,14400,57600",
+    strategies: Annotated[str, typer.Option(help="random, asha, tpe, default")] = "random,asha,default",
+    datasets: Annotated[str | None, typer.Option(help="comma-separated; default all")] = None,
+) -> None:
+    """Mean normalized regret of each strategy at each budget, replaying recorded fine-tuning runs."""
+    from benchmarks.replay import STRATEGIES, mean_regret, run
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(STRATEGIES))
+    if unknown:
+        raise typer.BadParameter(f"unknown strategy {', '.join(unknown)}; choose from "
+                                 f"{', '.join(STRATEGIES)}", param_hint="--strategies")
+    seconds = [float(b) for b in budgets.split(",")]
+    chosen = datasets.split(",") if datasets else None
+    cells = run(data, workers, seeds, seconds, names, chosen,
+                progress=lambda c: out.print(f"  {c.dataset} {c.strategy} seed {c.seed}: "
+                                             + " ".join(f"{r:.3f}" for r in c.regrets)))
+    table = Table("strategy", *[f"regret @ {b:.0f}s" for b in seconds],
+                  title=f"mean normalized regret, {workers} workers, {seeds} seeds, "
+                        f"{len({c.dataset for c in cells})} datasets (lower is better)")
+    for name in names:
+        table.add_row(name, *[f"{mean_regret(cells, name, i):.4f}" for i in range(len(seconds))])
+    out.print(table)
+    if {"asha", "default"} <= set(names):
+        ratios = [mean_regret(cells, "default", i) / max(mean_regret(cells, "asha", i), 1e-12)
+                  for i in range(len(seconds))]
+        out.print("default / asha: " + ", ".join(f"{r:.2f}" for r in ratios)
+                  + "  (goal: <= 0.50 at every budget)")
+
+
+@app.command()
+def portfolio(
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False)] = REPLAY_DATA,
+    size: Annotated[int, typer.Option(min=1)] = 8,
+) -> None:
+    """Derive the warm-start portfolio from recorded runs (what `automl.strategy.PORTFOLIO` holds)."""
+    from benchmarks.replay import derive_portfolio, load_pools
+
+    for config in derive_portfolio(list(load_pools(data).values()), size):
+        out.print(repr(config))

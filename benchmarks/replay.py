@@ -1,0 +1,333 @@
+"""Search efficiency: replay recorded fine-tuning runs through the project's real strategy.
+
+The data (see `shared/benchmarks/finetune-curves/README.md`) holds, per dataset, a pool of
+fine-tuning runs with their per-epoch validation accuracy and seconds. A simulated clock and W
+workers stand in for the cluster: each worker asks the strategy's study for a configuration (the
+very `Strategy` a job builds: sampler, pruner, space and portfolio), which maps to the nearest
+recorded run of that dataset; every epoch costs its recorded seconds, is reported, and the
+strategy's pruner may stop it; a run ends where its curve ends. Regret is read off at each budget.
+
+Nothing here knows a dataset's name: the `default` arm's portfolio for a dataset is derived from
+the *other* datasets only (leave-one-dataset-out), by the same code that derived the portfolio
+jobs ship with (`derive_portfolio`, printed by `automl bench portfolio`).
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import itertools
+import json
+import math
+import statistics
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from automl.space import (
+    BATCH_SIZES,
+    CUTMIX_ALPHAS,
+    DEFAULT_BACKBONES,
+    LR_RANGE,
+    MIXUP_ALPHAS,
+    WEIGHT_DECAY_RANGE,
+    SearchSpace,
+)
+from automl.strategy import Strategy
+
+MAX_EPOCHS = 50  # the recorded curves' longest
+STRATEGIES = ("random", "asha", "tpe", "default")
+
+# Quick-Tune's timm names -> the current timm names of the same weights (our default space)
+_BACKBONE = {name.split(".")[0]: name for name in DEFAULT_BACKBONES}
+_RECORDED_BACKBONE = {
+    "convnext_small_384_in22ft1k": "convnext_small.fb_in22k_ft_in1k_384",
+    "deit3_small_patch16_384_in21ft1k": "deit3_small_patch16_384.fb_in22k_ft_in1k",
+    "swinv2_base_window12to24_192to384_22kft1k": "swinv2_base_window12to24_192to384.ms_in22k_ft_in1k",
+    "tf_efficientnet_b4_ns": "tf_efficientnet_b4.ns_jft_in1k",
+    "tf_efficientnet_b6_ns": "tf_efficientnet_b6.ns_jft_in1k",
+    "tf_efficientnet_b7_ns": "tf_efficientnet_b7.ns_jft_in1k",
+    "xcit_nano_12_p8_384_dist": "xcit_nano_12_p8_384.fb_dist_in1k",
+    "xcit_tiny_12_p8_384_dist": "xcit_tiny_12_p8_384.fb_dist_in1k",
+    "xcit_tiny_24_p8_384_dist": "xcit_tiny_24_p8_384.fb_dist_in1k",
+    "xcit_small_12_p8_384_dist": "xcit_small_12_p8_384.fb_dist_in1k",
+}
+_OPTIMIZER = {"adam": "adam", "adamw": "adamw", "adamp": "adamw", "sgd": "sgd", "momentum": "sgd"}
+_AUGMENT = {"None": "basic", "auto_augment": "autoaugment", "random_augment": "randaugment",
+            "trivial_augment": "trivialaugment"}
+
+
+@dataclass(frozen=True)
+class Run:
+    config: dict[str, Any]  # in the project's space vocabulary
+    curve: tuple[float, ...]  # validation top-1 after each epoch
+    cost: tuple[float, ...]  # seconds of each epoch
+
+
+@dataclass
+class Pool:
+    """One dataset's recorded runs: what any suggested configuration can turn into."""
+
+    runs: list[Run]
+    features: np.ndarray
+    best: float
+    worst: float
+
+    @classmethod
+    def of(cls, runs: list[Run]) -> Pool:
+        bests = [max(r.curve) for r in runs]
+        return cls(runs, np.stack([features(r.config) for r in runs]), max(bests), min(bests))
+
+    def nearest(self, config: dict[str, Any]) -> Run:
+        distance = np.abs(self.features - features(config)) @ WEIGHTS
+        return self.runs[int(np.argmin(distance))]
+
+    def regret(self, value: float) -> float:
+        return (self.best - value) / (self.best - self.worst)
+
+
+def recorded_config(row: dict[str, str]) -> dict[str, Any]:
+    """A recorded run's hyperparameters in the project's vocabulary (values as recorded)."""
+    def one_hot(prefix: str) -> str:
+        return next(k.split(":", 2)[2] for k, v in row.items() if k.startswith(prefix) and v == "1")
+
+    model = one_hot("cat:model:")
+    frozen = float(row["pct_to_freeze"])
+    mixing = float(row["mixup_prob"]) > 0
+    return {
+        "backbone": _RECORDED_BACKBONE.get(model) or _BACKBONE[model],
+        "freeze_stages": "all" if row["linear_probing"] == "1" else frozen * 4,  # of 4 stages
+        "optimizer": _OPTIMIZER[one_hot("cat:opt:")],
+        "lr": float(row["lr"]),
+        "weight_decay": max(float(row["weight_decay"]), 1e-6),
+        "schedule": one_hot("cat:sched:"),
+        "warmup_epochs": min(int(row["warmup_epochs"]), 5),
+        "augment": _AUGMENT[one_hot("cat:data_augmentation:")],
+        "mixup_alpha": float(row["mixup"]) if mixing else 0.0,
+        "cutmix_alpha": float(row["cutmix"]) if mixing else 0.0,
+        "mixup_prob": float(row["mixup_prob"]),
+        "label_smoothing": float(row["smoothing"]),
+        "drop_path_rate": float(row["drop"]),
+        "batch_size": int(row["batch_size"]),
+    }
+
+
+def project(config: dict[str, Any]) -> dict[str, Any]:
+    """The default space's closest configuration: what a job's portfolio can enqueue."""
+    def nearest(value: float, choices: Sequence[float], log: bool = False) -> Any:
+        key = (lambda c: abs(math.log2(c) - math.log2(value))) if log else (lambda c: abs(c - value))
+        return min(choices, key=key)
+
+    c = dict(config)
+    if c["freeze_stages"] != "all":
+        c["freeze_stages"] = min(round(c["freeze_stages"]), 3)
+    low, high = LR_RANGE[c["optimizer"]]
+    c["lr"] = min(max(c["lr"], low), high)
+    c["weight_decay"] = min(max(c["weight_decay"], WEIGHT_DECAY_RANGE[0]), WEIGHT_DECAY_RANGE[1])
+    c["batch_size"] = nearest(c["batch_size"], BATCH_SIZES, log=True)
+    c["mixup_alpha"] = nearest(c["mixup_alpha"], MIXUP_ALPHAS)
+    c["cutmix_alpha"] = nearest(c["cutmix_alpha"], CUTMIX_ALPHAS)
+    if c["mixup_alpha"] or c["cutmix_alpha"]:
+        c["mixup_prob"] = nearest(max(c["mixup_prob"], 0.25), (0.25, 0.5, 1.0))
+    else:
+        c.pop("mixup_prob")
+    c["label_smoothing"] = min(c["label_smoothing"], 0.2)
+    c["drop_path_rate"] = min(c["drop_path_rate"], 0.2)
+    return c
+
+
+# feature layout: [backbone one-hot..., linear probe, frozen fraction, optimizer one-hot...,
+# log10 lr, log10 wd, schedule one-hot..., warmup, augment one-hot..., mixup, cutmix, smoothing,
+# drop path, log2 batch]
+_OPTIMIZERS = ("adamw", "sgd", "adam")
+_SCHEDULES = ("cosine", "step", "multistep", "plateau", "onecycle", "cyclic", "constant")
+_AUGMENTS = ("none", "basic", "randaugment", "trivialaugment", "autoaugment")
+
+
+def features(config: dict[str, Any]) -> np.ndarray:
+    frozen = config.get("freeze_stages", 0)
+    parts: list[float] = [float(config["backbone"] == b) for b in DEFAULT_BACKBONES]
+    parts += [float(frozen == "all"), 1.0 if frozen == "all" else min(float(frozen), 4.0) / 4]
+    parts += [float(config.get("optimizer") == o) for o in _OPTIMIZERS]
+    parts += [math.log10(config.get("lr", 1e-3)), math.log10(max(config.get("weight_decay", 0.0), 1e-6))]
+    parts += [float(config.get("schedule") == s) for s in _SCHEDULES]
+    parts += [config.get("warmup_epochs", 0) / 5]
+    parts += [float(config.get("augment") == a) for a in _AUGMENTS]
+    parts += [min(config.get("mixup_alpha", 0.0), 1.0), min(config.get("cutmix_alpha", 0.0), 1.0),
+              config.get("label_smoothing", 0.0) * 5, config.get("drop_path_rate", 0.0) * 2.5,
+              math.log2(config.get("batch_size", 32))]
+    return np.asarray(parts)
+
+
+def _weights() -> np.ndarray:
+    """What decides the nearest run, most first: backbone, linear probe, lr, freezing, optimizer."""
+    w: list[float] = [2.0] * len(DEFAULT_BACKBONES)  # a different backbone: distance 4
+    w += [3.0, 1.0]
+    w += [0.5] * len(_OPTIMIZERS)
+    w += [1.5, 0.1]
+    w += [0.25] * len(_SCHEDULES)
+    w += [0.1]
+    w += [0.25] * len(_AUGMENTS)
+    w += [0.1, 0.1, 0.1, 0.1, 0.3]
+    return np.asarray(w)
+
+
+WEIGHTS = _weights()
+
+
+def load_pools(data: Path) -> dict[str, Pool]:
+    perf = json.loads((data / "curves" / "perf.json").read_text())
+    cost = json.loads((data / "curves" / "cost.json").read_text())
+    with (data / "table.csv").open() as f:
+        rows = {row[""]: row for row in csv.DictReader(f)}
+    pools = {}
+    for dataset, curves in perf.items():
+        if dataset == "info":
+            continue
+        runs = [Run(recorded_config(rows[rid]), tuple(curve), tuple(cost[dataset][rid]))
+                for rid, curve in curves.items() if curve]
+        pools[dataset] = Pool.of(runs)
+    return pools
+
+
+def derive_portfolio(
+    pools: Sequence[Pool], size: int = 8, checkpoints: Sequence[float] = (900, 3600, 14400, 57600)
+) -> tuple[dict[str, Any], ...]:
+    """Greedy portfolio: each member the recorded configuration that most lowers the mean regret
+    over `pools` and over time `checkpoints` of one worker, given the members before it
+    (Quick-Tune / auto-sklearn 2 style). Anytime regret, so a slow giant that wins after a day
+    does not crowd out what wins in the first hour."""
+    candidates = [project(run.config) for pool in pools for run in pool.runs]
+    scores = np.array([[_anytime_regret(p, p.nearest(c), checkpoints) for p in pools]
+                       for c in candidates]).reshape(len(candidates), -1)
+    chosen: list[int] = []
+    current = np.ones(scores.shape[1])
+    for _ in range(size):
+        gain = np.minimum(scores, current).mean(axis=1)
+        best = int(np.argmin(gain))
+        if chosen and gain[best] >= current.mean():
+            break
+        chosen.append(best)
+        current = np.minimum(scores[best], current)
+    return tuple(candidates[i] for i in chosen)
+
+
+def _anytime_regret(pool: Pool, run: Run, checkpoints: Sequence[float]) -> list[float]:
+    """Regret of `run` alone at each checkpoint (1 before its first epoch ends)."""
+    done = np.cumsum(run.cost[:MAX_EPOCHS])
+    best_so_far = np.maximum.accumulate(run.curve[:MAX_EPOCHS])
+    out = []
+    for t in checkpoints:
+        k = int(np.searchsorted(done, t, side="right"))
+        out.append(1.0 if k == 0 else pool.regret(float(best_so_far[k - 1])))
+    return out
+
+
+def make_strategy(name: str, seed: int, portfolio: tuple[dict[str, Any], ...]) -> Strategy:
+    space = SearchSpace(max_epochs=MAX_EPOCHS)
+    if name == "random":
+        return Strategy(space, sampler="random", pruner="none", seed=seed, warm_start=False)
+    if name == "asha":  # Ray Tune's ASHAScheduler defaults: grace period 1, reduction factor 4
+        return Strategy(space, sampler="random", pruner="sha", seed=seed, warm_start=False,
+                        pruner_options={"min_resource": 1, "reduction_factor": 4})
+    if name == "tpe":  # the default sampler and pruner without the portfolio
+        return Strategy(space, seed=seed, warm_start=False)
+    return Strategy(space, seed=seed, portfolio=portfolio)  # what a job with no strategy gets
+
+
+def simulate(strategy: Strategy, pool: Pool, workers: int, horizon: float) -> list[tuple[float, float]]:
+    """Drive `strategy` over `pool` on a simulated clock; returns (time, best value so far) steps."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study = strategy.create_study(optuna.storages.InMemoryStorage(), "replay")
+    events: list[tuple[float, int, optuna.Trial, Run, int]] = []
+    order = itertools.count()
+    best, trace = -math.inf, [(0.0, -math.inf)]
+
+    def start(now: float) -> None:
+        trial = study.ask()
+        run = pool.nearest(strategy.suggest(trial))
+        heapq.heappush(events, (now + run.cost[0], next(order), trial, run, 1))
+
+    for _ in range(workers):
+        start(0.0)
+    while events:
+        now, _, trial, run, epoch = heapq.heappop(events)
+        if now > horizon:
+            break
+        value = run.curve[epoch - 1]
+        if value > best:
+            best = value
+            trace.append((now, best))
+            if best >= pool.best:
+                break  # nothing left to find
+        trial.report(value, epoch)
+        last = min(len(run.curve), MAX_EPOCHS)
+        if epoch == last:
+            study.tell(trial, max(run.curve[:last]))
+        elif trial.should_prune():
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            heapq.heappush(events, (now + run.cost[epoch], next(order), trial, run, epoch + 1))
+            continue
+        start(now)
+    return trace
+
+
+def regrets(trace: list[tuple[float, float]], pool: Pool, budgets: Sequence[float]) -> list[float]:
+    out = []
+    for budget in budgets:
+        seen = max(value for time, value in trace if time <= budget)
+        out.append(1.0 if seen == -math.inf else pool.regret(seen))
+    return out
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    strategy: str
+    seed: int
+    regrets: tuple[float, ...]
+
+
+def _one(args: tuple[Path, str, str, int, int, tuple[float, ...]]) -> Cell:
+    data, dataset, name, seed, workers, budgets = args
+    pools = load_pools(data)
+    held_out = pools[dataset]
+    portfolio = derive_portfolio([p for d, p in pools.items() if d != dataset]) if name == "default" else ()
+    strategy = make_strategy(name, seed, portfolio)
+    trace = simulate(strategy, held_out, workers, max(budgets))
+    return Cell(dataset, name, seed, tuple(regrets(trace, held_out, budgets)))
+
+
+def run(
+    data: Path,
+    workers: int = 4,
+    seeds: int = 3,
+    budgets: Sequence[float] = (3600, 14400, 57600),
+    strategies: Sequence[str] = ("random", "asha", "default"),
+    datasets: Sequence[str] | None = None,
+    processes: int | None = None,
+    progress: Callable[[Cell], None] | None = None,
+) -> list[Cell]:
+    names = datasets or list(load_pools(data))
+    jobs = [(data, d, s, seed, workers, tuple(budgets))
+            for d in names for s in strategies for seed in range(seeds)]
+    cells = []
+    with ProcessPoolExecutor(processes) as pool:
+        for cell in pool.map(_one, jobs):
+            cells.append(cell)
+            if progress:
+                progress(cell)
+    return cells
+
+
+def mean_regret(cells: Sequence[Cell], strategy: str, budget_index: int) -> float:
+    return statistics.fmean(c.regrets[budget_index] for c in cells if c.strategy == strategy)
