@@ -6,6 +6,7 @@ commands so `automl --help` stays fast.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -136,3 +137,42 @@ def portfolio(
 
     for config in derive_portfolio(list(load_pools(data).values()), size):
         out.print(repr(config))
+@app.command()
+def storage(
+    url: Annotated[str | None, typer.Option(
+        help="Optuna storage (PostgreSQL); default $AUTOML_TEST_DATABASE_URL or the local test "
+             "database")] = None,
+    writers: Annotated[int, typer.Option(min=1)] = 32,
+    sizes: Annotated[str, typer.Option(help="study sizes (trials), comma-separated")] = "1000,10000",
+    epochs: Annotated[int, typer.Option(min=2)] = 5,
+    trials: Annotated[int, typer.Option(min=1, help="trials per writer at each size")] = 2,
+    pause: Annotated[float, typer.Option(min=0, help="seconds of 'training' per epoch")] = 0.0,
+) -> None:
+    """p50/p95/max of ask, report, should_prune, tell with W concurrent writers per study size."""
+    from benchmarks.storage_load import DEFAULT_URL, run
+
+    url = url or os.environ.get("AUTOML_TEST_DATABASE_URL") or DEFAULT_URL
+    try:
+        study_sizes = sorted({int(s) for s in sizes.split(",") if s.strip()})
+    except ValueError:
+        raise typer.BadParameter(f"--sizes: expected numbers like 1000,10000, got {sizes!r}") from None
+    result = run(url=url, writers=writers, sizes=study_sizes, epochs=epochs, trials=trials,
+                 pause=pause)
+    table = Table("trials", "op", "calls", "p50", "p95", "max", "CPU p50", "CPU p95",
+                  title=f"storage under load (ms): {result.writers} writer processes, "
+                        f"{result.cpus} CPU cores, {epochs} epochs")
+    for row in result.rows:
+        table.add_row(f"{row.size:,}", row.op, str(row.calls), f"{row.p50_ms:.1f}",
+                      f"{row.p95_ms:.1f}", f"{row.max_ms:.1f}", f"{row.cpu_p50_ms:.1f}",
+                      f"{row.cpu_p95_ms:.1f}", end_section=row.op == result.rows[-1].op)
+    out.print(table)
+    once = Table("trials", "bulk pre-fill", "driver's first read", "read again, same storage",
+                 title="once per study / per request (s)")
+    for size in study_sizes:
+        once.add_row(f"{size:,}", f"{result.fill_s[size]:.1f}", f"{result.load_s[size]:.2f}",
+                     f"{result.reload_s[size]:.2f}")
+    out.print(once)
+    out.print("targets at 10,000 trials: p95 report + should_prune < 20 ms, p95 ask < 150 ms. "
+              "ask = study.ask + sampling the configuration + the bridge's 2 user attrs. "
+              "CPU = the writer's own CPU time in the call; the rest of the wall time is the "
+              "database and, with more writers than cores, waiting for a core.")

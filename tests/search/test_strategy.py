@@ -1,0 +1,58 @@
+"""The strategy's TPE and Hyperband are Optuna's, made cheaper: the same samples and decisions."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import optuna
+
+from automl.space import SearchSpace
+from automl.strategy import FastHyperbandPruner, Strategy
+
+EPOCHS = 9  # three brackets at reduction factor 3: rungs end at epochs 1, 3 and 9
+SEED = 7
+
+
+def _search(
+    sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, trials: int = 40
+) -> list[tuple[Any, ...]]:
+    """A seeded search through ask / report / should_prune / tell; what it sampled and pruned."""
+    strategy = Strategy(SearchSpace(max_epochs=EPOCHS))
+    study = optuna.create_study(
+        study_name="same-name", direction="maximize", sampler=sampler, pruner=pruner
+    )
+    rng = random.Random(0)
+    decided = []
+    for _ in range(trials):
+        trial = study.ask()
+        config = strategy.suggest(trial)
+        ceiling, speed = rng.uniform(0.4, 0.95), rng.uniform(0.3, 1.5)
+        pruned_at = None
+        for epoch in range(1, EPOCHS + 1):
+            trial.report(ceiling * (1 - math.exp(-speed * epoch)), epoch)
+            if epoch < EPOCHS and trial.should_prune():
+                pruned_at = epoch
+                break
+        if pruned_at is None:
+            study.tell(trial, max(trial._cached_frozen_trial.intermediate_values.values()))
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        decided.append((trial.number, sorted(config.items()), pruned_at))
+    return decided
+
+
+def test_sampler_and_pruner_decide_as_optunas_own() -> None:
+    strategy = Strategy(SearchSpace(max_epochs=EPOCHS), seed=SEED)
+    pruner = strategy.make_pruner()
+    assert isinstance(pruner, FastHyperbandPruner)
+
+    decided = _search(strategy.make_sampler(), pruner)
+
+    optunas = _search(
+        optuna.samplers.TPESampler(seed=SEED, multivariate=True, group=True, constant_liar=True),
+        optuna.pruners.HyperbandPruner(min_resource=1, max_resource=EPOCHS, reduction_factor=3),
+    )
+    assert decided == optunas
+    assert {1, 3, None} <= {epoch for _, _, epoch in decided}  # both rungs pruned, some ran out

@@ -1,0 +1,44 @@
+"""The service keeps one Optuna storage, and its trial cache, for every request: what the job's
+driver writes from another connection still shows up at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from automl.service import JobService
+from automl.settings import Settings
+from automl.space import SearchSpace
+from automl.strategy import Strategy
+from storage.optuna_storage import optuna_storage
+
+
+def test_service_sees_trials_the_driver_reports_and_tells(pg_url: str, tmp_path: Path) -> None:
+    service = JobService(Settings(home=tmp_path / "automl-data", database_url=pg_url))
+    service.store.submit("cached", "cached", {})
+    strategy = Strategy(SearchSpace(max_epochs=3), seed=0, warm_start=False)
+    driver = strategy.create_study(optuna_storage(pg_url), "cached")  # the runner's own storage
+
+    def seen() -> dict[int, tuple[str, object, dict[str, float]]]:
+        return {t["number"]: (t["state"], t["value"], t["intermediate_values"])
+                for t in service.trials("cached")}
+
+    assert seen() == {}
+    first = driver.ask()
+    strategy.suggest(first)
+    first.report(0.5, 1)
+    assert seen() == {0: ("running", None, {"1": 0.5})}
+
+    first.report(0.75, 2)
+    driver.tell(first, 0.75)
+    second = driver.ask()
+    strategy.suggest(second)
+    second.report(0.25, 1)
+    assert seen() == {0: ("complete", 0.75, {"1": 0.5, "2": 0.75}),
+                      1: ("running", None, {"1": 0.25})}
+
+    driver.tell(second, state=TrialState.PRUNED)
+    assert seen() == {0: ("complete", 0.75, {"1": 0.5, "2": 0.75}),
+                      1: ("pruned", 0.25, {"1": 0.25})}  # Optuna keeps the last value
+    assert service.trials("cached")[0]["params"] == first.params
