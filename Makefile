@@ -32,5 +32,13 @@ services:
 	@command -v chromium >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+## bench: every benchmark, each printing its table (README, Benchmarks); about 40 min on 2 cores
+bench: $(STAMP) services
+	$(BIN)/automl bench replay
+	$(BIN)/automl bench overhead
+	$(BIN)/automl bench cache
+	$(BIN)/automl bench storage
+	$(BIN)/automl bench gpu
+
 clean:
 	rm -rf $(VENV) automl-data .pytest_cache .mypy_cache .ruff_cache

@@ -235,16 +235,16 @@ class SearchSpace:
             c["plateau_patience"] = ask.int("plateau_patience", 1, 3)
             c["decay_rate"] = ask.float("decay_rate", 0.1, 0.5)
 
-    def contains(self, name: str, value: Any) -> bool:
-        """Whether `value` is one the (narrowed) space can produce for `name` (warm starts)."""
-        param = self.overrides.get(name)
-        if param is None:
-            return True
-        if isinstance(param, Fixed):
-            return bool(param.value == value)
-        if isinstance(param, Choices):
-            return value in param.values
-        return isinstance(value, int | float) and param.low <= value <= param.high
+    def admits(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The part of `config` this space would ask for and could produce (warm starts).
+
+        The space itself is walked with `config`'s answers, so a value is kept only on the branch
+        it belongs to and inside the range the space asks there (a warmup longer than this job's
+        epochs, a batch size the user narrowed away: dropped, and sampled instead).
+        """
+        probe = _Probe(config)
+        self.sample(probe)  # type: ignore[arg-type]
+        return probe.admitted
 
 
 # parameters the default space asks only under a condition: an override must not force them
@@ -252,6 +252,35 @@ _CONDITIONAL = {
     "momentum", "nesterov", "decay_epochs", "decay_rate", "milestones", "cycle_epochs",
     "plateau_patience", "warmup_lr", "ra_num_ops", "ra_magnitude", "mixup_prob",
 }
+
+
+class _Probe:
+    """Stands in for an Optuna trial in `SearchSpace.admits`: answers from a configuration."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config: dict[str, Any] = config
+        self.admitted: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        value = _encode(self.config.get(name))
+        if name in self.config and value in choices:
+            self.admitted[name] = self.config[name]
+            return value
+        return choices[0]
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> Any:
+        return self._number(name, low, high)
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False,
+                      step: float | None = None) -> Any:
+        return self._number(name, low, high)
+
+    def _number(self, name: str, low: float, high: float) -> Any:
+        value = self.config.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
+            self.admitted[name] = value
+            return value
+        return low
 
 
 class _Asker:

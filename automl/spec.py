@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from automl.space import SearchSpace, SpaceError
+from automl.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER
 from workers.config import OBJECTIVES
 
 Duration = float | str
@@ -87,8 +88,8 @@ class ResourcesSpec(_Strict):
 
 
 class StrategySpec(_Strict):
-    sampler: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
-    pruner: Literal["hyperband", "sha", "median", "none"] = "hyperband"
+    sampler: Literal["tpe", "random", "gp", "cmaes"] = DEFAULT_SAMPLER  # type: ignore[assignment]
+    pruner: Literal["hyperband", "sha", "median", "none"] = DEFAULT_PRUNER  # type: ignore[assignment]
     seed: int | None = None
     warm_start: bool = Field(True, description="try the strategy's portfolio of strong configs first")
     sampler_options: dict[str, Any] = Field(default_factory=dict)

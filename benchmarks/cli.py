@@ -130,13 +130,34 @@ def replay(
 @app.command()
 def portfolio(
     data: Annotated[Path, typer.Option(exists=True, file_okay=False)] = REPLAY_DATA,
-    size: Annotated[int, typer.Option(min=1)] = 8,
+    size: Annotated[int, typer.Option(min=1)] = 32,
 ) -> None:
-    """Derive the warm-start portfolio from recorded runs (what `automl.strategy.PORTFOLIO` holds)."""
+    """Derive the warm-start portfolio from recorded runs, as the module jobs import.
+
+    `automl bench portfolio > automl/portfolio.py` regenerates the shipped one.
+    """
     from benchmarks.replay import derive_portfolio, load_pools
 
-    for config in derive_portfolio(list(load_pools(data).values()), size):
-        out.print(repr(config))
+    pools = load_pools(data)
+    configs = derive_portfolio(list(pools.values()), size)
+    lines = [
+        '"""Warm-start portfolio: configurations tried first by a job (generated, do not edit).',
+        "",
+        f"`automl bench portfolio --size {size} > automl/portfolio.py` derives it greedily from the",
+        f"{sum(len(p.runs) for p in pools.values())} recorded fine-tuning runs on {len(pools)} "
+        "datasets of benchmarks/replay.py:",
+        "each member lowers most the mean anytime regret over those datasets, given the ones before it.",
+        '"""',
+        "",
+        "from typing import Any",
+        "",
+        "PORTFOLIO: tuple[dict[str, Any], ...] = (",
+        *[f"    {config!r}," for config in configs],
+        ")",
+    ]
+    print("\n".join(lines))
+
+
 @app.command()
 def storage(
     url: Annotated[str | None, typer.Option(

@@ -211,9 +211,12 @@ def derive_portfolio(
     current = np.ones(scores.shape[1])
     for _ in range(size):
         gain = np.minimum(scores, current).mean(axis=1)
+        gain[chosen] = np.inf
         best = int(np.argmin(gain))
-        if chosen and gain[best] >= current.mean():
-            break
+        if gain[best] >= current.mean():  # nothing adds coverage: then the best on average
+            mean = scores.mean(axis=1)
+            mean[chosen] = np.inf
+            best = int(np.argmin(mean))
         chosen.append(best)
         current = np.minimum(scores[best], current)
     return tuple(candidates[i] for i in chosen)

@@ -138,9 +138,22 @@ def test_narrowed_space_is_never_left() -> None:
 
 
 def test_warm_start_tries_the_portfolio_first() -> None:
-    first = sample_configs({"strategy": {"warm_start": True}}, 1)[0]
-    assert first["optimizer"] == "adamw" and first["lr"] == pytest.approx(1e-3)
-    assert first["schedule"] == "cosine"
+    from automl.portfolio import PORTFOLIO
+
+    first, second = sample_configs({"budget": {"max_epochs": 50}, "strategy": {"warm_start": True}}, 2)
+    assert {k: first[k] for k in PORTFOLIO[0]} == PORTFOLIO[0]
+    assert {k: second[k] for k in PORTFOLIO[1]} == PORTFOLIO[1]
+
+
+def test_warm_start_keeps_only_what_the_job_can_run() -> None:
+    """A portfolio value outside the job's space (or its epoch budget) is sampled instead."""
+    from automl.portfolio import PORTFOLIO
+
+    assert PORTFOLIO[0]["warmup_epochs"] > 1 and PORTFOLIO[0]["batch_size"] != 32
+    first = sample_configs({"budget": {"max_epochs": 3}, "space": {"batch_size": [32, 64]},
+                            "strategy": {"warm_start": True}}, 1)[0]
+    assert first["warmup_epochs"] <= 1 and first["batch_size"] in (32, 64)
+    assert first["lr"] == PORTFOLIO[0]["lr"] and first["backbone"] == PORTFOLIO[0]["backbone"]
 
 
 def test_scientific_notation_in_yaml_is_a_number(tmp_path: Path) -> None:
