@@ -44,7 +44,7 @@ def _search(
 
 
 def test_sampler_and_pruner_decide_as_optunas_own() -> None:
-    strategy = Strategy(SearchSpace(max_epochs=EPOCHS), seed=SEED)
+    strategy = Strategy(SearchSpace(max_epochs=EPOCHS), sampler="tpe", pruner="hyperband", seed=SEED)
     pruner = strategy.make_pruner()
     assert isinstance(pruner, FastHyperbandPruner)
 
