@@ -171,7 +171,7 @@ class OptunaSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         study = self.link.study
-        trial = self.link.call(study.ask, "ask the study for a trial")
+        trial = self.link.call(lambda: self.link.strategy.ask(study), "ask the study for a trial")
         config = {**self.link.call(lambda: self.link.strategy.suggest(trial), "sample a trial"),
                   **self.fixed}
         self.link.call(lambda: trial.set_user_attr(RAY_TRIAL_ID, trial_id), "tag a trial")

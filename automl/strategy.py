@@ -130,6 +130,7 @@ class Strategy:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     pruner_options: dict[str, Any] = field(default_factory=dict)
     portfolio: tuple[dict[str, Any], ...] = PORTFOLIO
+    _portfolio_done: bool = field(default=False, init=False, repr=False)
 
     @property
     def max_epochs(self) -> int:
@@ -187,9 +188,6 @@ class Strategy:
             )
             for key, value in (attrs or {}).items():
                 study.set_user_attr(key, value)
-            if self.warm_start:
-                for config in self.portfolio:
-                    study.enqueue_trial(self.space.admits(config), skip_if_exists=True)
             return study
         return self.load_study(storage, name, reseed=len(study.trials))
 
@@ -202,6 +200,21 @@ class Strategy:
             sampler=self.make_sampler(reseed),
             pruner=self.make_pruner(),
         )
+
+    def ask(self, study: optuna.Study) -> optuna.Trial:
+        """A new trial: the next portfolio configuration while warm starting, else the sampler's.
+
+        Enqueued one at a time, just before it is asked for, so a job that stops after 4 trials
+        leaves no waiting portfolio trials in its study, and a resumed job goes on where the
+        portfolio stood (the k-th trial of the study is the k-th member).
+        """
+        if self.warm_start and not self._portfolio_done:
+            started = len(study.get_trials(deepcopy=False))
+            if started < len(self.portfolio):
+                study.enqueue_trial(self.space.admits(self.portfolio[started]), skip_if_exists=True)
+            else:
+                self._portfolio_done = True
+        return study.ask()
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         return self.space.sample(trial)

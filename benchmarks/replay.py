@@ -255,7 +255,7 @@ def simulate(strategy: Strategy, pool: Pool, workers: int, horizon: float) -> li
     best, trace = -math.inf, [(0.0, -math.inf)]
 
     def start(now: float) -> None:
-        trial = study.ask()
+        trial = strategy.ask(study)
         run = pool.nearest(strategy.suggest(trial))
         heapq.heappush(events, (now + run.cost[0], next(order), trial, run, 1))
 

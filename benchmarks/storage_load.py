@@ -210,7 +210,7 @@ def _write(
     barrier.wait(timeout=120)
     for t in range(trials):
         with clock("ask"):
-            trial = study.ask()
+            trial = strategy.ask(study)
             config = strategy.suggest(trial)
             trial.set_user_attr(RAY_TRIAL_ID, f"w{index}_{t}")
             trial.set_user_attr(CONFIG_ATTR, config)

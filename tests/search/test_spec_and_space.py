@@ -94,7 +94,7 @@ def sample_configs(spec_changes: dict[str, Any], n: int) -> list[dict[str, Any]]
     study = strategy.create_study(optuna.storages.InMemoryStorage(), "s")
     configs = []
     for _ in range(n):
-        trial = study.ask()
+        trial = strategy.ask(study)
         configs.append(strategy.suggest(trial))
         study.tell(trial, 0.5)
     return configs
