@@ -240,8 +240,8 @@ def make_strategy(name: str, seed: int, portfolio: tuple[dict[str, Any], ...]) -
     if name == "asha":  # Ray Tune's ASHAScheduler defaults: grace period 1, reduction factor 4
         return Strategy(space, sampler="random", pruner="sha", seed=seed, warm_start=False,
                         pruner_options={"min_resource": 1, "reduction_factor": 4})
-    if name == "tpe":  # the default sampler and pruner without the portfolio
-        return Strategy(space, seed=seed, warm_start=False)
+    if name == "tpe":  # the model-based pair, no portfolio (the defaults before the replay)
+        return Strategy(space, sampler="tpe", pruner="hyperband", seed=seed, warm_start=False)
     return Strategy(space, seed=seed, portfolio=portfolio)  # what a job with no strategy gets
 
 
