@@ -62,6 +62,7 @@ FREEZE_STAGES: tuple[int | str, ...] = (0, 1, 2, 3, "all")
 BATCH_SIZES = (8, 16, 32, 64, 128)
 MIXUP_ALPHAS = (0.0, 0.2, 0.4, 1.0)
 CUTMIX_ALPHAS = (0.0, 0.25, 0.5, 1.0)
+MIXUP_PROBS = (0.25, 0.5, 1.0)
 LR_RANGE = {"sgd": (1e-4, 0.1), "adamw": (1e-5, 1e-2), "adam": (1e-5, 1e-2)}
 WEIGHT_DECAY_RANGE = (1e-6, 0.1)
 # settings a job sets elsewhere in its spec, never through the space
@@ -213,7 +214,7 @@ class SearchSpace:
         c["mixup_alpha"] = ask.categorical("mixup_alpha", MIXUP_ALPHAS)
         c["cutmix_alpha"] = ask.categorical("cutmix_alpha", CUTMIX_ALPHAS)
         if c["mixup_alpha"] or c["cutmix_alpha"]:
-            c["mixup_prob"] = ask.categorical("mixup_prob", (0.25, 0.5, 1.0))
+            c["mixup_prob"] = ask.categorical("mixup_prob", MIXUP_PROBS)
         c["label_smoothing"] = ask.float("label_smoothing", 0.0, 0.2)
         c["drop_path_rate"] = ask.float("drop_path_rate", 0.0, 0.2)
         c["batch_size"] = ask.categorical("batch_size", BATCH_SIZES)

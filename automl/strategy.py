@@ -24,7 +24,7 @@ from automl.space import SearchSpace
 # What a job gets when its spec names no strategy, chosen by the replay benchmark (README,
 # Benchmarks): over 2,443 recorded fine-tuning runs on 13 datasets, the portfolio (derived from
 # the other datasets) followed by random sampling with successive halving beat TPE after the
-# same portfolio at every budget (mean regret 0.125/0.053/0.021 vs 0.126/0.058/0.032 at
+# same portfolio at every budget (mean regret 0.127/0.057/0.023 vs 0.126/0.062/0.040 at
 # 1/4/16 h, 4 workers), and Hyperband (0.135/0.066/0.030). TPE stays one setting away.
 DEFAULT_SAMPLER = "random"
 DEFAULT_PRUNER = "sha"

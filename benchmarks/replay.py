@@ -37,10 +37,14 @@ from automl.space import (
     DEFAULT_BACKBONES,
     LR_RANGE,
     MIXUP_ALPHAS,
+    MIXUP_PROBS,
+    OPTIMIZERS,
+    SCHEDULES,
     WEIGHT_DECAY_RANGE,
     SearchSpace,
 )
 from automl.strategy import Strategy
+from workers.config import AUGMENTS
 
 MAX_EPOCHS = 50  # the recorded curves' longest
 STRATEGIES = ("random", "asha", "tpe", "default")
@@ -135,7 +139,7 @@ def project(config: dict[str, Any]) -> dict[str, Any]:
     c["mixup_alpha"] = nearest(c["mixup_alpha"], MIXUP_ALPHAS)
     c["cutmix_alpha"] = nearest(c["cutmix_alpha"], CUTMIX_ALPHAS)
     if c["mixup_alpha"] or c["cutmix_alpha"]:
-        c["mixup_prob"] = nearest(max(c["mixup_prob"], 0.25), (0.25, 0.5, 1.0))
+        c["mixup_prob"] = nearest(max(c["mixup_prob"], 0.25), MIXUP_PROBS)
     else:
         c.pop("mixup_prob")
     c["label_smoothing"] = min(c["label_smoothing"], 0.2)
@@ -146,20 +150,17 @@ def project(config: dict[str, Any]) -> dict[str, Any]:
 # feature layout: [backbone one-hot..., linear probe, frozen fraction, optimizer one-hot...,
 # log10 lr, log10 wd, schedule one-hot..., warmup, augment one-hot..., mixup, cutmix, smoothing,
 # drop path, log2 batch]
-_OPTIMIZERS = ("adamw", "sgd", "adam")
-_SCHEDULES = ("cosine", "step", "multistep", "plateau", "onecycle", "cyclic", "constant")
-_AUGMENTS = ("none", "basic", "randaugment", "trivialaugment", "autoaugment")
 
 
 def features(config: dict[str, Any]) -> np.ndarray:
     frozen = config.get("freeze_stages", 0)
     parts: list[float] = [float(config["backbone"] == b) for b in DEFAULT_BACKBONES]
     parts += [float(frozen == "all"), 1.0 if frozen == "all" else min(float(frozen), 4.0) / 4]
-    parts += [float(config.get("optimizer") == o) for o in _OPTIMIZERS]
+    parts += [float(config.get("optimizer") == o) for o in OPTIMIZERS]
     parts += [math.log10(config.get("lr", 1e-3)), math.log10(max(config.get("weight_decay", 0.0), 1e-6))]
-    parts += [float(config.get("schedule") == s) for s in _SCHEDULES]
+    parts += [float(config.get("schedule") == s) for s in SCHEDULES]
     parts += [config.get("warmup_epochs", 0) / 5]
-    parts += [float(config.get("augment") == a) for a in _AUGMENTS]
+    parts += [float(config.get("augment") == a) for a in AUGMENTS]
     parts += [min(config.get("mixup_alpha", 0.0), 1.0), min(config.get("cutmix_alpha", 0.0), 1.0),
               config.get("label_smoothing", 0.0) * 5, config.get("drop_path_rate", 0.0) * 2.5,
               math.log2(config.get("batch_size", 32))]
@@ -170,11 +171,11 @@ def _weights() -> np.ndarray:
     """What decides the nearest run, most first: backbone, linear probe, lr, freezing, optimizer."""
     w: list[float] = [2.0] * len(DEFAULT_BACKBONES)  # a different backbone: distance 4
     w += [3.0, 1.0]
-    w += [0.5] * len(_OPTIMIZERS)
+    w += [0.5] * len(OPTIMIZERS)
     w += [1.5, 0.1]
-    w += [0.25] * len(_SCHEDULES)
+    w += [0.25] * len(SCHEDULES)
     w += [0.1]
-    w += [0.25] * len(_AUGMENTS)
+    w += [0.25] * len(AUGMENTS)
     w += [0.1, 0.1, 0.1, 0.1, 0.3]
     return np.asarray(w)
 
