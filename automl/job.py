@@ -2,9 +2,10 @@
 
 The study is named after the job id, so `optuna-dashboard <storage URL>` and the `optuna` CLI see
 it while it runs. When the budget is spent the best trial (by validation) is scored once on the
-test split, where the trials ran, and its checkpoint and reports are published as Optuna
-artifacts of that trial. Running a job whose Ray experiment already exists resumes it
-(`Tuner.restore` + the study in the database): a driver restart loses no trial.
+test split (by the driver itself, unless the trials had GPUs the driver lacks), and its checkpoint
+and reports are published as Optuna artifacts of the study. Running a job whose Ray experiment
+already exists resumes it (`Tuner.restore` + the study in the database): a driver restart loses
+no trial.
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ from storage.artifacts import artifact_store
 from storage.optuna_storage import optuna_storage, retry
 from workers.config import DataConfig
 from workers.datasets import DatasetError, load_index, verify_images
-from workers.tune_adapter import copy_checkpoint, evaluate_on_split, run_tune_trial
+from workers.tune_adapter import (
+    can_evaluate_here,
+    copy_checkpoint,
+    evaluate_on_split,
+    run_tune_trial,
+)
 
 log = logging.getLogger(__name__)
 SPEC_ATTR = "spec"
@@ -235,6 +241,16 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def _score_on_test(checkpoint: tune.Checkpoint, spec: JobSpec) -> dict[str, Any]:
+    """In the driver when it can (no cold worker to start), else on a node with the trial's GPU."""
+    if can_evaluate_here(spec.resources.gpu):
+        return evaluate_on_split(checkpoint, "test")
+    evaluate = ray.remote(evaluate_on_split).options(
+        num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu
+    )
+    return ray.get(evaluate.remote(checkpoint, "test"))
+
+
 def _publish_best(
     spec: JobSpec,
     job_id: str,
@@ -258,10 +274,7 @@ def _publish_best(
         return JobOutcome(job_id, "failed", counts, error=f"trial {best.number} left no checkpoint")
     checkpoint = result.get_best_checkpoint(spec.objective.metric, spec.objective.mode)
     assert checkpoint is not None
-    evaluate = ray.remote(evaluate_on_split).options(
-        num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu
-    )
-    test = ray.get(evaluate.remote(checkpoint, "test"))
+    test = _score_on_test(checkpoint, spec)
     classes = test.pop("classes")
     with tempfile.TemporaryDirectory(prefix="automl-publish-") as tmp:
         folder = copy_checkpoint(checkpoint, Path(tmp))

@@ -6,7 +6,8 @@ reconnect, not a failed job; `retry` covers the call that was in flight when it 
 
 The storage is Optuna's RDBStorage behind Optuna's own trial cache (`_CachedStorage`, what
 `optuna.load_study(storage=RDBStorage)` wraps it in anyway): finished trials never change, so each
-is read from the database once per process, and later reads fetch only new and running trials.
+is read from the database once per process, and later reads fetch only new and running trials
+(`TrialCache` below skips even those where a question needs none of them).
 Returning the wrapped storage lets every study loaded from it share that cache: `automl serve`
 (GET /jobs/{id}/trials), the dashboard and `automl pull` used to re-read a 10,000-trial study in
 full, some 10 s, on every request. The price: a long-lived process keeps every finished trial of
@@ -17,12 +18,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
 from optuna.exceptions import StorageInternalError
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import Float, case, cast, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -60,7 +65,85 @@ def optuna_storage(url: str, retry_seconds: float = 60.0) -> optuna.storages.Bas
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
 
     rdb = retry(connect, what=f"connect to {redact(url)}", seconds=retry_seconds)
-    return optuna.storages.get_storage(rdb)  # the RDBStorage in Optuna's trial cache
+    return TrialCache(rdb)
+
+
+class TrialCache(_CachedStorage):
+    """Optuna's trial cache, asking the database directly what it can answer without trials.
+
+    `study.ask()` first looks for an enqueued (WAITING) trial. Through the cache that refreshes
+    every running trial in full, with all its params, attributes and intermediate values: ~50 ms
+    of CPU per ask with 32 trials running (`automl bench storage`), to find, nearly always, none.
+    The database answers "does any trial wait?" with one query.
+    """
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        if states == (TrialState.WAITING,) and not self._backend.get_all_trials(
+            study_id, deepcopy=False, states=states
+        ):
+            return []
+        # some wait (a warm start's portfolio): the usual refresh puts them in the cache
+        return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+
+    def get_n_trials(
+        self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None
+    ) -> int:
+        """A COUNT in the database; Optuna's default lists (and refreshes) the trials to count them.
+
+        The job heartbeat counts trials by state every 2 s, and warm start counts once per ask.
+        """
+        trial = models.TrialModel
+        query = select(func.count()).select_from(trial).where(trial.study_id == study_id)
+        if state is not None:
+            states = (state,) if isinstance(state, TrialState) else state
+            query = query.where(trial.state.in_(states))
+        with self._backend.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+
+def rank_among(
+    storage: optuna.storages.BaseStorage,
+    study_id: int,
+    key: str,
+    value: float,
+    maximize: bool,
+    exclude_trial_id: int,
+) -> tuple[int, int] | None:
+    """How many other trials of a study have the float system attribute `key`, and how many of
+    them beat `value`; in one query. None if the storage is not relational.
+
+    What successive halving needs at each rung (every trial's `completed_rung_k`). Reading it
+    through `study.get_trials()` re-reads every running trial in full, with all its params,
+    attributes and intermediate values: ~60 ms of CPU per call with 32 trials running
+    (`automl bench storage`). PostgreSQL counts in the database; other databases send the
+    values, because SQLite reads the JSON text "Infinity" as 0.
+    """
+    rdb = getattr(storage, "_backend", storage)
+    if not isinstance(rdb, optuna.storages.RDBStorage):
+        return None
+    attr, trial = models.TrialSystemAttributeModel, models.TrialModel
+    of_others = (
+        select()
+        .select_from(attr)
+        .join(trial, trial.trial_id == attr.trial_id)
+        .where(trial.study_id == study_id, attr.key == key, attr.trial_id != exclude_trial_id)
+    )
+    with rdb.engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            number = cast(attr.value_json, Float)
+            better = number > value if maximize else number < value
+            total, n_better = connection.execute(
+                of_others.add_columns(func.count(), func.count(case((better, 1))))
+            ).one()
+            return int(total), int(n_better)
+        # float() reads what json.dumps writes for a float, NaN and Infinity included
+        values = [float(v) for v in connection.execute(of_others.add_columns(attr.value_json)).scalars()]
+    return len(values), sum(1 for v in values if (v > value if maximize else v < value))
 
 
 def retry(fn: Callable[[], T], *, what: str, seconds: float = 60.0) -> T:

@@ -37,8 +37,20 @@ def run_tune_trial(config: dict[str, Any]) -> None:
         train(trial_config, workdir, callback=report, resume=Path(resume_from))
 
 
+def can_evaluate_here(gpus_per_trial: float) -> bool:
+    """Whether this process can score a checkpoint as well as a trial's worker could.
+
+    Scoring the best trial is a few seconds of compute, but a fresh Ray worker first spends ~8 s
+    importing torch, torchvision and timm (measured by `automl bench overhead`), while the driver
+    has them imported already. It can stand in unless the trials asked for a GPU it lacks.
+    """
+    import torch
+
+    return gpus_per_trial == 0 or torch.cuda.is_available()
+
+
 def evaluate_on_split(checkpoint: tune.Checkpoint, split: str = "test") -> dict[str, Any]:
-    """Score a trial's checkpoint on one split; runs as a Ray task where the trials ran."""
+    """Score a trial's checkpoint on one split: in the driver, or as a Ray task on a GPU node."""
     from workers.predict import evaluate_checkpoint, load_checkpoint
 
     with checkpoint.as_directory() as directory:

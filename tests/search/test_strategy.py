@@ -1,27 +1,34 @@
-"""The strategy's TPE and Hyperband are Optuna's, made cheaper: the same samples and decisions."""
+"""The strategy's TPE, Hyperband and SHA are Optuna's, made cheaper: the same samples and decisions."""
 
 from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 
 from automl.space import SearchSpace
-from automl.strategy import FastHyperbandPruner, Strategy
+from automl.strategy import FastHyperbandPruner, FastSuccessiveHalvingPruner, Strategy
+from storage.optuna_storage import optuna_storage
 
 EPOCHS = 9  # three brackets at reduction factor 3: rungs end at epochs 1, 3 and 9
 SEED = 7
 
 
 def _search(
-    sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, trials: int = 40
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+    trials: int = 40,
+    storage: optuna.storages.BaseStorage | None = None,
 ) -> list[tuple[Any, ...]]:
     """A seeded search through ask / report / should_prune / tell; what it sampled and pruned."""
     strategy = Strategy(SearchSpace(max_epochs=EPOCHS))
     study = optuna.create_study(
-        study_name="same-name", direction="maximize", sampler=sampler, pruner=pruner
+        study_name="same-name", direction="maximize", sampler=sampler, pruner=pruner,
+        storage=storage,
     )
     rng = random.Random(0)
     decided = []
@@ -56,3 +63,27 @@ def test_sampler_and_pruner_decide_as_optunas_own() -> None:
     )
     assert decided == optunas
     assert {1, 3, None} <= {epoch for _, _, epoch in decided}  # both rungs pruned, some ran out
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_successive_halving_on_the_database_decides_as_optunas_own(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL counts the rung's better values in SQL, SQLite in Python; both as Optuna."""
+    strategy = Strategy(SearchSpace(max_epochs=EPOCHS), sampler="random", pruner="sha", seed=SEED)
+    pruner = strategy.make_pruner()
+    assert isinstance(pruner, FastSuccessiveHalvingPruner)
+    url = (
+        request.getfixturevalue("pg_url") if database == "postgresql"
+        else f"sqlite:///{tmp_path / 'study.db'}"
+    )
+    storage = optuna_storage(url)
+
+    decided = _search(strategy.make_sampler(), pruner, storage=storage)
+
+    optunas = _search(
+        optuna.samplers.RandomSampler(seed=SEED),
+        optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+    )
+    assert decided == optunas
+    assert {1, 3, None} <= {epoch for _, _, epoch in decided}  # pruned at two rungs, some ran out

@@ -42,3 +42,23 @@ def test_service_sees_trials_the_driver_reports_and_tells(pg_url: str, tmp_path:
     assert seen() == {0: ("complete", 0.75, {"1": 0.5, "2": 0.75}),
                       1: ("pruned", 0.25, {"1": 0.25})}  # Optuna keeps the last value
     assert service.trials("cached")[0]["params"] == first.params
+
+
+def test_a_trial_enqueued_elsewhere_is_asked_next(pg_url: str) -> None:
+    """Asking skips the cache's refresh of running trials, yet finds every waiting trial."""
+    strategy = Strategy(SearchSpace(max_epochs=3), seed=0, warm_start=False)
+    driver = strategy.create_study(optuna_storage(pg_url), "queued")
+    running = driver.ask()
+    strategy.suggest(running)
+    elsewhere = strategy.load_study(optuna_storage(pg_url), "queued")  # another process's view
+    elsewhere.enqueue_trial({"optimizer": "sgd", "lr": 0.05})
+
+    trial = driver.ask()
+    config = strategy.suggest(trial)
+
+    assert (trial.number, config["optimizer"], config["lr"]) == (1, "sgd", 0.05)
+    assert driver.ask().number == 2  # popped once: the queue is empty again
+    driver.tell(0, state=TrialState.PRUNED)
+    counts = [driver._storage.get_n_trials(driver._study_id, state)
+              for state in (None, TrialState.RUNNING, (TrialState.PRUNED, TrialState.WAITING))]
+    assert counts == [3, 2, 1]  # counted in the database, as the job heartbeat does
