@@ -90,6 +90,10 @@ class TrialCache(_CachedStorage):
         # some wait (a warm start's portfolio): the usual refresh puts them in the cache
         return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
 
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        """Two small queries; Optuna's default reads the whole trial. Pruners ask at every epoch."""
+        return self._backend.get_trial_system_attrs(trial_id)
+
     def get_n_trials(
         self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None
     ) -> int:
