@@ -31,6 +31,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from automl.portfolio import PORTFOLIO
 from automl.space import (
     BATCH_SIZES,
     CUTMIX_ALPHAS,
@@ -199,7 +200,7 @@ def load_pools(data: Path) -> dict[str, Pool]:
 
 
 def derive_portfolio(
-    pools: Sequence[Pool], size: int = 8, checkpoints: Sequence[float] = (900, 3600, 14400, 57600)
+    pools: Sequence[Pool], size: int = 32, checkpoints: Sequence[float] = (900, 3600, 14400, 57600)
 ) -> tuple[dict[str, Any], ...]:
     """Greedy portfolio: each member the recorded configuration that most lowers the mean regret
     over `pools` and over time `checkpoints` of one worker, given the members before it
@@ -305,7 +306,9 @@ def _one(args: tuple[Path, str, str, int, int, tuple[float, ...]]) -> Cell:
     data, dataset, name, seed, workers, budgets = args
     pools = load_pools(data)
     held_out = pools[dataset]
-    portfolio = derive_portfolio([p for d, p in pools.items() if d != dataset]) if name == "default" else ()
+    others = [p for d, p in pools.items() if d != dataset]
+    # as many members as the portfolio jobs ship, derived without the held-out dataset
+    portfolio = derive_portfolio(others, len(PORTFOLIO)) if name == "default" else ()
     strategy = make_strategy(name, seed, portfolio)
     trace = simulate(strategy, held_out, workers, max(budgets))
     return Cell(dataset, name, seed, tuple(regrets(trace, held_out, budgets)))
