@@ -32,7 +32,7 @@ services:
 	@command -v chromium >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-## bench: every benchmark, each printing its table (README, Benchmarks); about 10 min on 2 cores
+## bench: every benchmark, each printing its table (README, Benchmarks); about 11 min on 2 cores
 bench: $(STAMP) services
 	$(BIN)/automl bench replay
 	$(BIN)/automl bench overhead
