@@ -31,7 +31,7 @@ from automl.publish import BEST_TRIAL_ATTR, publish
 from automl.report import write_confusion_png, write_model_card
 from automl.settings import Settings
 from automl.spec import JobSpec
-from automl.strategy import Strategy
+from automl.strategy import Strategy, portfolio_for
 from storage.artifacts import artifact_store
 from storage.optuna_storage import optuna_storage, retry
 from workers.config import DataConfig
@@ -66,7 +66,8 @@ class JobOutcome:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, database, ...
 
 
-def strategy_for(spec: JobSpec) -> Strategy:
+def strategy_for(spec: JobSpec, n_images: int) -> Strategy:
+    """The job's strategy; its warm-start portfolio is the one for a dataset of `n_images`."""
     s = spec.strategy
     return Strategy(
         space=spec.search_space(),
@@ -77,6 +78,7 @@ def strategy_for(spec: JobSpec) -> Strategy:
         warm_start=s.warm_start,
         sampler_options=dict(s.sampler_options),
         pruner_options=dict(s.pruner_options),
+        portfolio=portfolio_for(n_images),
     )
 
 
@@ -92,8 +94,9 @@ def ensure_ray(address: str | None) -> None:
     )
 
 
-def check_dataset(spec: JobSpec) -> None:
-    """Index and verify the dataset once, on the driver, before anything is stored or started."""
+def check_dataset(spec: JobSpec) -> int:
+    """Index and verify the dataset once, on the driver, before anything is stored or started;
+    returns its number of images."""
     try:
         index = load_index(DataConfig(
             source=spec.dataset.source,
@@ -104,6 +107,7 @@ def check_dataset(spec: JobSpec) -> None:
         verify_images(index.paths)
     except DatasetError as error:
         raise JobError(f"dataset: {error}") from error
+    return len(index.paths)
 
 
 def check_resources(spec: JobSpec) -> None:
@@ -133,9 +137,9 @@ def run_job(
     ensure_ray(settings.ray_address)
     timings = {"ray_start": time.monotonic() - started}
     check_resources(spec)
-    check_dataset(spec)  # before anything is stored: an impossible job leaves no trace
+    n_images = check_dataset(spec)  # before anything is stored: an impossible job leaves no trace
     storage = optuna_storage(settings.storage_url, retry_seconds=connect_seconds)
-    strategy = strategy_for(spec)
+    strategy = strategy_for(spec, n_images)
     study = retry(
         lambda: strategy.create_study(
             storage,

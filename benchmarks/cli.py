@@ -138,29 +138,33 @@ def portfolio(
     data: Annotated[Path, typer.Option(exists=True, file_okay=False)] = REPLAY_DATA,
     size: Annotated[int, typer.Option(min=1)] = 32,
 ) -> None:
-    """Derive the warm-start portfolio from recorded runs, as the module jobs import.
+    """Derive the warm-start portfolios from recorded runs, as the module jobs import.
 
-    `automl bench portfolio > automl/portfolio.py` regenerates the shipped one.
+    `automl bench portfolio > automl/portfolio.py` regenerates the shipped one: a portfolio for
+    each dataset size from 1,000 to 128,000 images (doubling); a job takes the nearest.
     """
-    from benchmarks.replay import derive_portfolio, load_pools
+    from benchmarks.replay import derive_portfolios, load_pools
 
     pools = load_pools(data)
-    configs = derive_portfolio(list(pools.values()), size)
+    sizes = [1000 * 2**k for k in range(8)]
+    portfolios = derive_portfolios(list(pools.values()), size, sizes)
     lines = [
-        '"""Warm-start portfolio: configurations tried first by a job (generated, do not edit).',
+        '"""Warm-start portfolios: configurations tried first by a job (generated, do not edit).',
         "",
-        f"`automl bench portfolio --size {size} > automl/portfolio.py` derives it greedily from the",
-        f"{sum(len(p.runs) for p in pools.values())} recorded fine-tuning runs on {len(pools)} "
+        f"`automl bench portfolio --size {size} > automl/portfolio.py` derives them greedily from",
+        f"the {sum(len(p.runs) for p in pools.values())} recorded fine-tuning runs on {len(pools)} "
         "datasets of benchmarks/replay.py:",
-        "each member lowers most the mean anytime regret over those datasets, given the ones before it.",
+        "each member lowers most the mean anytime regret over those datasets, given the ones before",
+        "it, with time judged relative to the dataset size each portfolio is for (its key, images).",
         '"""',
         "",
         "from typing import Any",
         "",
-        "PORTFOLIO: tuple[dict[str, Any], ...] = (",
-        *[f"    {config!r}," for config in configs],
-        ")",
+        "PORTFOLIOS: dict[int, tuple[dict[str, Any], ...]] = {",
     ]
+    for n_images, configs in portfolios.items():
+        lines += [f"    {n_images}: (", *[f"        {config!r}," for config in configs], "    ),"]
+    lines.append("}")
     print("\n".join(lines))
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from automl.portfolio import PORTFOLIO
+from automl.portfolio import PORTFOLIOS
 from automl.space import (
     BATCH_SIZES,
     CUTMIX_ALPHAS,
@@ -44,10 +44,11 @@ from automl.space import (
     WEIGHT_DECAY_RANGE,
     SearchSpace,
 )
-from automl.strategy import Strategy
+from automl.strategy import Strategy, portfolio_size
 from workers.config import AUGMENTS
 
 MAX_EPOCHS = 50  # the recorded curves' longest
+CHECKPOINTS = (900, 3600, 14400, 57600)  # seconds of one worker a portfolio is judged at
 STRATEGIES = ("random", "asha", "tpe", "default")
 
 # Quick-Tune's timm names -> the current timm names of the same weights (our default space)
@@ -84,11 +85,13 @@ class Pool:
     features: np.ndarray
     best: float
     worst: float
+    n_images: int  # the dataset's size: what a job knows of a new dataset before any trial
 
     @classmethod
-    def of(cls, runs: list[Run]) -> Pool:
+    def of(cls, runs: list[Run], n_images: int) -> Pool:
         bests = [max(r.curve) for r in runs]
-        return cls(runs, np.stack([features(r.config) for r in runs]), max(bests), min(bests))
+        return cls(runs, np.stack([features(r.config) for r in runs]), max(bests), min(bests),
+                   n_images)
 
     def nearest(self, config: dict[str, Any]) -> Run:
         distance = np.abs(self.features - features(config)) @ WEIGHTS
@@ -189,26 +192,58 @@ def load_pools(data: Path) -> dict[str, Pool]:
     cost = json.loads((data / "curves" / "cost.json").read_text())
     with (data / "table.csv").open() as f:
         rows = {row[""]: row for row in csv.DictReader(f)}
+    described = data / "meta" / "descriptors.json"
+    sizes = json.loads(described.read_text()) if described.exists() else {}
     pools = {}
     for dataset, curves in perf.items():
         if dataset == "info":
             continue
         runs = [Run(recorded_config(rows[rid]), tuple(curve), tuple(cost[dataset][rid]))
                 for rid, curve in curves.items() if curve]
-        pools[dataset] = Pool.of(runs)
+        pools[dataset] = Pool.of(runs, int(sizes.get(dataset, [1000])[0]))
     return pools
 
 
 def derive_portfolio(
-    pools: Sequence[Pool], size: int = 32, checkpoints: Sequence[float] = (900, 3600, 14400, 57600)
+    pools: Sequence[Pool],
+    size: int = 32,
+    n_images: int | None = None,
+    checkpoints: Sequence[float] = CHECKPOINTS,
 ) -> tuple[dict[str, Any], ...]:
     """Greedy portfolio: each member the recorded configuration that most lowers the mean regret
     over `pools` and over time `checkpoints` of one worker, given the members before it
     (Quick-Tune / auto-sklearn 2 style). Anytime regret, so a slow giant that wins after a day
-    does not crowd out what wins in the first hour."""
+    does not crowd out what wins in the first hour.
+
+    For a dataset of `n_images`, a pool's checkpoints are stretched by sqrt(pool size / n_images):
+    an hour on a 5,000-image dataset is judged like 4 hours on an 80,000-image one, so what is
+    first on a big dataset is what gets somewhere in its first few epochs. The square root, not
+    the ratio, because epochs are not all that grows with a dataset: the best runs grow longer.
+    """
+    return derive_portfolios(pools, size, (n_images,), checkpoints)[n_images]
+
+
+def derive_portfolios(
+    pools: Sequence[Pool],
+    size: int,
+    sizes: Sequence[int | None],
+    checkpoints: Sequence[float] = CHECKPOINTS,
+) -> dict[int | None, tuple[dict[str, Any], ...]]:
+    """`derive_portfolio` for several dataset sizes, mapping each candidate to its runs once."""
     candidates = [project(run.config) for pool in pools for run in pool.runs]
-    scores = np.array([[_anytime_regret(p, p.nearest(c), checkpoints) for p in pools]
-                       for c in candidates]).reshape(len(candidates), -1)
+    nearest = [[p.nearest(c) for p in pools] for c in candidates]
+    out = {}
+    for n_images in sizes:
+        scores = np.array([
+            [r for p, run in zip(pools, runs, strict=True)
+             for r in _anytime_regret(p, run, _stretched(checkpoints, p, n_images))]
+            for runs in nearest
+        ])
+        out[n_images] = tuple(candidates[i] for i in _greedy(scores, size))
+    return out
+
+
+def _greedy(scores: np.ndarray, size: int) -> list[int]:
     chosen: list[int] = []
     current = np.ones(scores.shape[1])
     for _ in range(size):
@@ -221,7 +256,12 @@ def derive_portfolio(
             best = int(np.argmin(mean))
         chosen.append(best)
         current = np.minimum(scores[best], current)
-    return tuple(candidates[i] for i in chosen)
+    return chosen
+
+
+def _stretched(checkpoints: Sequence[float], pool: Pool, n_images: int | None) -> list[float]:
+    scale = 1.0 if n_images is None else math.sqrt(pool.n_images / n_images)
+    return [t * scale for t in checkpoints]
 
 
 def _anytime_regret(pool: Pool, run: Run, checkpoints: Sequence[float]) -> list[float]:
@@ -307,8 +347,11 @@ def _one(args: tuple[Path, str, str, int, int, tuple[float, ...]]) -> Cell:
     pools = load_pools(data)
     held_out = pools[dataset]
     others = [p for d, p in pools.items() if d != dataset]
-    # as many members as the portfolio jobs ship, derived without the held-out dataset
-    portfolio = derive_portfolio(others, len(PORTFOLIO)) if name == "default" else ()
+    # what a job on this dataset would ship with, derived without the held-out dataset: as many
+    # members, for the same size bin
+    n_images = portfolio_size(held_out.n_images)
+    portfolio = (derive_portfolio(others, len(PORTFOLIOS[n_images]), n_images)
+                 if name == "default" else ())
     strategy = make_strategy(name, seed, portfolio)
     trace = simulate(strategy, held_out, workers, max(budgets))
     return Cell(dataset, name, seed, tuple(regrets(trace, held_out, budgets)))

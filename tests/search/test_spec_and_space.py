@@ -14,6 +14,7 @@ from automl.cli import app
 from automl.job import strategy_for
 from automl.space import DEFAULT_BACKBONES
 from automl.spec import SpecError, load_spec, parse_spec
+from automl.strategy import portfolio_for
 from workers.config import TrialConfig
 
 BASE: dict[str, Any] = {"name": "t", "dataset": {"source": "builtin:digits"}}
@@ -88,9 +89,11 @@ def test_run_refuses_bad_specs_and_stores_nothing(
     assert not (tmp_path / "automl-data").exists()
 
 
-def sample_configs(spec_changes: dict[str, Any], n: int) -> list[dict[str, Any]]:
+def sample_configs(
+    spec_changes: dict[str, Any], n: int, n_images: int = 2000
+) -> list[dict[str, Any]]:
     spec = parse_spec({**BASE, **spec_changes})
-    strategy = strategy_for(spec)
+    strategy = strategy_for(spec, n_images)
     study = strategy.create_study(optuna.storages.InMemoryStorage(), "s")
     configs = []
     for _ in range(n):
@@ -138,17 +141,25 @@ def test_narrowed_space_is_never_left() -> None:
 
 
 def test_warm_start_tries_the_portfolio_first() -> None:
-    from automl.portfolio import PORTFOLIO
-
+    PORTFOLIO = portfolio_for(2000)
     first, second = sample_configs({"budget": {"max_epochs": 50}, "strategy": {"warm_start": True}}, 2)
     assert {k: first[k] for k in PORTFOLIO[0]} == PORTFOLIO[0]
     assert {k: second[k] for k in PORTFOLIO[1]} == PORTFOLIO[1]
 
 
+def test_a_big_dataset_starts_from_a_cheaper_portfolio() -> None:
+    """What pays off in the first hours differs with the dataset's size: a job on 80,000 images
+    starts with a small backbone where one on 1,000 starts with a bigger one."""
+    small, big = (sample_configs({"budget": {"max_epochs": 50}, "strategy": {"warm_start": True}},
+                                 1, n_images)[0] for n_images in (1_000, 80_000))
+    assert small["backbone"] == portfolio_for(1_000)[0]["backbone"]
+    assert big["backbone"] == portfolio_for(64_000)[0]["backbone"]
+    assert big["backbone"].startswith("edgenext") and not small["backbone"].startswith("edgenext")
+
+
 def test_warm_start_keeps_only_what_the_job_can_run() -> None:
     """A portfolio value outside the job's space (or its epoch budget) is sampled instead."""
-    from automl.portfolio import PORTFOLIO
-
+    PORTFOLIO = portfolio_for(2000)
     assert PORTFOLIO[0]["warmup_epochs"] > 1 and PORTFOLIO[0]["batch_size"] != 32
     first = sample_configs({"budget": {"max_epochs": 3}, "space": {"batch_size": [32, 64]},
                             "strategy": {"warm_start": True}}, 1)[0]

@@ -83,7 +83,7 @@ def test_successive_halving_on_the_database_decides_as_optunas_own(
 
     optunas = _search(
         optuna.samplers.RandomSampler(seed=SEED),
-        optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+        optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=3),
     )
     assert decided == optunas
-    assert {1, 3, None} <= {epoch for _, _, epoch in decided}  # pruned at two rungs, some ran out
+    assert {2, 6, None} <= {epoch for _, _, epoch in decided}  # pruned at two rungs, some ran out
