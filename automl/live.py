@@ -49,7 +49,10 @@ class LiveView:
             self._live.update(self.render())
 
     def best(self) -> tuple[int, float] | None:
-        scored = [(n, r.best) for n, r in self.rows.items() if r.best is not None]
+        """The best epoch of a trial that can still be the job's best: a pruned or failed trial
+        is never published, however well one of its epochs scored."""
+        scored = [(n, r.best) for n, r in self.rows.items()
+                  if r.best is not None and r.state in ("running", "complete")]
         if not scored:
             return None
         pick = max if self.maximize else min
