@@ -27,7 +27,7 @@ from storage.optuna_storage import rank_among
 # What a job gets when its spec names no strategy, chosen by the replay benchmark (README,
 # Benchmarks): over 2,443 recorded fine-tuning runs on 13 datasets, the portfolio for the
 # dataset's size (derived from the other datasets) followed by random sampling with successive
-# halving from epoch 2 reached mean regret 0.119/0.044/0.013 at 1/4/16 h with 4 workers, against
+# halving from epoch 2 reached mean regret 0.117/0.044/0.011 at 1/4/16 h with 4 workers, against
 # 0.175/0.065/0.025 for Ray Tune's usual ASHA; TPE after the same portfolio and Hyperband did
 # worse. TPE stays one setting away.
 DEFAULT_SAMPLER = "random"

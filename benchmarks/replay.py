@@ -49,6 +49,7 @@ from workers.config import AUGMENTS
 
 MAX_EPOCHS = 50  # the recorded curves' longest
 CHECKPOINTS = (900, 3600, 14400, 57600)  # seconds of one worker a portfolio is judged at
+MIN_SPACING = 4.0  # between portfolio members, in `Pool.nearest`'s distance: a backbone change
 STRATEGIES = ("random", "asha", "tpe", "default")
 
 # Quick-Tune's timm names -> the current timm names of the same weights (our default space)
@@ -232,6 +233,7 @@ def derive_portfolios(
     """`derive_portfolio` for several dataset sizes, mapping each candidate to its runs once."""
     candidates = [project(run.config) for pool in pools for run in pool.runs]
     nearest = [[p.nearest(c) for p in pools] for c in candidates]
+    points = np.stack([features(c) for c in candidates])
     out = {}
     for n_images in sizes:
         scores = np.array([
@@ -239,23 +241,33 @@ def derive_portfolios(
              for r in _anytime_regret(p, run, _stretched(checkpoints, p, n_images))]
             for runs in nearest
         ])
-        out[n_images] = tuple(candidates[i] for i in _greedy(scores, size))
+        out[n_images] = tuple(candidates[i] for i in _greedy(scores, points, size))
     return out
 
 
-def _greedy(scores: np.ndarray, size: int) -> list[int]:
+def _greedy(scores: np.ndarray, points: np.ndarray, size: int) -> list[int]:
+    """Members in order; none closer to an earlier one than a change of backbone (distance 4).
+
+    The spacing is a hedge: on a new dataset, two near-identical configurations fail together
+    (in the replay they turn into the very same recorded run), which the datasets the portfolio
+    is derived from cannot show. It lowered the 16-h replay regret from 0.013 to 0.011 (README).
+    """
     chosen: list[int] = []
     current = np.ones(scores.shape[1])
+    taken = np.zeros(len(scores), dtype=bool)
     for _ in range(size):
         gain = np.minimum(scores, current).mean(axis=1)
-        gain[chosen] = np.inf
+        gain[taken] = np.inf
         best = int(np.argmin(gain))
         if gain[best] >= current.mean():  # nothing adds coverage: then the best on average
             mean = scores.mean(axis=1)
-            mean[chosen] = np.inf
+            mean[taken] = np.inf
             best = int(np.argmin(mean))
+        if taken[best]:  # every candidate is near a member already
+            break
         chosen.append(best)
         current = np.minimum(scores[best], current)
+        taken |= np.abs(points - points[best]) @ WEIGHTS < MIN_SPACING
     return chosen
 
 

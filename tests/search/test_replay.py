@@ -14,9 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from automl.portfolio import PORTFOLIOS
 from automl.space import SearchSpace
 from automl.strategy import Strategy
-from benchmarks.replay import load_pools, simulate
+from benchmarks.replay import MIN_SPACING, WEIGHTS, features, load_pools, simulate
 
 MODELS = ("swinv2_base_window12to24_192to384_22kft1k", "mobilevit_xxs", "dla46x_c", "volo_d1_384")
 ONE_HOT = {"model": MODELS, "opt": ("adamw", "sgd"), "sched": ("cosine", "step"),
@@ -93,3 +96,12 @@ def _rows(stdout: str) -> dict[str, list[float]]:
         if cells and cells[0] in ("random", "asha", "default"):
             rows[cells[0]] = [float(c) for c in cells[1:]]
     return rows
+
+
+def test_shipped_portfolios_hold_no_near_twins() -> None:
+    """Every shipped portfolio is spaced: no member nearer to another than a change of backbone."""
+    for n_images, members in PORTFOLIOS.items():
+        points = [features(member) for member in members]
+        nearest = min(float(np.abs(a - b) @ WEIGHTS)
+                      for i, a in enumerate(points) for b in points[i + 1:])
+        assert len(members) == 32 and nearest >= MIN_SPACING, n_images
