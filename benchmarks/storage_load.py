@@ -9,8 +9,8 @@ finished trials shaped like a job's: parameters drawn from the default space's r
 distributions, one intermediate value per epoch up to where Hyperband would have stopped them,
 the rung attributes the pruner writes, and the two user attrs the bridge writes. Then W writer
 processes each run a few trials through the same calls, in the same order, as the bridge
-(`automl.bridge`) makes them from a job's driver, with the job's real `Strategy` (TPE sampler,
-Hyperband pruner) and the real storage constructor (`storage.optuna_storage`):
+(`automl.bridge`) makes them from a job's driver, with the default `Strategy` a job gets (random
+sampler, successive halving) and the real storage constructor (`storage.optuna_storage`):
 
     ask           study.ask() + Strategy.suggest (define-by-run sampling) + the 2 user attrs
     report        trial.report(value, epoch)

@@ -23,11 +23,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    check_distribution_compatibility,
+    distribution_to_json,
+)
 from optuna.exceptions import StorageInternalError
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Float, case, cast, func, select
+from sqlalchemy import Float, case, cast, exists, func, insert, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -89,6 +94,42 @@ class TrialCache(_CachedStorage):
             return []
         # some wait (a warm start's portfolio): the usual refresh puts them in the cache
         return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+    ) -> None:
+        """One INSERT that lands only while the trial runs; Optuna's path adds an ORM read of the
+        trial first and a flush. Sampling a configuration writes ~16 parameters, so this is most
+        of an ask's database time. The distribution is checked against the one the study
+        already holds for that name (all of a study's are compatible, so any one will do),
+        found in the cache; Optuna's own path takes a name no cached trial has (it asks the
+        database) and raises its own error for a finished trial."""
+        with self._lock:
+            study_id, _ = self._trial_id_to_study_id_and_number[trial_id]
+            study = self._studies[study_id]
+            known = study.param_distribution.get(param_name)
+            if known is None:  # a study read before: its trials already hold the distribution
+                known = next((t.distributions[param_name] for t in study.trials.values()
+                              if param_name in t.distributions), None)
+                if known is not None:
+                    study.param_distribution[param_name] = known
+        if known is None:
+            return super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+        check_distribution_compatibility(known, distribution)
+        trial, param = models.TrialModel, models.TrialParamModel
+        row = select(
+            literal(trial_id), literal(param_name), literal(float(param_value_internal)),
+            literal(distribution_to_json(distribution)),
+        ).where(exists().where(trial.trial_id == trial_id, trial.state == TrialState.RUNNING))
+        columns = ["trial_id", "param_name", "param_value", "distribution_json"]
+        with self._backend.engine.begin() as connection:
+            written = connection.execute(insert(param).from_select(columns, row)).rowcount
+        if written != 1:  # finished (or gone): Optuna's path raises the error it always raises
+            super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
         """Two small queries; Optuna's default reads the whole trial. Pruners ask at every epoch."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
+import pytest
 from optuna.trial import TrialState
 
 from automl.service import JobService
@@ -62,3 +64,39 @@ def test_a_trial_enqueued_elsewhere_is_asked_next(pg_url: str) -> None:
     counts = [driver._storage.get_n_trials(driver._study_id, state)
               for state in (None, TrialState.RUNNING, (TrialState.PRUNED, TrialState.WAITING))]
     assert counts == [3, 2, 1]  # counted in the database, as the job heartbeat does
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_sampled_parameters_land_once_and_only_while_the_trial_runs(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A configuration is written with one statement per parameter; what another process reads
+    back is exactly what was sampled, and a finished trial still refuses new parameters."""
+    url = (request.getfixturevalue("pg_url") if database == "postgresql"
+           else f"sqlite:///{tmp_path / 'study.db'}")
+    strategy = Strategy(SearchSpace(max_epochs=3), seed=0, warm_start=False)
+    driver = strategy.create_study(optuna_storage(url), "params")
+    sampled = []
+    for _ in range(3):  # the first trial takes Optuna's path for each name, later ones the INSERT
+        trial = driver.ask()
+        strategy.suggest(trial)
+        sampled.append(trial.params)
+        driver.tell(trial, 0.5)
+
+    elsewhere = strategy.load_study(optuna_storage(url), "params")  # e.g. a restarted driver
+    assert [t.params for t in elsewhere.trials] == sampled
+    assert len(sampled[2]) > 10
+    resumed = elsewhere.ask()  # its cache knows every name's distribution from the trials read
+    strategy.suggest(resumed)
+    elsewhere.tell(resumed, 0.5)
+    sampled.append(resumed.params)
+    assert [t.params for t in strategy.load_study(optuna_storage(url), "params").trials] == sampled
+
+    finished = driver.trials[2]
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        driver._storage.set_trial_param(finished._trial_id, "lr", 0.1, finished.distributions["lr"])
+    with pytest.raises(ValueError, match="Cannot set different distribution kind"):
+        running = driver.ask()
+        driver._storage.set_trial_param(running._trial_id, "lr", 0.0,
+                                        optuna.distributions.CategoricalDistribution([0.1]))
+    assert elsewhere.trials[2].params == sampled[2]
