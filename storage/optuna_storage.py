@@ -16,6 +16,7 @@ every study it has read in memory (about 300 MB for 10,000 trials of the default
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Container
@@ -102,12 +103,9 @@ class TrialCache(_CachedStorage):
         param_value_internal: float,
         distribution: BaseDistribution,
     ) -> None:
-        """One INSERT that lands only while the trial runs; Optuna's path adds an ORM read of the
-        trial first and a flush. Sampling a configuration writes ~16 parameters, so this is most
-        of an ask's database time. The distribution is checked against the one the study
-        already holds for that name (all of a study's are compatible, so any one will do),
-        found in the cache; Optuna's own path takes a name no cached trial has (it asks the
-        database) and raises its own error for a finished trial."""
+        """The distribution is checked against the one the study already holds for that name (a
+        study's are all compatible, so any one will do), found in the cache; Optuna's own path
+        takes a name no cached trial has (it asks the database)."""
         with self._lock:
             study_id, _ = self._trial_id_to_study_id_and_number[trial_id]
             study = self._studies[study_id]
@@ -120,16 +118,50 @@ class TrialCache(_CachedStorage):
         if known is None:
             return super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
         check_distribution_compatibility(known, distribution)
-        trial, param = models.TrialModel, models.TrialParamModel
-        row = select(
-            literal(trial_id), literal(param_name), literal(float(param_value_internal)),
-            literal(distribution_to_json(distribution)),
-        ).where(exists().where(trial.trial_id == trial_id, trial.state == TrialState.RUNNING))
-        columns = ["trial_id", "param_name", "param_value", "distribution_json"]
-        with self._backend.engine.begin() as connection:
-            written = connection.execute(insert(param).from_select(columns, row)).rowcount
-        if written != 1:  # finished (or gone): Optuna's path raises the error it always raises
+        row = {"param_name": param_name, "param_value": float(param_value_internal),
+               "distribution_json": distribution_to_json(distribution)}
+        if not self._insert_while_running(models.TrialParamModel, trial_id, row):
             super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        value, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
+            intermediate_value
+        )
+        row = {"step": step, "intermediate_value": value, "intermediate_value_type": kind}
+        if not self._insert_while_running(models.TrialIntermediateValueModel, trial_id, row):
+            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        row = {"key": key, "value_json": json.dumps(value)}
+        if not self._insert_while_running(models.TrialSystemAttributeModel, trial_id, row):
+            super().set_trial_system_attr(trial_id, key, value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        row = {"key": key, "value_json": json.dumps(value)}
+        if not self._insert_while_running(models.TrialUserAttributeModel, trial_id, row):
+            super().set_trial_user_attr(trial_id, key, value)
+
+    def _insert_while_running(self, model: Any, trial_id: int, row: dict[str, Any]) -> bool:
+        """One INSERT of `row` for the trial that lands only while the trial runs and holds no
+        row with the same key yet; False if it did not land.
+
+        Optuna's path reads the trial, checks its state, looks for the row, then writes it: up
+        to four statements. A job writes ~16 parameters per ask and one value per epoch, so
+        this is most of the database time of ask and report (`automl bench storage`). When it
+        does not land (the trial finished, or the key is there already) the caller takes
+        Optuna's path, which raises Optuna's error or updates the row.
+        """
+        trial = models.TrialModel
+        unique = [getattr(model, column) == value for column, value in row.items()
+                  if column in ("param_name", "step", "key")]
+        values = select(literal(trial_id), *(literal(v, type_=getattr(model, c).type)
+                                             for c, v in row.items())).where(
+            exists().where(trial.trial_id == trial_id, trial.state == TrialState.RUNNING),
+            ~exists().where(model.trial_id == trial_id, *unique),
+        )
+        statement = insert(model).from_select(["trial_id", *row], values)
+        with self._backend.engine.begin() as connection:
+            return bool(connection.execute(statement).rowcount == 1)
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
         """Two small queries; Optuna's default reads the whole trial. Pruners ask at every epoch."""

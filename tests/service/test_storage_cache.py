@@ -67,11 +67,11 @@ def test_a_trial_enqueued_elsewhere_is_asked_next(pg_url: str) -> None:
 
 
 @pytest.mark.parametrize("database", ["postgresql", "sqlite"])
-def test_sampled_parameters_land_once_and_only_while_the_trial_runs(
+def test_what_a_running_trial_writes_lands_once_and_only_while_it_runs(
     database: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """A configuration is written with one statement per parameter; what another process reads
-    back is exactly what was sampled, and a finished trial still refuses new parameters."""
+    """Parameters, epoch values and attributes are written with one statement each; what another
+    process reads back is exactly what was written, and a finished trial refuses more."""
     url = (request.getfixturevalue("pg_url") if database == "postgresql"
            else f"sqlite:///{tmp_path / 'study.db'}")
     strategy = Strategy(SearchSpace(max_epochs=3), seed=0, warm_start=False)
@@ -92,7 +92,21 @@ def test_sampled_parameters_land_once_and_only_while_the_trial_runs(
     sampled.append(resumed.params)
     assert [t.params for t in strategy.load_study(optuna_storage(url), "params").trials] == sampled
 
+    reporting = driver.ask()
+    curve = {1: 0.25, 2: float("nan"), 3: float("inf"), 4: float("-inf")}
+    for step, value in curve.items():
+        reporting.report(value, step)
+    reporting.set_user_attr("ray_trial_id", "abc")
+    driver._storage.set_trial_system_attr(reporting._trial_id, "completed_rung_0", 0.25)
+    driver._storage.set_trial_system_attr(reporting._trial_id, "completed_rung_0", 0.5)  # update
+    read = strategy.load_study(optuna_storage(url), "params").trials[-1]
+    assert str(read.intermediate_values) == str(curve)  # nan == nan only as text
+    assert (read.user_attrs, read.system_attrs) == ({"ray_trial_id": "abc"}, {"completed_rung_0": 0.5})
+    driver.tell(reporting, 0.25)
+
     finished = driver.trials[2]
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        driver._storage.set_trial_intermediate_value(finished._trial_id, 7, 0.1)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         driver._storage.set_trial_param(finished._trial_id, "lr", 0.1, finished.distributions["lr"])
     with pytest.raises(ValueError, match="Cannot set different distribution kind"):
