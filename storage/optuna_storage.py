@@ -120,7 +120,7 @@ class TrialCache(_CachedStorage):
         check_distribution_compatibility(known, distribution)
         row = {"param_name": param_name, "param_value": float(param_value_internal),
                "distribution_json": distribution_to_json(distribution)}
-        if not self._insert_while_running(models.TrialParamModel, trial_id, row):
+        if not self._insert_while_running(models.TrialParamModel, trial_id, "param_name", row):
             super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
@@ -128,22 +128,24 @@ class TrialCache(_CachedStorage):
             intermediate_value
         )
         row = {"step": step, "intermediate_value": value, "intermediate_value_type": kind}
-        if not self._insert_while_running(models.TrialIntermediateValueModel, trial_id, row):
+        if not self._insert_while_running(models.TrialIntermediateValueModel, trial_id, "step", row):
             super().set_trial_intermediate_value(trial_id, step, intermediate_value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         row = {"key": key, "value_json": json.dumps(value)}
-        if not self._insert_while_running(models.TrialSystemAttributeModel, trial_id, row):
+        if not self._insert_while_running(models.TrialSystemAttributeModel, trial_id, "key", row):
             super().set_trial_system_attr(trial_id, key, value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         row = {"key": key, "value_json": json.dumps(value)}
-        if not self._insert_while_running(models.TrialUserAttributeModel, trial_id, row):
+        if not self._insert_while_running(models.TrialUserAttributeModel, trial_id, "key", row):
             super().set_trial_user_attr(trial_id, key, value)
 
-    def _insert_while_running(self, model: Any, trial_id: int, row: dict[str, Any]) -> bool:
+    def _insert_while_running(
+        self, model: Any, trial_id: int, key: str, row: dict[str, Any]
+    ) -> bool:
         """One INSERT of `row` for the trial that lands only while the trial runs and holds no
-        row with the same key yet; False if it did not land.
+        row with the same `key` column value yet; False if it did not land.
 
         Optuna's path reads the trial, checks its state, looks for the row, then writes it: up
         to four statements. A job writes ~16 parameters per ask and one value per epoch, so
@@ -152,12 +154,10 @@ class TrialCache(_CachedStorage):
         Optuna's path, which raises Optuna's error or updates the row.
         """
         trial = models.TrialModel
-        unique = [getattr(model, column) == value for column, value in row.items()
-                  if column in ("param_name", "step", "key")]
         values = select(literal(trial_id), *(literal(v, type_=getattr(model, c).type)
                                              for c, v in row.items())).where(
             exists().where(trial.trial_id == trial_id, trial.state == TrialState.RUNNING),
-            ~exists().where(model.trial_id == trial_id, *unique),
+            ~exists().where(model.trial_id == trial_id, getattr(model, key) == row[key]),
         )
         statement = insert(model).from_select(["trial_id", *row], values)
         with self._backend.engine.begin() as connection:
