@@ -110,6 +110,31 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@dataclass(frozen=True)
+class Acceleration:
+    """How a trial uses its device: what timm's own training benchmark does on a GPU.
+
+    On a GPU that is bf16 autocast and channels-last memory, pinned host memory, and loader
+    workers that feed batches ahead of the model. On a CPU none of it pays (the model wants every
+    core, and cached images need no decoding), so `for_device` turns it off there. Tests turn it
+    on there instead, to run the GPU code path on machines that have no GPU, like CI.
+    """
+
+    autocast: bool = False
+    channels_last: bool = False
+    pin_memory: bool = False
+    loader_workers: int = 0
+
+    @classmethod
+    def for_device(cls, device: torch.device, config: TrialConfig) -> Acceleration:
+        if device.type != "cuda":
+            return cls(loader_workers=config.num_workers or 0)
+        workers = config.num_workers
+        if workers is None:
+            workers = min(8, max(1, len(os.sched_getaffinity(0)) - 1))
+        return cls(autocast=config.amp, channels_last=True, pin_memory=True, loader_workers=workers)
+
+
 def train(
     config: TrialConfig,
     workdir: Path,
@@ -119,16 +144,18 @@ def train(
     data: PreparedData | None = None,
     device: torch.device | None = None,
     on_step: StepHook | None = None,
+    acceleration: Acceleration | None = None,
 ) -> TrialSummary:
     """Run (or resume) one trial; `workdir/latest` and `workdir/best` hold its checkpoints."""
     device = device or pick_device()
+    acceleration = acceleration or Acceleration.for_device(device, config)
     _seed_everything(config.seed)
     index = data.index if data is not None else load_index(config.data)
     model = create_backbone(config, len(index.classes))
     data = data or prepare_data(config, preprocessing(model, config.img_size), index)
     frozen = freeze_stages(model, config.freeze_stages)
     model.to(device)
-    if device.type == "cuda":
+    if acceleration.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = create_optimizer(config, model)
     schedule = EpochSchedule(config, optimizer)
@@ -137,7 +164,7 @@ def train(
         ckpt.load_weights(model, resume)
         state = ckpt.load_trainer_state(resume, optimizer)
         schedule.fast_forward(state.objective_history)
-    run = _Run(config, data, model, optimizer, schedule, device, frozen)
+    run = _Run(config, data, model, optimizer, schedule, device, acceleration, frozen)
     summary_stop = "budget"
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
@@ -190,10 +217,12 @@ class _Run:
         optimizer: torch.optim.Optimizer,
         schedule: EpochSchedule,
         device: torch.device,
+        acceleration: Acceleration,
         frozen_stages: int,
     ) -> None:
         self.config, self.data, self.model = config, data, model
         self.optimizer, self.schedule, self.device = optimizer, schedule, device
+        self.acceleration = acceleration
         self.frozen_stages = frozen_stages
         prep = data.preprocessing
         labels, split = data.index.labels, data.index.split_indices
@@ -213,24 +242,24 @@ class _Run:
             if self.mixer is not None
             else torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         )
-        self.autocast = device.type == "cuda" and config.amp
 
     def loader(self, dataset: CachedImages, *, train: bool, epoch: int = 0) -> DataLoader[Any]:
-        workers = _num_workers(self.config, self.device)
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
             shuffle=train,
             drop_last=train and len(dataset) > self.config.batch_size,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
+            num_workers=self.acceleration.loader_workers,
+            pin_memory=self.acceleration.pin_memory,
             generator=generator,
             persistent_workers=False,
         )
 
     def batches(self, loader: DataLoader[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return device_batches(loader, self.device, self.data.preprocessing)
+        return device_batches(
+            loader, self.device, self.data.preprocessing, self.acceleration.channels_last
+        )
 
     def epoch(self, epoch: int, on_step: StepHook | None) -> dict[str, Any]:
         started = time.perf_counter()
@@ -255,7 +284,9 @@ class _Run:
             soft_targets = targets
             if self.mixer is not None:
                 images, soft_targets = self.mixer(images, targets)
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+            with torch.autocast(
+                self.device.type, torch.bfloat16, enabled=self.acceleration.autocast
+            ):
                 loss = self.criterion(self.model(images), soft_targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -276,7 +307,7 @@ class _Run:
             self.data.preprocessing,
             self.data.num_classes,
             prefix,
-            amp=self.config.amp,
+            self.acceleration,
         )
 
     def checkpoint_config(self) -> dict[str, Any]:
@@ -300,12 +331,12 @@ class _Run:
 
 
 def device_batches(
-    loader: DataLoader[Any], device: torch.device, prep: Preprocessing
+    loader: DataLoader[Any], device: torch.device, prep: Preprocessing, channels_last: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Move uint8 batches to the device, then normalize there (cheaper than on the CPU)."""
     for images, targets in loader:
         images = normalize(images.to(device, non_blocking=True), prep.mean, prep.std)
-        if device.type == "cuda":
+        if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         yield images, targets.to(device, non_blocking=True)
 
@@ -318,12 +349,12 @@ def evaluate_model(
     prep: Preprocessing,
     num_classes: int,
     prefix: str,
-    amp: bool = True,
+    acceleration: Acceleration,
 ) -> dict[str, Any]:
     model.eval()
     evaluator = Evaluator(num_classes, device)
-    for images, targets in device_batches(loader, device, prep):
-        with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
+    for images, targets in device_batches(loader, device, prep, acceleration.channels_last):
+        with torch.autocast(device.type, torch.bfloat16, enabled=acceleration.autocast):
             logits = model(images)
         evaluator.update(logits, targets)
     return evaluator.compute(prefix)
@@ -331,14 +362,6 @@ def evaluate_model(
 
 def _with_history(metrics: dict[str, Any], state: ckpt.TrainerState) -> dict[str, Any]:
     return {**metrics, "history": state.history}
-
-
-def _num_workers(config: TrialConfig, device: torch.device) -> int:
-    if config.num_workers is not None:
-        return config.num_workers
-    if device.type != "cuda":
-        return 0  # on CPU the model wants every core, and cached images need no decoding
-    return min(8, max(1, len(os.sched_getaffinity(0)) - 1))
 
 
 def _seed_everything(seed: int) -> None:

@@ -20,7 +20,13 @@ from workers.augment import eval_transform, normalize
 from workers.config import TrialConfig
 from workers.datasets import load_index
 from workers.decoded_cache import decode_one, stored_size
-from workers.engine import CachedImages, evaluate_model, pick_device, prepare_data
+from workers.engine import (
+    Acceleration,
+    CachedImages,
+    evaluate_model,
+    pick_device,
+    prepare_data,
+)
 from workers.model import Preprocessing, create_backbone, freeze_stages
 
 
@@ -95,7 +101,7 @@ def evaluate_checkpoint(
         loaded.preprocessing,
         len(loaded.classes),
         split,
-        amp=loaded.config.amp,
+        Acceleration.for_device(loaded.device, loaded.config),
     )
     metrics[f"{split}_images"] = len(indices)
     return metrics

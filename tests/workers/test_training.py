@@ -9,7 +9,7 @@ import torch
 
 from workers.config import TrialConfig
 from workers.datasets import load_index
-from workers.engine import EpochResult, train
+from workers.engine import Acceleration, EpochResult, train
 from workers.model import backbone_stages, create_backbone
 from workers.predict import evaluate_checkpoint, load_checkpoint, predict_images
 
@@ -106,3 +106,18 @@ def test_resume_continues_the_curve(tmp_path: Path) -> None:
         assert ours["lr"] == pytest.approx(theirs["lr"])
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
         assert ours["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=1e-6)
+
+
+def test_the_gpu_settings_learn_and_checkpoint_on_cpu(tmp_path: Path) -> None:
+    """CI has no GPU: run the GPU code path (bf16 autocast, channels-last, loader workers,
+    mixup's soft targets) on the CPU, so a break in it shows up before a user's cluster does."""
+    gpu_like = Acceleration(autocast=True, channels_last=True, loader_workers=2)
+    config = TrialConfig.from_dict(
+        {**TINY, "epochs": 3, "augment": "none", "mixup_alpha": 0.2, "label_smoothing": 0.1}
+    )
+    summary = train(config, tmp_path, acceleration=gpu_like)
+    assert summary.best_value >= 0.5  # ten classes: chance is 0.1
+    assert summary.best_checkpoint is not None
+    loaded = load_checkpoint(summary.best_checkpoint, torch.device("cpu"))
+    val = evaluate_checkpoint(loaded, "val")  # float32 on the CPU, where training scored bf16
+    assert val["val_accuracy"] == pytest.approx(summary.best_metrics["val_accuracy"], abs=0.03)
