@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(
@@ -39,7 +40,7 @@ class UserError(Exception):
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -168,11 +169,13 @@ def run(
     artifacts: ArtifactsOpt = None,
     ray_address: RayOpt = None,
     job_id: Annotated[
-        str | None, typer.Option(help="resume this job (its study and Ray experiment)")
+        str | None,
+        typer.Option(help="run under this id: resumes the job if it exists (its study, Ray "
+                     "experiment and stored spec), else starts a new one with this id"),
     ] = None,
 ) -> None:
     """Run a search job in the foreground on local Ray (or --ray-address), live."""
-    from automl.execute import execute_job
+    from automl.execute import execute_job, resume_hint
     from automl.job import JobError, check_dataset
     from automl.live import LiveView
     from automl.spec import SpecError, load_spec, new_job_id
@@ -192,9 +195,14 @@ def run(
             store.submit(job_id, spec.name, spec.model_dump(mode="json"), state="running")
         else:
             try:
-                store.resume(job_id, "foreground")
+                resumed = store.resume(job_id, "foreground")
             except UnknownJob:
                 store.submit(job_id, spec.name, spec.model_dump(mode="json"), state="running")
+            else:
+                err.print(f"resuming job {job_id}", highlight=False)
+                if resumed.spec != spec.model_dump(mode="json"):
+                    err.print(f"[yellow]warning:[/] {escape(str(job_file))} differs from the spec "
+                              f"job {job_id} started with; the job keeps its own", highlight=False)
     except (DatabaseUnavailable, JobError) as error:
         fail(str(error))
     err.print(
@@ -212,6 +220,11 @@ def run(
             outcome = execute_job(job_id, settings, store, events=view, connect_seconds=10)
     except (JobError, DatabaseUnavailable) as error:
         fail(str(error))
+    except KeyboardInterrupt:
+        err.print(f"\ninterrupted: job {job_id} stopped (its trials are kept); "
+                  f"{resume_hint(job_id).replace('JOB_FILE', str(job_file))}", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(130) from None
     print_outcome(outcome, spec.objective.metric, settings)
     if outcome.state != "succeeded":
         raise typer.Exit(1)

@@ -62,6 +62,10 @@ class _Heartbeat(threading.Thread):
                 continue
 
 
+def resume_hint(job_id: str) -> str:
+    return f"resume it with `automl run JOB_FILE --job-id {job_id}`"
+
+
 def execute_job(
     job_id: str, settings: Settings, store: JobStore, events: Events | None = None,
     **run_options: Any,
@@ -74,6 +78,11 @@ def execute_job(
     try:
         outcome = run_job(spec, job_id, settings, events=events, cancelled=beat.cancel.is_set,
                           **run_options)
+    except KeyboardInterrupt:
+        beat.done.set()
+        store.finish(job_id, "cancelled", error=f"interrupted; {resume_hint(job_id)}",
+                     progress=read_progress(storage, job_id))
+        raise
     except BaseException as error:
         beat.done.set()
         message = "".join(traceback.format_exception_only(error)).strip()

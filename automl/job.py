@@ -183,6 +183,9 @@ def _tune(
     # checkpoint (so a restore never points at a deleted one); that is wanted, not a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the live view is ours; verbose=0 is quiet
+    # Tune turns Ctrl-C into a normal return, which would publish a half-run search as the job's
+    # result; let it interrupt instead (the killed-driver path: trials resume with the job).
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     trainable = tune.with_resources(
         run_tune_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     )

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from ray import tune
 
 from automl.job import JobOutcome, run_job
+from automl.publish import BEST_TRIAL_ATTR
 from automl.settings import Settings
 from automl.spec import parse_spec
 from storage.optuna_storage import optuna_storage
@@ -119,3 +120,36 @@ def test_a_killed_driver_resumes_the_job(tmp_path: Path) -> None:
     assert_every_trial_counted_once(study, settings.runs_path / "faults-driver", epochs=4)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4  # the budget is met exactly: no trial lost, none run twice
+
+
+def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal (SIGINT to the whole process group) must not pass a half-run search
+    off as the job's result: the job is marked cancelled with how to resume it, and resuming
+    finishes the budget with every trial counted once."""
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({**STEADY_JOB, "budget": {"n_trials": 4, "max_epochs": 4}}))
+    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data")}
+    settings = Settings(home=tmp_path / "automl-data")
+    command = [AUTOML, "run", str(job), "--job-id", "faults-ctrl-c"]
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: sum(reported_epochs(settings.storage_url, "faults-ctrl-c").values()) >= 2)
+    finally:
+        os.killpg(first.pid, signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130, out + err
+    assert "succeeded" not in out and "--job-id faults-ctrl-c" in err
+    listed = subprocess.run([AUTOML, "status", "faults-ctrl-c"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert "cancelled" in listed.stdout and "resume it with" in listed.stdout, listed.stdout
+    interrupted = optuna.load_study(study_name="faults-ctrl-c", storage=settings.storage_url)
+    assert BEST_TRIAL_ATTR not in interrupted.user_attrs  # nothing published as the result
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming job faults-ctrl-c" in second.stderr
+    study = optuna.load_study(study_name="faults-ctrl-c", storage=settings.storage_url)
+    assert_every_trial_counted_once(study, settings.runs_path / "faults-ctrl-c", epochs=4)
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 4
