@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from automl.space import SearchSpace, SpaceError
-from automl.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER
+from automl.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, Strategy
 from workers.config import OBJECTIVES
 
 Duration = float | str
@@ -118,6 +119,29 @@ class JobSpec(_Strict):
             raise ValueError(f"budget.target={target}: {self.objective.metric} lies in (0, 1]")
         return self
 
+    @model_validator(mode="after")
+    def _strategy_is_buildable(self) -> JobSpec:
+        """Options go to Optuna's sampler and pruner as keywords: build them now, not on Ray."""
+        s = self.strategy
+        strategy = Strategy(self.search_space(), sampler=s.sampler, pruner=s.pruner,
+                            sampler_options=dict(s.sampler_options),
+                            pruner_options=dict(s.pruner_options))
+        for field, build in (("sampler", strategy.make_sampler), ("pruner", strategy.make_pruner)):
+            try:
+                with warnings.catch_warnings():  # Optuna's experimental-feature notices
+                    warnings.simplefilter("ignore")
+                    build()
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"strategy.{field}_options: {error}") from None
+        first_rung = s.pruner_options.get("min_resource")
+        if isinstance(first_rung, int) and first_rung >= self.budget.max_epochs:
+            raise ValueError(
+                f"strategy.pruner_options.min_resource={first_rung} is not below "
+                f"budget.max_epochs={self.budget.max_epochs}: the pruner could never stop a "
+                "trial; lower it or raise max_epochs"
+            )
+        return self
+
     def search_space(self) -> SearchSpace:
         return SearchSpace.from_spec(self.space, self.budget.max_epochs)
 
@@ -172,10 +196,14 @@ def load_yaml(text: str) -> Any:
 
 
 def load_spec(path: Path) -> JobSpec:
+    if path.is_dir():
+        raise SpecError(f"{path} is a directory; pass the job file (YAML) itself")
     if not path.is_file():
         raise SpecError(f"job file {path} does not exist")
     try:
-        payload = load_yaml(path.read_text())
+        payload = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file (job files are YAML in UTF-8)") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

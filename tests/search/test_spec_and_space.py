@@ -52,6 +52,12 @@ def spec_error(**changes: Any) -> str:
         ({"space": {"optimizer": {"low": 1, "high": 2}}}, "space.optimizer"),
         ({"space": {"epochs": 5}}, "space.epochs: set it with budget.max_epochs"),
         ({"space": {"warmup_epochs": 20}}, "warmup_epochs=20 must be in [0, epochs=10)"),
+        ({"strategy": {"sampler_options": {"bogus": 1}}},
+         "strategy.sampler_options: RandomSampler.__init__() got an unexpected keyword argument"),
+        ({"strategy": {"pruner": "hyperband", "pruner_options": {"reduction_factr": 3}}},
+         "strategy.pruner_options:"),
+        ({"budget": {"max_epochs": 3}, "strategy": {"pruner_options": {"min_resource": 3}}},
+         "min_resource=3 is not below budget.max_epochs=3: the pruner could never stop a trial"),
     ],
 )
 def test_bad_specs_name_the_field(changes: dict[str, Any], message: str) -> None:
@@ -74,6 +80,25 @@ def test_examples_are_valid() -> None:
     for path in sorted(EXAMPLES.glob("*.yaml")):
         spec = load_spec(path)
         assert spec.name
+
+
+def test_a_job_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    binary = tmp_path / "job.yaml"
+    binary.write_bytes(b"\xff\xfe\x00name")
+    with pytest.raises(SpecError, match="not a text file"):
+        load_spec(binary)
+    with pytest.raises(SpecError, match="is a directory; pass the job file"):
+        load_spec(tmp_path)
+
+
+def test_cli_errors_keep_brackets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Error text is printed as is: a regex or a path with [ ] is not eaten as rich markup."""
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**BASE, "name": "My Job"}))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(job)])
+    assert result.exit_code == 2
+    assert "^[a-z0-9][a-z0-9-]{0,40}$" in result.output
 
 
 @pytest.mark.parametrize("args", [["run", "missing.yaml"], ["run", "{job}"]])
