@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from automl.service import JobConflict, JobService, NotReady, UnknownJob
 from automl.settings import Settings
-from automl.spec import JobSpec
+from automl.spec import JobSpec, SpecError, require_absolute_dataset
 from storage.jobs import JobStore
 from storage.optuna_storage import DatabaseUnavailable
 
@@ -146,6 +146,10 @@ def create_app(settings: Settings | None = None, connect_seconds: float = 30.0) 
     @app.post("/jobs", status_code=status.HTTP_201_CREATED, dependencies=guarded, tags=["jobs"],
               response_model=JobView)
     def submit(spec: JobSpec) -> dict[str, Any]:
+        try:
+            require_absolute_dataset(spec)
+        except SpecError as error:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(error)) from None
         return service.submit(spec)
 
     @app.get("/jobs", dependencies=guarded, tags=["jobs"], response_model=JobPage)

@@ -209,7 +209,27 @@ def load_spec(path: Path) -> JobSpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error)
         raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
-    return parse_spec(payload, str(path))
+    return with_dataset_from(parse_spec(payload, str(path)), path.parent)
+
+
+def with_dataset_from(spec: JobSpec, folder: Path) -> JobSpec:
+    """A relative dataset path is read from the job file's folder (as docker-compose reads its
+    paths), and stored absolute: trials run in other directories, on other machines."""
+    source = spec.dataset.source
+    if source.startswith("builtin:") or Path(source).is_absolute():
+        return spec
+    dataset = spec.dataset.model_copy(update={"source": str((folder / source).resolve())})
+    return spec.model_copy(update={"dataset": dataset})
+
+
+def require_absolute_dataset(spec: JobSpec) -> None:
+    """Jobs sent over HTTP have no job file to be relative to."""
+    source = spec.dataset.source
+    if not source.startswith("builtin:") and not Path(source).is_absolute():
+        raise SpecError(
+            f"dataset.source={source!r} is a relative path; give the absolute path the cluster's "
+            "machines see (or submit the job file with `automl submit`, which resolves it)"
+        )
 
 
 def format_errors(error: ValidationError) -> str:

@@ -91,6 +91,16 @@ def test_a_job_file_that_is_not_text_is_named(tmp_path: Path) -> None:
         load_spec(tmp_path)
 
 
+def test_a_relative_dataset_path_is_read_from_the_job_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "jobs").mkdir()
+    job = tmp_path / "jobs" / "job.yaml"
+    job.write_text(yaml.safe_dump({**BASE, "dataset": {"source": "../data/flowers"}}))
+    monkeypatch.chdir("/")  # wherever the user runs it from, and wherever trials run
+    assert load_spec(job).dataset.source == str(tmp_path / "data" / "flowers")
+
+
 def test_cli_errors_keep_brackets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Error text is printed as is: a regex or a path with [ ] is not eaten as rich markup."""
     job = tmp_path / "job.yaml"

@@ -73,6 +73,14 @@ def test_invalid_specs_are_422_and_store_nothing(
     assert client.get("/jobs").json()["total"] == 0
 
 
+def test_a_relative_dataset_path_is_refused_over_http(client: TestClient) -> None:
+    body = {**SPEC, "dataset": {"source": "data/flowers"}}
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 422
+    assert "relative path; give the absolute path" in response.json()["detail"]
+    assert client.get("/jobs").json()["total"] == 0
+
+
 @pytest.mark.parametrize(
     "route", ["GET /jobs/nope", "GET /jobs/nope/trials", "POST /jobs/nope/cancel",
               "GET /jobs/nope/best", "GET /jobs/nope/best/checkpoint"],
