@@ -156,10 +156,17 @@ RayOpt = Annotated[
 def settings_from(
     storage: str | None = None, artifacts: str | None = None, ray_address: str | None = None
 ) -> Any:
+    from pydantic import ValidationError
+
     from automl.settings import Settings
 
     overrides = {"database_url": storage, "artifacts": artifacts, "ray_address": ray_address}
-    return Settings.model_validate({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings.model_validate({k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        fail("; ".join(f"--storage / AUTOML_DATABASE_URL: {e['msg'].removeprefix('Value error, ')}"
+                       if e["loc"] == ("database_url",) else f"{e['loc']}: {e['msg']}"
+                       for e in error.errors()))
 
 
 @app.command()
@@ -447,13 +454,17 @@ def pull(
     """Download the best trial's checkpoint (and its test report) into --out."""
     from automl.publish import pull as pull_best
     from storage.artifacts import artifact_store
+    from storage.jobs import JobStore
     from storage.optuna_storage import optuna_storage
 
     settings = settings_from(storage, artifacts)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a directory (created if missing)")
     try:
         if api or settings.api_url:
             written = backend(api, storage, artifacts).pull(job, out)
         else:
+            _require_published(JobStore(settings.storage_url, connect_seconds=5), job)
             written = pull_best(
                 optuna_storage(settings.storage_url, retry_seconds=5),
                 artifact_store(settings.artifacts_path),
@@ -462,8 +473,35 @@ def pull(
             )
     except _user_errors() as error:
         fail(str(error))
+    except OSError as error:
+        fail(f"cannot write to --out {out}: {error.strerror or error}")
     files = ", ".join(sorted(p.name for p in written.iterdir() if not p.name.startswith(".")))
     Console().print(f"wrote {written}: {files}", highlight=False, soft_wrap=True)
+
+
+def _require_published(store: Any, job_id: str) -> None:
+    """A job that has not succeeded has nothing to pull; one with no job row (a study written
+    by other means) is looked up by its study alone."""
+    from automl.service import NotReady
+    from storage.jobs import UnknownJob
+
+    try:
+        state = store.get(job_id).state
+    except UnknownJob:
+        return
+    if state != "succeeded":
+        raise NotReady(f"job {job_id} is {state}: it has no published best trial yet")
+
+
+def require_free_port(host: str, port: int, option: str) -> None:
+    """Say which port is taken before anything starts, rather than a bind error halfway."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        fail(f"cannot listen on {host}:{port} ({error.strerror}); choose another with {option}")
 
 
 @app.command()
@@ -478,6 +516,7 @@ def dashboard(
     from storage.optuna_storage import redact
 
     settings = settings_from(storage, artifacts)
+    require_free_port(host, port, "--port")
     server = dashboard_server(settings, host, port)
     err.print(f"optuna-dashboard for {redact(settings.storage_url)} on http://{host}:{port}/",
               highlight=False)
@@ -500,6 +539,8 @@ def serve(
     from storage.optuna_storage import DatabaseUnavailable, redact
 
     settings = settings_from(storage, artifacts)
+    require_free_port(host, port, "--port")
+    require_free_port(host, dashboard_port, "--dashboard-port")
     if "dashboard_url" not in settings.model_fields_set:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         settings = settings.model_copy(update={"dashboard_url": f"http://{shown}:{dashboard_port}"})

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DATABASES = "sqlite:///path/to/automl.db or postgresql+psycopg2://user@host:5432/dbname"
 
 
 class Settings(BaseSettings):
@@ -25,6 +29,20 @@ class Settings(BaseSettings):
     dashboard_url: str = Field(
         default="http://127.0.0.1:8080", description="where users reach optuna-dashboard"
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str | None) -> str | None:
+        """Jobs and studies live in SQLite or PostgreSQL: say so before any engine is built."""
+        if url is None:
+            return url
+        try:
+            driver = make_url(url).drivername
+        except ArgumentError:
+            raise ValueError(f"not a database URL; use {DATABASES}") from None
+        if driver.split("+")[0] not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database {driver!r}; use {DATABASES}")
+        return url
 
     @property
     def storage_url(self) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 FORMAT = "automl-checkpoint/1"
@@ -73,9 +74,16 @@ def read_config(checkpoint: Path) -> dict[str, Any]:
             f"{checkpoint} is not a checkpoint directory (no config.json); "
             "pass the directory written by `automl pull` or `automl train-one --out`"
         )
-    config: dict[str, Any] = json.loads(path.read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{checkpoint}: unsupported checkpoint format {config.get('format')!r}")
+    try:
+        config: dict[str, Any] = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is damaged ({error}); pull the checkpoint again") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise ValueError(
+            f"{path}: not an automl checkpoint (format {found!r}, expected {FORMAT!r}); pass "
+            "the directory written by `automl pull` or `automl train-one --out`"
+        )
     return config
 
 
@@ -85,7 +93,11 @@ def read_metrics(checkpoint: Path) -> dict[str, Any]:
 
 
 def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    load_model(model, str(checkpoint / "model.safetensors"), device="cpu")
+    weights = checkpoint / "model.safetensors"
+    try:
+        load_model(model, str(weights), device="cpu")
+    except SafetensorError as error:
+        raise ValueError(f"{weights} is damaged ({error}); pull the checkpoint again") from None
 
 
 def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> TrainerState:

@@ -1,0 +1,78 @@
+"""What a user gets wrong at the command line gets one clear line (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from automl.cli import app
+from workers.config import TrialConfig
+from workers.engine import train
+
+JOB = {"name": "cli-errors", "dataset": {"source": "builtin:digits"},
+       "budget": {"n_trials": 1, "max_epochs": 1}}
+
+
+def refused(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "error:" in result.output
+    return " ".join(result.output.split())  # rich may wrap long lines
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("notaurl", "not a database URL; use sqlite:///"),
+        ("postgres://u@h/db", "unsupported database 'postgres'; use sqlite:///"),
+        ("mysql://u@h/db", "unsupported database 'mysql'"),
+    ],
+)
+def test_a_bad_database_url_is_named(url: str, message: str) -> None:
+    assert message in refused("list", "--storage", url)
+
+
+def test_pull_names_a_job_that_has_nothing_to_pull_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the embedded default: ./automl-data
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(JOB))
+    submitted = CliRunner().invoke(app, ["submit", str(job)])
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    assert f"job {job_id} is queued: it has no published best trial yet" in refused(
+        "pull", job_id, "--out", "model")
+    (tmp_path / "afile").write_text("x")
+    assert "--out afile is a file; give a directory" in refused("pull", job_id, "--out", "afile")
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_damaged_checkpoint_is_named(tmp_path: Path) -> None:
+    config = TrialConfig.from_dict({"backbone": "test_resnet", "img_size": 32, "epochs": 1})
+    checkpoint = train(config, tmp_path / "trial").best_checkpoint
+    assert checkpoint is not None
+    image = tmp_path / "x.png"
+    image.write_bytes(b"not read")
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(b"\xff" * 64)
+    assert "model.safetensors is damaged" in refused("predict", "--checkpoint", str(checkpoint),
+                                                      str(image))
+    (checkpoint / "config.json").write_text("{")
+    assert "config.json is damaged" in refused("predict", "--checkpoint", str(checkpoint),
+                                               str(image))
+    (checkpoint / "config.json").write_text("{}")
+    assert "not an automl checkpoint" in refused("predict", "--checkpoint", str(checkpoint),
+                                                 str(image))
+
+
+def test_a_taken_port_is_named() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        assert f"cannot listen on 127.0.0.1:{port}" in refused("dashboard", "--port", port)
+        assert "choose another with --dashboard-port" in refused(
+            "serve", "--port", "0", "--dashboard-port", port)
