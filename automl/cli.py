@@ -79,7 +79,8 @@ def train_one(
         values = {"backbone": backbone, "epochs": epochs, "source": dataset}
         values.update(parse_overrides(set_ or []))
         config = TrialConfig.from_dict(values)
-        workdir = out or Path("automl-data") / "train-one" / time.strftime("%Y%m%d-%H%M%S")
+        home = settings_from().home  # AUTOML_HOME, like every other command
+        workdir = out or home / "train-one" / time.strftime("%Y%m%d-%H%M%S")
         with _progress() as progress:
             epoch_task = progress.add_task("epochs", total=config.epochs)
             batch_task = progress.add_task("batches", total=None)
