@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from automl.bridge import Events
-from automl.job import JobOutcome, run_job
+from automl.job import JobError, JobOutcome, run_job
 from automl.settings import Settings
 from automl.spec import parse_spec
 from storage.jobs import JobStore, Progress
@@ -85,7 +85,8 @@ def execute_job(
         raise
     except BaseException as error:
         beat.done.set()
-        message = "".join(traceback.format_exception_only(error)).strip()
+        message = (str(error) if isinstance(error, JobError)  # written for the user as is
+                   else "".join(traceback.format_exception_only(error)).strip())
         store.finish(job_id, "failed", error=message, progress=read_progress(storage, job_id))
         raise
     beat.done.set()

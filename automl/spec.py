@@ -241,5 +241,8 @@ def format_errors(error: ValidationError) -> str:
             message = "unknown field; check the spelling (see examples/ for every field)"
         elif item["type"] == "missing":
             message = "required field is missing"
-        lines.append(f"  {field}: {message}")
+        if not item["loc"] and re.match(r"[a-z_.]+[:=]", message):  # names its field itself
+            lines.append(f"  {message}")
+        else:
+            lines.append(f"  {field}: {message}")
     return "\n".join(lines)
