@@ -258,6 +258,14 @@ def _score_on_test(checkpoint: tune.Checkpoint, spec: JobSpec) -> dict[str, Any]
     return ray.get(evaluate.remote(checkpoint, "test"))
 
 
+def _hint(errors: list[str]) -> str:
+    """The fix for the one failure every trial shares on an offline cluster."""
+    if any("huggingface" in e.lower() or "hub" in e.lower() for e in errors):
+        return ("; the workers could not fetch pretrained weights: give them network access or "
+                "a filled Hugging Face cache (HF_HOME), or set space.pretrained: false")
+    return ""
+
+
 def _publish_best(
     spec: JobSpec,
     job_id: str,
@@ -269,9 +277,11 @@ def _publish_best(
 ) -> JobOutcome:
     results = [grid[i] for i in range(len(grid))]
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        errors = [str(r.error).strip().splitlines()[-1] for r in results if r.error][:3]
+        errors = list(dict.fromkeys(str(r.error).strip().splitlines()[-1]
+                                    for r in results if r.error))[:3]
         detail = f"; first errors: {' | '.join(errors)}" if errors else ""
-        return JobOutcome(job_id, "failed", counts, error=f"no trial completed{detail}")
+        return JobOutcome(job_id, "failed", counts,
+                          error=f"no trial completed{detail}{_hint(errors)}")
     best = study.best_trial
     result = next(
         (r for r in results if (r.metrics or {}).get("trial_id") == best.user_attrs.get(RAY_TRIAL_ID)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -205,3 +206,21 @@ def test_database_down_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
     assert "could not" in text and "postgresql+psycopg2://postgres@127.0.0.1:5999/test" in text
     assert "Connection refused" in text
     assert "check that it is running" in text
+
+
+@pytest.mark.slow
+def test_offline_pretrained_weights_fail_the_job_with_the_fix(tmp_path: Path) -> None:
+    """Every trial fails the same way on a cluster that cannot reach the model hub: the job's
+    error says so once, and how to fix it."""
+    space = {**DIGITS_JOB["space"], "pretrained": True}
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({**DIGITS_JOB, "budget": {"n_trials": 2, "max_epochs": 1},
+                               "max_failures": 0, "space": space}))
+    automl = str(Path(sys.executable).with_name("automl"))
+    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([automl, "run", str(job), "--ray-address", "local"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    error = next(line for line in result.stdout.splitlines() if line.startswith("error:"))
+    assert error.count("LocalEntryNotFoundError") == 1  # the same error, said once
+    assert "set space.pretrained: false" in error
