@@ -198,6 +198,7 @@ def run(
     try:
         check_dataset(spec)  # before the job row: a bad dataset leaves nothing behind
         store = JobStore(settings.storage_url, connect_seconds=10)
+        created = True
         if job_id is None:
             job_id = new_job_id(spec.name)
             store.submit(job_id, spec.name, spec.model_dump(mode="json"), state="running")
@@ -207,6 +208,7 @@ def run(
             except UnknownJob:
                 store.submit(job_id, spec.name, spec.model_dump(mode="json"), state="running")
             else:
+                created = False
                 err.print(f"resuming job {job_id}", highlight=False)
                 if resumed.spec != spec.model_dump(mode="json"):
                     err.print(f"[yellow]warning:[/] {escape(str(job_file))} differs from the spec "
@@ -226,7 +228,11 @@ def run(
     try:
         with view:
             outcome = execute_job(job_id, settings, store, events=view, connect_seconds=10)
-    except (JobError, DatabaseUnavailable) as error:
+    except JobError as error:  # refused up front (e.g. resources no node has): leave no trace
+        if created:
+            store.discard(job_id)
+        fail(str(error))
+    except DatabaseUnavailable as error:
         fail(str(error))
     except KeyboardInterrupt:
         err.print(f"\ninterrupted: job {job_id} stopped (its trials are kept); "

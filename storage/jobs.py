@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import migrate, sessions
@@ -108,6 +108,12 @@ class JobStore:
             session.add(JobEvent(job_id=candidate.id, kind="resumed" if resumed else "claimed",
                                  message=runner))
         return self.get(candidate.id)
+
+    def discard(self, job_id: str) -> None:
+        """Forget a job refused before it stored or started anything: there is nothing to keep."""
+        with self._sessions.begin() as session:
+            session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
+            session.execute(delete(Job).where(Job.id == job_id))
 
     def resume(self, job_id: str, runner: str) -> Job:
         """Take a job back into the foreground (`automl run --job-id`), whatever became of it."""

@@ -195,6 +195,19 @@ def test_more_gpus_than_the_cluster_is_refused_and_nothing_stored(tmp_path: Path
     assert not (tmp_path / "automl-data").exists()
 
 
+def test_run_refused_for_resources_leaves_no_job_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({**DIGITS_JOB, "resources": {"cpu": 64}}))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(job)])
+    assert result.exit_code == 2
+    assert "lower `resources` in the job spec" in " ".join(result.output.split())
+    listed = CliRunner().invoke(app, ["list"])
+    assert listed.exit_code == 0 and "0 of 0 job(s)" in listed.output, listed.output
+
+
 def test_database_down_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(json.dumps(DIGITS_JOB))
