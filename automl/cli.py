@@ -123,6 +123,9 @@ def predict(
     from workers.predict import load_checkpoint, predict_images
 
     try:
+        folders = [str(p) for p in images if p.is_dir()]
+        if folders:
+            raise UserError(f"{', '.join(folders)}: a directory; pass image files (e.g. DIR/*.png)")
         missing = [str(p) for p in images if not p.is_file()]
         if missing:
             raise UserError(f"no such image file: {', '.join(missing)}")

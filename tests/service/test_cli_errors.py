@@ -65,6 +65,8 @@ def test_a_damaged_checkpoint_is_named(tmp_path: Path) -> None:
     (checkpoint / "config.json").write_text("{")
     assert "config.json is damaged" in refused("predict", "--checkpoint", str(checkpoint),
                                                str(image))
+    assert "a directory; pass image files" in refused("predict", "--checkpoint", str(checkpoint),
+                                                      str(tmp_path))
     (checkpoint / "config.json").write_text("{}")
     assert "not an automl checkpoint" in refused("predict", "--checkpoint", str(checkpoint),
                                                  str(image))
