@@ -170,6 +170,8 @@ class OptunaSearcher(Searcher):
         self.link, self.fixed = link, dict(fixed)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if JobStopper.cancel_requested(self.link.study_name):
+            return None  # the stopper ends the run at its next poll: start nothing new meanwhile
         study = self.link.study
         trial = self.link.call(lambda: self.link.strategy.ask(study), "ask the study for a trial")
         config = {**self.link.call(lambda: self.link.strategy.suggest(trial), "sample a trial"),
@@ -261,6 +263,11 @@ class JobStopper(Stopper):
             cls._cancel_checks.pop(job_id, None)
         else:
             cls._cancel_checks[job_id] = cancelled
+
+    @classmethod
+    def cancel_requested(cls, job_id: str) -> bool:
+        check = cls._cancel_checks.get(job_id)
+        return check is not None and check()
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         value = result.get(self.metric)

@@ -237,3 +237,24 @@ def test_offline_pretrained_weights_fail_the_job_with_the_fix(tmp_path: Path) ->
     error = next(line for line in result.stdout.splitlines() if line.startswith("error:"))
     assert error.count("LocalEntryNotFoundError") == 1  # the same error, said once
     assert "set space.pretrained: false" in error
+
+
+def test_no_trial_starts_once_the_job_is_cancelled(tmp_path: Path) -> None:
+    """Between a cancel and the stopper ending the run, Tune asks for more trials: none may
+    start (it would be stopped at once and count as failed)."""
+    from automl.bridge import JobStopper, OptunaSearcher, StudyLink
+    from automl.job import strategy_for
+
+    spec = parse_spec(DIGITS_JOB)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    strategy = strategy_for(spec, 1797)
+    strategy.create_study(optuna_storage(url), "cancel-race")
+    searcher = OptunaSearcher(StudyLink(url, "cancel-race", strategy), "val_accuracy", "max",
+                              spec.trial_settings())
+    JobStopper.register("cancel-race", lambda: True)
+    try:
+        assert searcher.suggest("ray-trial-1") is None
+    finally:
+        JobStopper.register("cancel-race", None)
+    assert searcher.suggest("ray-trial-2") is not None
+    assert len(optuna.load_study(study_name="cancel-race", storage=url).trials) == 1
