@@ -406,7 +406,9 @@ def status(
         source = backend(api, storage)
         view = source.get(job)
         if watch:
-            with Live(_status_panel(view), console=err, refresh_per_second=1) as live:
+            # transient: the final panel below is printed once, to stdout, terminal or not
+            with Live(_status_panel(view), console=err, refresh_per_second=1,
+                      transient=True) as live:
                 while view["state"] in ("queued", "running"):
                     time.sleep(2)
                     view = source.get(job)
