@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,22 @@ def test_a_taken_port_is_named() -> None:
         assert f"cannot listen on 127.0.0.1:{port}" in refused("dashboard", "--port", port)
         assert "choose another with --dashboard-port" in refused(
             "serve", "--port", "0", "--dashboard-port", port)
+
+
+def test_status_watch_prints_the_final_panel_once_when_piped(tmp_path: Path) -> None:
+    from automl.settings import Settings
+    from automl.spec import parse_spec
+    from storage.jobs import JobStore
+
+    settings = Settings(home=tmp_path / "automl-data")
+    store = JobStore(settings.storage_url)
+    store.submit("piped-1", "piped", parse_spec(JOB).model_dump(mode="json"), state="running")
+    store.finish("piped-1", "succeeded")
+    automl = str(Path(sys.executable).with_name("automl"))
+    result = subprocess.run(
+        [automl, "status", "piped-1", "--watch"],
+        env={**os.environ, "AUTOML_HOME": str(settings.home)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count("job piped-1: succeeded") == 1, result.stdout
