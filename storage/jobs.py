@@ -93,6 +93,7 @@ class JobStore:
             ).first()
             if candidate is None:
                 return None
+            resumed = candidate.state == "running"  # read now: the UPDATE refreshes `candidate`
             # `attempts` is the row's version: only one claimant's UPDATE can match it
             taken = session.execute(
                 update(Job)
@@ -104,7 +105,6 @@ class JobStore:
             )
             if taken.rowcount != 1:  # type: ignore[attr-defined]
                 return None
-            resumed = candidate.state == "running"
             session.add(JobEvent(job_id=candidate.id, kind="resumed" if resumed else "claimed",
                                  message=runner))
         return self.get(candidate.id)
