@@ -40,9 +40,12 @@ CONFIG_ATTR = "config"
 
 
 class Events(Protocol):
-    """What a live view hears: start, report, pruned, complete, fail (with the trial number)."""
+    """What a live view hears: start, report, pruned, complete, fail (with the trial number;
+    a report also with its epoch, which a retried or resumed trial may report again)."""
 
-    def on_event(self, kind: str, number: int, value: float | None = None) -> None: ...
+    def on_event(
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None
+    ) -> None: ...
 
 
 # Per-process listeners by study name: never pickled with the bridge, so a restored bridge
@@ -109,10 +112,12 @@ class StudyLink:
         """Use the runner's open study instead of opening another connection."""
         self._storage, self._study = storage, study
 
-    def emit(self, kind: str, number: int, value: float | None = None) -> None:
+    def emit(
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None
+    ) -> None:
         listener = LISTENERS.get(self.study_name)
         if listener is not None:
-            listener.on_event(kind, number, value)
+            listener.on_event(kind, number, value, epoch)
 
     def remember(self, ray_id: str, trial: optuna.Trial) -> None:
         self._known[ray_id] = _Known(trial._trial_id, trial.number, trial=trial)
@@ -229,7 +234,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         handle = self.link.trial(known)
         # an epoch redone by a retried trial is already reported: Optuna keeps the first value
         self.link.call(lambda: handle.report(float(value), int(epoch)), "report an epoch")
-        self.link.emit("report", known.number, float(value))
+        self.link.emit("report", known.number, float(value), int(epoch))
         if int(epoch) >= self.link.strategy.max_epochs:
             return TrialScheduler.CONTINUE  # its last epoch: nothing left to save by pruning
         if self.link.call(handle.should_prune, "ask the pruner"):

@@ -151,12 +151,13 @@ def run_job(
     )
     if events is not None:
         LISTENERS[job_id] = events
+        replay_history(study, events)
     link = StudyLink(settings.storage_url, job_id, strategy)
     link.attach(storage, study)
     try:
         grid = _tune(spec, job_id, settings, link, cancelled)
         timings["database"] = link.db_seconds
-        counts = finish_leftovers(study, spec.objective.maximize)
+        counts = finish_leftovers(study, spec.objective.maximize, events)
         if cancelled is not None and cancelled():
             return JobOutcome(job_id, "cancelled", counts, elapsed=time.monotonic() - started,
                               timings=timings)
@@ -222,7 +223,20 @@ def _tune(
     return tuner.fit()
 
 
-def finish_leftovers(study: optuna.Study, maximize: bool) -> dict[str, int]:
+def replay_history(study: optuna.Study, events: Events) -> None:
+    """A resumed job's view starts where the job left off, not from nothing."""
+    started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for trial in study.get_trials(deepcopy=False, states=started):  # not the enqueued ones
+        events.on_event("start", trial.number)
+        for epoch, value in sorted(trial.intermediate_values.items()):
+            events.on_event("report", trial.number, value, epoch)
+        if trial.state.is_finished():
+            events.on_event(trial.state.name.lower(), trial.number, trial.value)
+
+
+def finish_leftovers(
+    study: optuna.Study, maximize: bool, events: Events | None = None
+) -> dict[str, int]:
     """Trials still RUNNING after Tune returned were stopped by the budget, the target or a cancel
     (or were asked just before a driver crash and never started): those with results are told
     COMPLETE with their best epoch, the others FAIL. Returns the final counts by state."""
@@ -238,6 +252,8 @@ def finish_leftovers(study: optuna.Study, maximize: bool) -> dict[str, int]:
             study.tell(number, value, state=state, skip_if_finished=True)
 
         retry(tell, what="finish a trial")
+        if events is not None:
+            events.on_event(state.name.lower(), frozen.number, value)
     return trial_counts(study)
 
 

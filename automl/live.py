@@ -36,10 +36,12 @@ class LiveView:
     started: float = field(default_factory=time.monotonic)
     _live: Live | None = None
 
-    def on_event(self, kind: str, number: int, value: float | None = None) -> None:
+    def on_event(
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None
+    ) -> None:
         row = self.rows.setdefault(number, _Row())
         if kind == "report" and value is not None:
-            row.epochs += 1
+            row.epochs = max(row.epochs, epoch) if epoch is not None else row.epochs + 1
             row.last = value
             if row.best is None or (value > row.best if self.maximize else value < row.best):
                 row.best = value

@@ -96,7 +96,9 @@ class _Clock:
         self.started: dict[int, float] = {}
         self.first_report: dict[int, float] = {}
 
-    def on_event(self, kind: str, number: int, value: float | None = None) -> None:
+    def on_event(
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None
+    ) -> None:
         now = time.perf_counter()
         if kind == "start":
             self.started[number] = now

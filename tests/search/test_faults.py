@@ -135,7 +135,8 @@ def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) 
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: sum(reported_epochs(settings.storage_url, "faults-ctrl-c").values()) >= 2)
+        # a trial finished, so the resumed view has history to show
+        wait_for(lambda: 4 in reported_epochs(settings.storage_url, "faults-ctrl-c").values())
     finally:
         os.killpg(first.pid, signal.SIGINT)
     out, err = first.communicate(timeout=120)
@@ -150,6 +151,10 @@ def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) 
                             timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resuming job faults-ctrl-c" in second.stderr
+    final_view = second.stderr[second.stderr.rindex("job faults-ctrl-c "):]
+    # the view counts the trials from before the interrupt, and ends with none running (a
+    # trial asked just before Ctrl-C that never started is failed, as after a killed driver)
+    assert "complete 4" in final_view and "running 0" in final_view, final_view
     study = optuna.load_study(study_name="faults-ctrl-c", storage=settings.storage_url)
     assert_every_trial_counted_once(study, settings.runs_path / "faults-ctrl-c", epochs=4)
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 4
