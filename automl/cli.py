@@ -239,7 +239,7 @@ def run(
         fail(str(error))
     except KeyboardInterrupt:
         err.print(f"\ninterrupted: job {job_id} stopped (its trials are kept); "
-                  f"{resume_hint(job_id).replace('JOB_FILE', str(job_file))}", highlight=False,
+                  f"{resume_hint(job_id, str(job_file))}", highlight=False,
                   soft_wrap=True)
         raise typer.Exit(130) from None
     print_outcome(outcome, spec.objective.metric, settings)

@@ -62,8 +62,8 @@ class _Heartbeat(threading.Thread):
                 continue
 
 
-def resume_hint(job_id: str) -> str:
-    return f"resume it with `automl run JOB_FILE --job-id {job_id}`"
+def resume_hint(job_id: str, job_file: str = "JOB_FILE") -> str:
+    return f"resume it with `automl run {job_file} --job-id {job_id}`"
 
 
 def execute_job(

@@ -276,7 +276,7 @@ def _score_on_test(checkpoint: tune.Checkpoint, spec: JobSpec) -> dict[str, Any]
 
 def _hint(errors: list[str]) -> str:
     """The fix for the one failure every trial shares on an offline cluster."""
-    if any("huggingface" in e.lower() or "hub" in e.lower() for e in errors):
+    if any("huggingface" in e.lower() or "hf_hub" in e.lower() for e in errors):
         return ("; the workers could not fetch pretrained weights: give them network access or "
                 "a filled Hugging Face cache (HF_HOME), or set space.pretrained: false")
     return ""
