@@ -11,7 +11,9 @@ All state lives in the study (each Optuna trial carries its Ray trial id), so bo
 being pickled into Ray's experiment state and a driver restart: after `Tuner.restore` they
 reconnect to the database and find their trials again. Database calls are retried while the
 database restarts, and a re-reported epoch (a retried trial redoing an epoch) overwrites the same
-step, so nothing is lost or counted twice.
+step, so nothing is lost or counted twice. A trial asked after Ray's last snapshot of its state
+(just before the driver died) is one Ray never resumes but will ask for again: the driver marks
+it orphaned before resuming, and the next suggestion takes it over instead of growing the study.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import optuna
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RAY_TRIAL_ID = "ray_trial_id"
 CONFIG_ATTR = "config"
+ORPHAN_ATTR = "orphaned"
 
 
 class Events(Protocol):
@@ -73,6 +77,7 @@ class StudyLink:
         self._storage: optuna.storages.BaseStorage | None = None
         self._study: optuna.Study | None = None
         self._known: dict[str, _Known] = {}
+        self._orphans_left = True  # until a suggestion finds none: none are marked after start
         self.db_seconds = 0.0  # time spent in database calls, for the overhead report
 
     def __getstate__(self) -> dict[str, Any]:
@@ -156,6 +161,38 @@ class StudyLink:
         known.finished = True
         self.emit(state.name.lower(), known.number, value)
 
+    def mark_orphans(self, ray_trial_ids: set[str]) -> list[int]:
+        """Mark the RUNNING trials whose Ray trial is not among `ray_trial_ids` (what Ray's saved
+        state will resume). Ray does not know it asked for them, so it asks again; `adopt`
+        hands them out then. Called by the driver before Tune starts."""
+        running = self.call(
+            lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)),
+            "list running trials",
+        )
+        orphans = [t for t in running if t.user_attrs.get(RAY_TRIAL_ID) not in ray_trial_ids]
+        for frozen in orphans:
+            self.call(
+                partial(self.storage.set_trial_user_attr, frozen._trial_id, ORPHAN_ATTR, True),
+                f"mark trial {frozen.number} orphaned",
+            )
+        return [t.number for t in orphans]
+
+    def adopt(self, ray_id: str) -> optuna.Trial | None:
+        """An orphaned trial, now run by Ray trial `ray_id`; None when there is none left."""
+        if not self._orphans_left:
+            return None
+        running = self.call(
+            lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)),
+            "list running trials",
+        )
+        orphan = next((t for t in running if t.user_attrs.get(ORPHAN_ATTR)), None)
+        if orphan is None:
+            self._orphans_left = False
+            return None
+        trial = optuna.Trial(self.study, orphan._trial_id)
+        self.call(lambda: trial.set_user_attr(ORPHAN_ATTR, False), "adopt an orphaned trial")
+        return trial
+
     def _all_trials(self) -> list[optuna.trial.FrozenTrial]:
         return self.call(lambda: self.study.get_trials(deepcopy=False), "list trials")
 
@@ -178,7 +215,10 @@ class OptunaSearcher(Searcher):
         if JobStopper.cancel_requested(self.link.study_name):
             return None  # the stopper ends the run at its next poll: start nothing new meanwhile
         study = self.link.study
-        trial = self.link.call(lambda: self.link.strategy.ask(study), "ask the study for a trial")
+        trial = self.link.adopt(trial_id) or self.link.call(
+            lambda: self.link.strategy.ask(study), "ask the study for a trial"
+        )
+        # an adopted trial's sampled values come back as they were (Optuna keeps a trial's params)
         config = {**self.link.call(lambda: self.link.strategy.suggest(trial), "sample a trial"),
                   **self.fixed}
         self.link.call(lambda: trial.set_user_attr(RAY_TRIAL_ID, trial_id), "tag a trial")

@@ -25,6 +25,7 @@ import ray
 from optuna.trial import TrialState
 from optuna_dashboard import save_note
 from ray import tune
+from ray.tune.experiment import Trial as RayTrial
 
 from automl.bridge import LISTENERS, RAY_TRIAL_ID, Events, JobStopper, StudyLink, best_of, bridge
 from automl.publish import BEST_TRIAL_ATTR, publish
@@ -192,7 +193,14 @@ def _tune(
     )
     path = settings.runs_path / job_id
     JobStopper.register(job_id, cancelled)
-    if tune.Tuner.can_restore(str(path)):
+    restorable = tune.Tuner.can_restore(str(path))
+    saved = tune.ExperimentAnalysis(str(path)).trials if restorable else []
+    heal_checkpoints(saved)
+    orphans = link.mark_orphans({t.trial_id for t in saved})
+    if orphans:
+        log.warning("trials %s were asked after Ray last saved its state: they run again",
+                    ", ".join(map(str, orphans)))
+    if restorable:
         log.warning("resuming job %s from %s", job_id, path)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True)
         return tuner.fit()
@@ -223,6 +231,22 @@ def _tune(
     return tuner.fit()
 
 
+def heal_checkpoints(trials: list[RayTrial]) -> None:
+    """Ray keeps one checkpoint per trial: on each epoch's it deletes the one before, then saves
+    its state. A driver stopped in between (a kill, Ctrl-C) leaves the state naming the deleted
+    checkpoint, and that trial fails every resume. Its newest checkpoint, the one that replaced
+    it, takes the deleted one's place: the trial resumes from where it really was."""
+    for trial in trials:
+        named = trial.checkpoint
+        if named is None or trial.path is None or Path(named.path).exists():
+            continue
+        newest = max(Path(trial.path).glob("checkpoint_*"), default=None)
+        if newest is not None:
+            log.warning("trial %s: its saved checkpoint is gone, resuming from %s",
+                        trial.trial_id, newest.name)
+            newest.rename(named.path)
+
+
 def replay_history(study: optuna.Study, events: Events) -> None:
     """A resumed job's view starts where the job left off, not from nothing."""
     started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -237,9 +261,9 @@ def replay_history(study: optuna.Study, events: Events) -> None:
 def finish_leftovers(
     study: optuna.Study, maximize: bool, events: Events | None = None
 ) -> dict[str, int]:
-    """Trials still RUNNING after Tune returned were stopped by the budget, the target or a cancel
-    (or were asked just before a driver crash and never started): those with results are told
-    COMPLETE with their best epoch, the others FAIL. Returns the final counts by state."""
+    """Trials still RUNNING after Tune returned were stopped by the budget, the target or a cancel:
+    those with results are told COMPLETE with their best epoch, the others FAIL. Returns the
+    final counts by state."""
     running = retry(
         lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="list trials"
     )
