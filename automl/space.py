@@ -168,7 +168,7 @@ def _check_value(name: str, value: Any, max_epochs: int) -> None:
     try:
         config = TrialConfig.from_dict({"epochs": max_epochs, name: value})
     except ConfigError as error:
-        raise SpaceError(f"space.{name}: {error}") from error
+        raise SpaceError(f"space.{name}: {error}{_list_hint(name, value)}") from error
     if name == "backbone":
         from workers.model import check_backbone
 
@@ -176,6 +176,16 @@ def _check_value(name: str, value: Any, max_epochs: int) -> None:
             check_backbone(config.backbone)
         except ConfigError as error:
             raise SpaceError(f"space.{name}: {error}") from error
+
+
+def _list_hint(name: str, value: Any) -> str:
+    """`milestones: [1, 2]` reads as two choices, 1 and 2: say how to write one list value."""
+    default = next((f.default for f in dataclasses.fields(TrialConfig) if f.name == name), None)
+    if not isinstance(default, tuple) or isinstance(value, list | tuple):
+        return ""
+    example = list(default)
+    return (f" (a list in `space` lists the choices, so one {name} value is a list in a list: "
+            f"{name}: [{example}])")
 
 
 class SearchSpace:

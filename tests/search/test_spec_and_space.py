@@ -51,6 +51,7 @@ def spec_error(**changes: Any) -> str:
         ({"space": {"optimizer": ["adamw", "lamb"]}}, "optimizer='lamb' is not one of"),
         ({"space": {"optimizer": {"low": 1, "high": 2}}}, "space.optimizer"),
         ({"space": {"epochs": 5}}, "space.epochs: set it with budget.max_epochs"),
+        ({"space": {"milestones": [3, 6]}}, "one milestones value is a list in a list: milestones: [["),
         ({"space": {"warmup_epochs": 20}}, "warmup_epochs=20 must be in [0, epochs=10)"),
         ({"strategy": {"sampler_options": {"bogus": 1}}},
          "strategy.sampler_options: RandomSampler.__init__() got an unexpected keyword argument"),
