@@ -10,12 +10,13 @@ no trial.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,8 @@ def _tune(
     # Tune launches one pending trial at a time for non-random searchers unless told otherwise.
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(spec.max_concurrent_trials)
     # Keeping only the best checkpoint makes Tune snapshot its state after every epoch's
-    # checkpoint (so a restore never points at a deleted one); that is wanted, not a warning.
+    # checkpoint (so a restore seldom points at a deleted one: heal_checkpoints mends the rest);
+    # that is wanted, not a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the live view is ours; verbose=0 is quiet
     # Tune turns Ctrl-C into a normal return, which would publish a half-run search as the job's
@@ -193,6 +195,13 @@ def _tune(
     )
     path = settings.runs_path / job_id
     JobStopper.register(job_id, cancelled)
+    with short_trial_errors(path):
+        return _fit(spec, job_id, settings, link, path, trainable)
+
+
+def _fit(
+    spec: JobSpec, job_id: str, settings: Settings, link: StudyLink, path: Path, trainable: Any
+) -> tune.ResultGrid:
     restorable = tune.Tuner.can_restore(str(path))
     saved = tune.ExperimentAnalysis(str(path)).trials if restorable else []
     heal_checkpoints(saved)
@@ -229,6 +238,36 @@ def _tune(
         ),
     )
     return tuner.fit()
+
+
+class _ShortTrialError(logging.Filter):
+    """Ray logs each failed trial with its whole traceback, ~80 lines mostly of Ray's own frames,
+    which scroll the live view away. The last line says what went wrong; Ray keeps the rest in
+    error.txt in the trial's folder, which the line names instead."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            what = lines[-1].strip() if lines else type(error).__name__
+            record.msg = f"{record.getMessage()}: {what} (traceback: {self.folder}/<trial>/error.txt)"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+@contextlib.contextmanager
+def short_trial_errors(folder: Path) -> Iterator[None]:
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    short = _ShortTrialError(folder)
+    logger.addFilter(short)
+    try:
+        yield
+    finally:
+        logger.removeFilter(short)
 
 
 def heal_checkpoints(trials: list[RayTrial]) -> None:

@@ -241,6 +241,9 @@ def format_errors(error: ValidationError) -> str:
             message = "unknown field; check the spelling (see examples/ for every field)"
         elif item["type"] == "missing":
             message = "required field is missing"
+        elif item["type"] == "string_type" and isinstance(item["input"], bool | int | float):
+            message += (f", got {item['input']!r} (YAML reads an unquoted yes/no/on/off/true/false "
+                        "or number as that type: put the value in quotes)")
         if not item["loc"] and re.match(r"[a-z_.]+[:=]", message):  # names its field itself
             lines.append(f"  {message}")
         else:

@@ -237,6 +237,10 @@ def test_offline_pretrained_weights_fail_the_job_with_the_fix(tmp_path: Path) ->
     error = next(line for line in result.stdout.splitlines() if line.startswith("error:"))
     assert error.count("LocalEntryNotFoundError") == 1  # the same error, said once
     assert "set space.pretrained: false" in error
+    # each failed trial is one line that says where its traceback is, not 80 lines of Ray frames
+    failed = [line for line in result.stderr.splitlines() if "Trial task failed" in line]
+    assert len(failed) == 2 and all("LocalEntryNotFoundError" in line for line in failed)
+    assert "error.txt" in failed[0] and "Traceback" not in result.stderr
 
 
 def test_no_trial_starts_once_the_job_is_cancelled(tmp_path: Path) -> None:

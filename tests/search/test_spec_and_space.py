@@ -43,6 +43,7 @@ def spec_error(**changes: Any) -> str:
         ({"objective": {"metric": "accuracy"}}, "objective.metric"),
         ({"budgets": {}}, "budgets: unknown field"),
         ({"name": "My Job"}, "name: String should match pattern"),
+        ({"name": False}, "got False (YAML reads an unquoted yes/no/on/off/true/false or number"),
         ({"dataset": {"source": "x", "val_fraction": 0.5, "test_fraction": 0.5}}, "must leave"),
         ({"space": {"backbone": ["resnet50", "resnet5O"]}}, "space.backbone: unknown backbone 'resnet5O'"),
         ({"space": {"lrr": 0.1}}, "space.lrr: unknown parameter; did you mean lr?"),
