@@ -28,7 +28,16 @@ from optuna_dashboard import save_note
 from ray import tune
 from ray.tune.experiment import Trial as RayTrial
 
-from automl.bridge import LISTENERS, RAY_TRIAL_ID, Events, JobStopper, StudyLink, best_of, bridge
+from automl.bridge import (
+    FAIL_FAST_TRIALS,
+    LISTENERS,
+    RAY_TRIAL_ID,
+    Events,
+    JobStopper,
+    StudyLink,
+    best_of,
+    bridge,
+)
 from automl.publish import BEST_TRIAL_ATTR, publish
 from automl.report import write_confusion_png, write_model_card
 from automl.settings import Settings
@@ -359,6 +368,9 @@ def _publish_best(
         errors = list(dict.fromkeys(str(r.error).strip().splitlines()[-1]
                                     for r in results if r.error))[:3]
         detail = f"; first errors: {' | '.join(errors)}" if errors else ""
+        if JobStopper.gave_up(job_id):
+            detail = (f"; stopped after the first {FAIL_FAST_TRIALS} trials failed before an "
+                      f"epoch, which no configuration would fix{detail}")
         return JobOutcome(job_id, "failed", counts,
                           error=f"no trial completed{detail}{_hint(errors)}")
     best = study.best_trial

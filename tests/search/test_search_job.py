@@ -223,11 +223,12 @@ def test_database_down_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
 
 @pytest.mark.slow
 def test_offline_pretrained_weights_fail_the_job_with_the_fix(tmp_path: Path) -> None:
-    """Every trial fails the same way on a cluster that cannot reach the model hub: the job's
-    error says so once, and how to fix it."""
+    """Every trial fails the same way on a cluster that cannot reach the model hub: the job
+    stops after 3 of its 6 trials instead of failing them all, and its error says why once,
+    and how to fix it."""
     space = {**DIGITS_JOB["space"], "pretrained": True}
     job = tmp_path / "job.yaml"
-    job.write_text(json.dumps({**DIGITS_JOB, "budget": {"n_trials": 2, "max_epochs": 1},
+    job.write_text(json.dumps({**DIGITS_JOB, "budget": {"n_trials": 6, "max_epochs": 1},
                                "max_failures": 0, "space": space}))
     automl = str(Path(sys.executable).with_name("automl"))
     env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data"), "HF_HUB_OFFLINE": "1"}
@@ -237,9 +238,10 @@ def test_offline_pretrained_weights_fail_the_job_with_the_fix(tmp_path: Path) ->
     error = next(line for line in result.stdout.splitlines() if line.startswith("error:"))
     assert error.count("LocalEntryNotFoundError") == 1  # the same error, said once
     assert "set space.pretrained: false" in error
+    assert "stopped after the first 3 trials failed before an epoch" in error
     # each failed trial is one line that says where its traceback is, not 80 lines of Ray frames
     failed = [line for line in result.stderr.splitlines() if "Trial task failed" in line]
-    assert len(failed) == 2 and all("LocalEntryNotFoundError" in line for line in failed)
+    assert len(failed) == 3 and all("LocalEntryNotFoundError" in line for line in failed)
     assert "error.txt" in failed[0] and "Traceback" not in result.stderr
 
 
@@ -262,3 +264,25 @@ def test_no_trial_starts_once_the_job_is_cancelled(tmp_path: Path) -> None:
         JobStopper.register("cancel-race", None)
     assert searcher.suggest("ray-trial-2") is not None
     assert len(optuna.load_study(study_name="cancel-race", storage=url).trials) == 1
+
+
+def test_failures_stop_the_job_only_before_any_epoch() -> None:
+    """Three trials failing before any epoch stop the job (nothing will work); once a trial got
+    through an epoch, failures are the configurations' and the search goes on."""
+    from automl.bridge import JobStopper
+
+    broken = JobStopper("broken-env", "val_accuracy", None, True, None)
+    JobStopper.register("broken-env", None)
+    for _ in range(2):
+        JobStopper.trial_failed("broken-env")
+    assert not broken.stop_all()
+    JobStopper.trial_failed("broken-env")
+    assert broken.stop_all() and broken.reason == "failing"
+
+    working = JobStopper("some-bad-configs", "val_accuracy", None, True, None)
+    JobStopper.register("some-bad-configs", None)
+    JobStopper.trial_failed("some-bad-configs")
+    working("trial-1", {"val_accuracy": 0.5, "epoch": 1})
+    for _ in range(5):
+        JobStopper.trial_failed("some-bad-configs")
+    assert not working.stop_all()
