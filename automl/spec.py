@@ -104,7 +104,7 @@ class JobSpec(_Strict):
     budget: BudgetSpec = BudgetSpec()
     max_concurrent_trials: int = Field(1, ge=1, le=1024)
     resources: ResourcesSpec = ResourcesSpec()
-    max_failures: int = Field(2, ge=0, description="retries of a trial whose worker died")
+    max_failures: int = Field(2, ge=0, description="retries of a failed trial (a dead worker, an error)")
     strategy: StrategySpec = StrategySpec()
     space: dict[str, Any] = Field(default_factory=dict)
 
