@@ -222,6 +222,12 @@ def _fit(
         log.warning("resuming job %s from %s", job_id, path)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True)
         return tuner.fit()
+    left = spec.budget.n_trials - _finished(link.study)  # all of them, unless Ray's state is gone
+    if left <= 0:
+        raise JobError(
+            f"job {job_id} has run all {spec.budget.n_trials} trials, but its Ray run folder "
+            f"{path} is gone, and the checkpoints with it; run the job again under a new id"
+        )
     metric, mode = spec.objective.metric, spec.objective.mode
     searcher, scheduler = bridge(link, metric, mode, spec.trial_settings())
     started_at = float(link.study.user_attrs.get(STARTED_ATTR, time.time()))
@@ -231,7 +237,7 @@ def _fit(
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
-            num_samples=spec.budget.n_trials,
+            num_samples=left,
             max_concurrent_trials=spec.max_concurrent_trials,
             reuse_actors=True,
         ),
@@ -295,6 +301,13 @@ def heal_checkpoints(trials: list[RayTrial]) -> None:
             newest.rename(named.path)
 
 
+def _finished(study: optuna.Study) -> int:
+    """Trials a job started before Ray's state was lost (a driver killed before Ray first saved
+    it, or a runner on another machine taking the job over): a fresh Tune run asks only the rest."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return len(retry(lambda: study.get_trials(deepcopy=False, states=done), what="list trials"))
+
+
 def replay_history(study: optuna.Study, events: Events) -> None:
     """A resumed job's view starts where the job left off, not from nothing."""
     started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -336,6 +349,23 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def _best_with_checkpoint(
+    study: optuna.Study, results: list[tune.Result], maximize: bool
+) -> tuple[optuna.trial.FrozenTrial | None, tune.Result | None]:
+    """The best complete trial whose checkpoint this Tune run holds. Only a job whose Ray state
+    was lost (its trials' checkpoints with it) can have a better trial without one."""
+    by_ray_id = {(r.metrics or {}).get("trial_id"): r for r in results if r.best_checkpoints}
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    for trial in sorted(complete, key=lambda t: float(t.value or 0.0), reverse=maximize):
+        result = by_ray_id.get(trial.user_attrs.get(RAY_TRIAL_ID))
+        if result is not None:
+            if trial.number != study.best_trial.number:
+                log.warning("trial %d scored best, but its checkpoint went with Ray's state: "
+                            "publishing trial %d", study.best_trial.number, trial.number)
+            return trial, result
+    return None, None
+
+
 def _score_on_test(checkpoint: tune.Checkpoint, spec: JobSpec) -> dict[str, Any]:
     """In the driver when it can (no cold worker to start), else on a node with the trial's GPU."""
     if can_evaluate_here(spec.resources.gpu):
@@ -373,13 +403,9 @@ def _publish_best(
                       f"epoch, which no configuration would fix{detail}")
         return JobOutcome(job_id, "failed", counts,
                           error=f"no trial completed{detail}{_hint(errors)}")
-    best = study.best_trial
-    result = next(
-        (r for r in results if (r.metrics or {}).get("trial_id") == best.user_attrs.get(RAY_TRIAL_ID)),
-        None,
-    )
-    if result is None or not result.best_checkpoints:
-        return JobOutcome(job_id, "failed", counts, error=f"trial {best.number} left no checkpoint")
+    best, result = _best_with_checkpoint(study, results, spec.objective.maximize)
+    if best is None or result is None:
+        return JobOutcome(job_id, "failed", counts, error="no complete trial left a checkpoint")
     checkpoint = result.get_best_checkpoint(spec.objective.metric, spec.objective.mode)
     assert checkpoint is not None
     test = _score_on_test(checkpoint, spec)

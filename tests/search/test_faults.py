@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 from ray import tune
 
-from automl.job import JobOutcome, run_job
+from automl.job import JobError, JobOutcome, run_job
 from automl.publish import BEST_TRIAL_ATTR
 from automl.settings import Settings
 from automl.spec import parse_spec
@@ -175,3 +175,27 @@ def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) 
     study = optuna.load_study(study_name="faults-ctrl-c", storage=settings.storage_url)
     assert_every_trial_counted_once(study, settings.runs_path / "faults-ctrl-c", epochs=4)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_job_whose_ray_state_is_gone_runs_only_the_trials_left(tmp_path: Path) -> None:
+    """A driver killed before Ray first saved its state, or a runner on another machine taking
+    the job over, starts a fresh Tune run on the job's study: it runs what the budget has left,
+    the trial that was running included, not the whole budget again."""
+    settings = Settings(home=tmp_path / "automl-data")
+    job_id = "faults-no-ray-state"
+    short = {**STEADY_JOB, "budget": {"n_trials": 2, "max_epochs": 2}}
+    assert run_job(parse_spec(short), job_id, settings).state == "succeeded"
+    shutil.rmtree(settings.runs_path / job_id)  # Ray's state, as on a machine that never had it
+    study = optuna.load_study(study_name=job_id, storage=settings.storage_url)
+    running = study.ask()  # the trial the lost driver was running
+    running.set_user_attr("ray_trial_id", "known-only-to-the-lost-driver")
+    longer = {**short, "budget": {"n_trials": 4, "max_epochs": 2}}
+    outcome = run_job(parse_spec(longer), job_id, settings)
+    assert outcome.state == "succeeded", outcome.error
+    study = optuna.load_study(study_name=job_id, storage=settings.storage_url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert sorted(study.trials[running.number].intermediate_values) == [1, 2]
+    shutil.rmtree(settings.runs_path / job_id)  # the budget is spent, and the checkpoints gone
+    with pytest.raises(JobError, match="has run all 4 trials, but its Ray run folder"):
+        run_job(parse_spec(longer), job_id, settings)
