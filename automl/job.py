@@ -377,10 +377,13 @@ def _score_on_test(checkpoint: tune.Checkpoint, spec: JobSpec) -> dict[str, Any]
 
 
 def _hint(errors: list[str]) -> str:
-    """The fix for the one failure every trial shares on an offline cluster."""
+    """The fix for the failures that every trial of a job can share."""
     if any("huggingface" in e.lower() or "hf_hub" in e.lower() for e in errors):
         return ("; the workers could not fetch pretrained weights: give them network access or "
                 "a filled Hugging Face cache (HF_HOME), or set space.pretrained: false")
+    if any("out of memory" in e.lower() for e in errors):
+        return ("; the trials ran out of GPU memory: narrow space.batch_size or space.img_size, "
+                "or give each trial more of a GPU (resources.gpu)")
     return ""
 
 
@@ -400,7 +403,7 @@ def _publish_best(
         detail = f"; first errors: {' | '.join(errors)}" if errors else ""
         if JobStopper.gave_up(job_id):
             detail = (f"; stopped after the first {FAIL_FAST_TRIALS} trials failed before an "
-                      f"epoch, which no configuration would fix{detail}")
+                      f"epoch{detail}")
         return JobOutcome(job_id, "failed", counts,
                           error=f"no trial completed{detail}{_hint(errors)}")
     best, result = _best_with_checkpoint(study, results, spec.objective.maximize)

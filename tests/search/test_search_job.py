@@ -286,3 +286,13 @@ def test_failures_stop_the_job_only_before_any_epoch() -> None:
     for _ in range(5):
         JobStopper.trial_failed("some-bad-configs")
     assert not working.stop_all()
+
+
+def test_out_of_gpu_memory_failures_name_the_fix() -> None:
+    """The error of a job whose trials all ran out of GPU memory (no GPU here to make one run
+    out, so the message is built from the error line Ray reports)."""
+    from automl.job import _hint
+
+    oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert "narrow space.batch_size or space.img_size" in _hint([oom])
+    assert _hint(["ValueError: something else"]) == ""
