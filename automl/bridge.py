@@ -177,8 +177,8 @@ class StudyLink:
             )
         return [t.number for t in orphans]
 
-    def adopt(self, ray_id: str) -> optuna.Trial | None:
-        """An orphaned trial, now run by Ray trial `ray_id`; None when there is none left."""
+    def adopt(self) -> optuna.Trial | None:
+        """An orphaned trial for the Ray trial being suggested; None when there is none left."""
         if not self._orphans_left:
             return None
         running = self.call(
@@ -215,7 +215,7 @@ class OptunaSearcher(Searcher):
         if JobStopper.cancel_requested(self.link.study_name):
             return None  # the stopper ends the run at its next poll: start nothing new meanwhile
         study = self.link.study
-        trial = self.link.adopt(trial_id) or self.link.call(
+        trial = self.link.adopt() or self.link.call(
             lambda: self.link.strategy.ask(study), "ask the study for a trial"
         )
         # an adopted trial's sampled values come back as they were (Optuna keeps a trial's params)
