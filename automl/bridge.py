@@ -213,7 +213,9 @@ class OptunaSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if JobStopper.cancel_requested(self.link.study_name):
-            return None  # the stopper ends the run at its next poll: start nothing new meanwhile
+            # start nothing more; not None ("none yet"), on which Tune, with no trial running,
+            # waits up to 10 minutes before its stopper is polled again
+            return Searcher.FINISHED  # type: ignore[return-value]
         study = self.link.study
         trial = self.link.adopt() or self.link.call(
             lambda: self.link.strategy.ask(study), "ask the study for a trial"

@@ -199,3 +199,20 @@ def test_a_job_whose_ray_state_is_gone_runs_only_the_trials_left(tmp_path: Path)
     shutil.rmtree(settings.runs_path / job_id)  # the budget is spent, and the checkpoints gone
     with pytest.raises(JobError, match="has run all 4 trials, but its Ray run folder"):
         run_job(parse_spec(longer), job_id, settings)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_cancel_seen_with_no_trial_running_ends_the_job(tmp_path: Path) -> None:
+    """The searcher sees the cancel when Tune asks for a trial with none running (here: from the
+    start). The job must end then, not after Tune's 10-minute wait for a trial."""
+    settings = Settings(home=tmp_path / "automl-data")
+    result: dict[str, JobOutcome] = {}
+    spec = parse_spec(STEADY_JOB)
+    runner = threading.Thread(target=lambda: result.update(
+        out=run_job(spec, "faults-cancel-idle", settings, cancelled=lambda: True)), daemon=True)
+    runner.start()
+    runner.join(timeout=180)
+    assert not runner.is_alive(), "the cancelled job is still waiting"
+    assert result["out"].state == "cancelled"
+    study = optuna.load_study(study_name="faults-cancel-idle", storage=settings.storage_url)
+    assert study.trials == []

@@ -248,6 +248,8 @@ def test_offline_pretrained_weights_fail_the_job_with_the_fix(tmp_path: Path) ->
 def test_no_trial_starts_once_the_job_is_cancelled(tmp_path: Path) -> None:
     """Between a cancel and the stopper ending the run, Tune asks for more trials: none may
     start (it would be stopped at once and count as failed)."""
+    from ray.tune.search import Searcher
+
     from automl.bridge import JobStopper, OptunaSearcher, StudyLink
     from automl.job import strategy_for
 
@@ -259,7 +261,7 @@ def test_no_trial_starts_once_the_job_is_cancelled(tmp_path: Path) -> None:
                               spec.trial_settings())
     JobStopper.register("cancel-race", lambda: True)
     try:
-        assert searcher.suggest("ray-trial-1") is None
+        assert searcher.suggest("ray-trial-1") == Searcher.FINISHED
     finally:
         JobStopper.register("cancel-race", None)
     assert searcher.suggest("ray-trial-2") is not None
