@@ -165,11 +165,7 @@ class StudyLink:
         """Mark the RUNNING trials whose Ray trial is not among `ray_trial_ids` (what Ray's saved
         state will resume). Ray does not know it asked for them, so it asks again; `adopt`
         hands them out then. Called by the driver before Tune starts."""
-        running = self.call(
-            lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)),
-            "list running trials",
-        )
-        orphans = [t for t in running if t.user_attrs.get(RAY_TRIAL_ID) not in ray_trial_ids]
+        orphans = [t for t in self._running() if t.user_attrs.get(RAY_TRIAL_ID) not in ray_trial_ids]
         for frozen in orphans:
             self.call(
                 partial(self.storage.set_trial_user_attr, frozen._trial_id, ORPHAN_ATTR, True),
@@ -181,17 +177,19 @@ class StudyLink:
         """An orphaned trial for the Ray trial being suggested; None when there is none left."""
         if not self._orphans_left:
             return None
-        running = self.call(
-            lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)),
-            "list running trials",
-        )
-        orphan = next((t for t in running if t.user_attrs.get(ORPHAN_ATTR)), None)
+        orphan = next((t for t in self._running() if t.user_attrs.get(ORPHAN_ATTR)), None)
         if orphan is None:
             self._orphans_left = False
             return None
         trial = optuna.Trial(self.study, orphan._trial_id)
         self.call(lambda: trial.set_user_attr(ORPHAN_ATTR, False), "adopt an orphaned trial")
         return trial
+
+    def _running(self) -> list[optuna.trial.FrozenTrial]:
+        return self.call(
+            lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)),
+            "list running trials",
+        )
 
     def _all_trials(self) -> list[optuna.trial.FrozenTrial]:
         return self.call(lambda: self.study.get_trials(deepcopy=False), "list trials")

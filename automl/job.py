@@ -222,7 +222,10 @@ def _fit(
         log.warning("resuming job %s from %s", job_id, path)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True)
         return tuner.fit()
-    left = spec.budget.n_trials - _finished(link.study)  # all of them, unless Ray's state is gone
+    # all of them, unless Ray's state is gone (a driver killed before Ray first saved it, or a
+    # runner on another machine taking the job over): a fresh Tune run asks only the rest
+    counts = retry(lambda: trial_counts(link.study), what="count trials")
+    left = spec.budget.n_trials - counts["complete"] - counts["pruned"] - counts["fail"]
     if left <= 0:
         raise JobError(
             f"job {job_id} has run all {spec.budget.n_trials} trials, but its Ray run folder "
@@ -299,13 +302,6 @@ def heal_checkpoints(trials: list[RayTrial]) -> None:
             log.warning("trial %s: its saved checkpoint is gone, resuming from %s",
                         trial.trial_id, newest.name)
             newest.rename(named.path)
-
-
-def _finished(study: optuna.Study) -> int:
-    """Trials a job started before Ray's state was lost (a driver killed before Ray first saved
-    it, or a runner on another machine taking the job over): a fresh Tune run asks only the rest."""
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return len(retry(lambda: study.get_trials(deepcopy=False, states=done), what="list trials"))
 
 
 def replay_history(study: optuna.Study, events: Events) -> None:
