@@ -380,16 +380,22 @@ def list_jobs(
         page = backend(api, storage).list_jobs(state, limit, 0)
     except _user_errors() as error:
         fail(str(error))
-    table = Table("job", "state", "trials c/p/f of n", "best", "created")
+    # one line per job, whole, also when piped (rich wraps a table to 80 columns off a terminal)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("job", "state", "trials c/p/f of n", "best", "created (UTC)"):
+        table.add_column(name, no_wrap=True)
     for job in page["jobs"]:
         t, best = job["trials"], job["best"]
         table.add_row(
             job["id"], job["state"], f"{t['complete']}/{t['pruned']}/{t['failed']} of {t['budget']}",
             "-" if best["value"] is None else f"{best['value']:.4f} (trial {best['trial']})",
-            (job["created_at"] or "")[:19],
+            (job["created_at"] or "")[:16].replace("T", " "),
         )
-    Console().print(table)
-    Console().print(f"{len(page['jobs'])} of {page['total']} job(s)", highlight=False)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=1000)
+    out.print(table)
+    out.print(f"{len(page['jobs'])} of {page['total']} job(s)", highlight=False)
 
 
 @app.command()

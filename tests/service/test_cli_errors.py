@@ -100,3 +100,17 @@ def test_status_watch_prints_the_final_panel_once_when_piped(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stdout
     assert result.stdout.count("job piped-1: succeeded") == 1, result.stdout
+
+
+def test_list_prints_each_job_on_one_whole_line_when_piped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**JOB, "name": "a-long-experiment-name-for-the-list"}))
+    job_id = CliRunner().invoke(app, ["submit", str(job)]).stdout.strip().splitlines()[-1]
+    listed = CliRunner().invoke(app, ["list"])  # not a terminal: rich used to wrap at 80 columns
+    assert listed.exit_code == 0, listed.output
+    line = next(line for line in listed.output.splitlines() if job_id in line)
+    assert line.split()[1:4] == ["queued", "0/0/0", "of"] and "…" not in listed.output
+    assert len(line) > 80
