@@ -145,6 +145,31 @@ def predict(
         sys.stdout.write(json.dumps(row) + "\n")
 
 
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint directory (automl pull)")],
+    out: Annotated[Path, typer.Option(help="the .onnx file to write")] = Path("model.onnx"),
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's)")] = None,
+) -> None:
+    """Export a checkpoint to ONNX for serving: uint8 images in, probabilities out, checked
+    against PyTorch with onnxruntime before the file is written."""
+    from workers.export import ExportError, export_onnx
+
+    if out.is_dir():
+        fail(f"--out {out} is a directory; give a file name such as {out / 'model.onnx'}")
+    try:
+        done = export_onnx(checkpoint, out, opset)
+    except (ExportError, FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    size = done.img_size
+    Console().print(
+        f"wrote {done.path} (ONNX opset {done.opset}): input image uint8 [N, 3, {size}, {size}], "
+        f"outputs probabilities and logits [N, {len(done.classes)}]; onnxruntime matches PyTorch "
+        f"within {done.max_difference:.1e}; classes and preprocessing are in its metadata",
+        highlight=False, soft_wrap=True,
+    )
+
+
 StorageOpt = Annotated[
     str | None,
     typer.Option("--storage", help="database URL (default: SQLite under ./automl-data)"),
@@ -485,7 +510,7 @@ def pull(
             _require_published(JobStore(settings.storage_url, connect_seconds=5), job)
             written = pull_best(
                 optuna_storage(settings.storage_url, retry_seconds=5),
-                artifact_store(settings.artifacts_path),
+                artifact_store(settings.artifacts_path, create=False),
                 job,
                 out,
             )

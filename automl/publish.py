@@ -15,8 +15,14 @@ import tempfile
 from pathlib import Path
 
 import optuna
-from optuna.artifacts import download_artifact, get_all_artifact_meta, upload_artifact
+from optuna.artifacts import (
+    FileSystemArtifactStore,
+    download_artifact,
+    get_all_artifact_meta,
+    upload_artifact,
+)
 from optuna.artifacts._protocol import ArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 BEST_TRIAL_ATTR = "best_trial"
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "metrics.json")
@@ -69,17 +75,36 @@ def pull(
     missing = set(CHECKPOINT_FILES) - {m.filename for m in metas}
     if missing:
         raise PullError(f"job {job_id!r}: the artifact store lacks {sorted(missing)}")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=out))
     try:
         for meta in metas:
-            download_artifact(
-                artifact_store=store,
-                file_path=str(staging / meta.filename),
-                artifact_id=meta.artifact_id,
-            )
+            try:
+                download_artifact(
+                    artifact_store=store,
+                    file_path=str(staging / meta.filename),
+                    artifact_id=meta.artifact_id,
+                )
+            except ArtifactNotFound as error:
+                raise PullError(
+                    f"job {job_id!r}: its {meta.filename} ({meta.artifact_id}) is not in the "
+                    f"artifact store {_where(store)}; point --artifacts (or AUTOML_ARTIFACTS) at "
+                    "the store the job wrote to"
+                ) from error
         for path in staging.iterdir():
             path.replace(out / path.name)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _where(store: ArtifactStore) -> str:
+    if isinstance(store, FileSystemArtifactStore):
+        return str(Path(store._base_path).resolve())
+    bucket = getattr(store, "bucket", None)
+    return f"s3://{bucket}" if bucket else type(store).__name__

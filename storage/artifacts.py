@@ -12,12 +12,14 @@ from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
 from optuna.artifacts._protocol import ArtifactStore
 
 
-def artifact_store(location: str) -> ArtifactStore:
+def artifact_store(location: str, create: bool = True) -> ArtifactStore:
+    """`create=False` for readers: a wrong path must not leave an empty store behind."""
     if location.startswith("s3://"):
         bucket, _, prefix = location.removeprefix("s3://").partition("/")
         if prefix:
             raise ValueError(f"artifact store {location}: give a bucket only (s3://bucket)")
         return Boto3ArtifactStore(bucket)
     path = Path(location).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(path))

@@ -21,6 +21,7 @@ from automl.job import JobOutcome, run_job
 from automl.settings import Settings
 from automl.spec import parse_spec
 from storage.optuna_storage import optuna_storage
+from tests.workers.test_export import serve
 from workers.predict import evaluate_checkpoint, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
@@ -153,6 +154,10 @@ def test_pulled_checkpoint_predicts_with_the_recorded_test_accuracy(
     assert predicted.exit_code == 0, predicted.output
     row = json.loads(predicted.stdout.strip().splitlines()[-1])
     assert row["label"] in [str(d) for d in range(10)] and 0 < row["probability"] <= 1
+    exported = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "model"),
+                                   "--out", str(tmp_path / "model.onnx")])
+    assert exported.exit_code == 0, exported.output
+    assert serve(tmp_path / "model.onnx", [png]).argmax() == int(row["label"])
 
 
 def test_unknown_job_id_is_refused(sqlite_job: Ran, tmp_path: Path) -> None:
@@ -164,6 +169,20 @@ def test_unknown_job_id_is_refused(sqlite_job: Ran, tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "unknown job id 'no-such-job'" in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_pull_from_the_wrong_artifact_store_names_the_fix(sqlite_job: Ran, tmp_path: Path) -> None:
+    settings = sqlite_job.settings
+    elsewhere = tmp_path / "other-artifacts"
+    result = CliRunner().invoke(app, [
+        "pull", sqlite_job.outcome.job_id, "--out", str(tmp_path / "m"),
+        "--storage", settings.storage_url, "--artifacts", str(elsewhere),
+    ])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert f"is not in the artifact store {elsewhere}" in text
+    assert "point --artifacts (or AUTOML_ARTIFACTS) at the store the job wrote to" in text
+    assert not (tmp_path / "m").exists() and not elsewhere.exists()
 
 
 def test_same_job_on_postgresql(pg_url: str, tmp_path: Path) -> None:

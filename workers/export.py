@@ -1,0 +1,171 @@
+"""Exporting a checkpoint for serving without PyTorch or this project: ONNX.
+
+The exported graph takes what an image decoder gives (uint8 RGB, NCHW, already resized and
+center-cropped as the metadata says) and returns class probabilities and logits: normalization
+is inside the graph, so a serving stack cannot get the mean/std wrong. Classes and preprocessing
+ride along as ONNX metadata. The file is checked against PyTorch with onnxruntime before it is
+put in place, so a mistranslated operator fails the export instead of the predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workers.augment import normalize
+from workers.decoded_cache import stored_size
+from workers.predict import LoadedModel, load_checkpoint
+
+LEGACY_OPSET = 18  # for the TorchScript-based fallback exporter
+TOLERANCE = 1e-3  # max |probability difference| between onnxruntime and PyTorch
+METADATA_KEYS = ("classes", "preprocessing", "backbone", "input")
+
+
+class ExportError(ValueError):
+    """An export that could not be made or did not check out; nothing was written."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    opset: int
+    img_size: int
+    classes: list[str]
+    max_difference: float  # onnxruntime vs PyTorch, on probabilities
+
+
+class _Serving(torch.nn.Module):
+    """uint8 images in, (probabilities, logits) out: the evaluation pipeline after the crop."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__()
+        self.model = loaded.model
+        self.mean, self.std = loaded.preprocessing.mean, loaded.preprocessing.std
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(normalize(image, self.mean, self.std)).float()
+        return logits.softmax(dim=1), logits
+
+
+def export_onnx(checkpoint: Path, out: Path, opset: int | None = None) -> Exported:
+    """Write `out` (.onnx) from a checkpoint directory, checked against PyTorch first."""
+    loaded = load_checkpoint(checkpoint, torch.device("cpu"))
+    serving = _Serving(loaded).eval()
+    size = loaded.preprocessing.img_size
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")  # put in place once checked
+    try:
+        _export(serving, size, partial, opset)
+        used = _add_metadata(partial, loaded)
+        difference = _check(partial, serving, size)
+        if difference > TOLERANCE:
+            raise ExportError(
+                f"the ONNX model's probabilities differ from PyTorch's by up to {difference:.3g} "
+                f"(allowed {TOLERANCE:g}); try another --opset, or report the backbone "
+                f"{loaded.config.backbone!r}"
+            )
+        os.replace(partial, out)
+    except ExportError:
+        raise
+    except Exception as error:  # the exporters raise many kinds; all mean the same to a user
+        raise ExportError(
+            f"could not export {loaded.config.backbone!r} to ONNX: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
+    finally:
+        partial.unlink(missing_ok=True)
+    return Exported(out, used, size, loaded.classes, difference)
+
+
+def _export(serving: _Serving, size: int, path: Path, opset: int | None) -> None:
+    """torch.export-based exporter first (PyTorch's default); where it cannot capture a model
+    (timm's BEiT reshapes attention in a way its decompositions reject) the TorchScript-based one,
+    which traces a forward pass instead. A batch of 2, since torch.export fixes a size-1 dim."""
+    example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    inputs, outputs = ["image"], ["probabilities", "logits"]
+    with _quiet():
+        try:
+            program = torch.onnx.export(
+                serving, (example,), dynamo=True, verbose=False, opset_version=opset,
+                input_names=inputs, output_names=outputs,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )
+            if program is not None:
+                program.save(str(path), external_data=False)
+                return
+        except Exception as error:
+            first: Exception = error
+        try:
+            torch.onnx.export(
+                serving, (example,), str(path), dynamo=False, opset_version=opset or LEGACY_OPSET,
+                input_names=inputs, output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
+            )
+        except Exception:
+            raise first from None
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter tries several capture strategies and logs each failed one with a traceback
+    (and prints its progress): noise when a later one succeeds, and the error says it otherwise."""
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
+    torch_log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_log.setLevel(level)
+
+
+def _add_metadata(path: Path, loaded: LoadedModel) -> int:
+    """Adds classes and preprocessing; returns the file's ONNX opset."""
+    import onnx
+
+    model = onnx.load(str(path))
+    prep = loaded.preprocessing
+    values = {
+        "classes": json.dumps(loaded.classes),
+        "preprocessing": json.dumps({**prep.to_dict(),
+                                     "resize": stored_size(prep.img_size, prep.crop_pct)}),
+        "backbone": loaded.config.backbone,
+        "input": (f"uint8 RGB NCHW [N, 3, {prep.img_size}, {prep.img_size}]: shorter side "
+                  f"resized to preprocessing.resize ({prep.interpolation}), then center-cropped; "
+                  "normalization is in the graph"),
+    }
+    onnx.helper.set_model_props(model, values)
+    onnx.save(model, str(path))
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _check(path: Path, serving: _Serving, size: int) -> float:
+    """Largest probability difference on a fresh batch of another size (the batch is dynamic)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = serving(images)[0].numpy()
+    got = session.run(["probabilities"], {"image": images.numpy()})[0]
+    return float(np.abs(got - expected).max())
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The automl metadata of an exported file (for tests and for users' serving code)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
