@@ -116,7 +116,7 @@ def train_one(
 def predict(
     images: Annotated[list[Path], typer.Argument(help="image files")],
     checkpoint: Annotated[Path, typer.Option(help="checkpoint directory (automl pull)")],
-    top: Annotated[int, typer.Option(help="also print the top-k classes")] = 1,
+    top: Annotated[int, typer.Option(min=1, help="also print the top-k classes")] = 1,
 ) -> None:
     """Print label and probability for each image, one JSON object per line."""
     from workers.datasets import DatasetError
