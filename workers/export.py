@@ -16,7 +16,6 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from workers.predict import LoadedModel, load_checkpoint
 
 LEGACY_OPSET = 18  # for the TorchScript-based fallback exporter
 TOLERANCE = 1e-3  # max |probability difference| between onnxruntime and PyTorch
-METADATA_KEYS = ("classes", "preprocessing", "backbone", "input")
 
 
 class ExportError(ValueError):
@@ -101,11 +99,11 @@ def _export(serving: _Serving, size: int, path: Path, opset: int | None) -> None
                 input_names=inputs, output_names=outputs,
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
             )
-            if program is not None:
-                program.save(str(path), external_data=False)
-                return
+            assert program is not None  # None only when the legacy exporter writes a file
+            program.save(str(path), external_data=False)
+            return
         except Exception as error:
-            first: Exception = error
+            first = error
         try:
             torch.onnx.export(
                 serving, (example,), str(path), dynamo=False, opset_version=opset or LEGACY_OPSET,
@@ -116,7 +114,7 @@ def _export(serving: _Serving, size: int, path: Path, opset: int | None) -> None
             raise first from None
 
 
-@contextmanager
+@contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """The exporter tries several capture strategies and logs each failed one with a traceback
     (and prints its progress): noise when a later one succeeds, and the error says it otherwise."""
@@ -161,11 +159,3 @@ def _check(path: Path, serving: _Serving, size: int) -> float:
         expected = serving(images)[0].numpy()
     got = session.run(["probabilities"], {"image": images.numpy()})[0]
     return float(np.abs(got - expected).max())
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    """The automl metadata of an exported file (for tests and for users' serving code)."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return dict(session.get_modelmeta().custom_metadata_map)
