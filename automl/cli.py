@@ -153,13 +153,13 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX for serving: uint8 images in, probabilities out, checked
     against PyTorch with onnxruntime before the file is written."""
-    from workers.export import ExportError, export_onnx
+    from workers.export import export_onnx
 
     if out.is_dir():
         fail(f"--out {out} is a directory; give a file name such as {out / 'model.onnx'}")
     try:
         done = export_onnx(checkpoint, out, opset)
-    except (ExportError, FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError) as error:  # ExportError is a ValueError
         fail(str(error))
     size = done.img_size
     Console().print(
