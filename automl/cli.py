@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,15 @@ _mount_benchmarks()
 
 class UserError(Exception):
     """An error the user can fix; printed as one line, exit code 2."""
+
+
+def own_ray_auth(address: str | None) -> None:
+    """A Ray cluster automl starts itself keeps Ray's default, token authentication, but chosen
+    explicitly, which spares every run Ray's warning about that default. Ray reads the mode once,
+    when it is imported, so this must come first (set later, the driver cannot reach its own
+    cluster); a cluster at an address is left as its owner set it up."""
+    if address in (None, "local") and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -211,6 +221,8 @@ def run(
     ] = None,
 ) -> None:
     """Run a search job in the foreground on local Ray (or --ray-address), live."""
+    settings = settings_from(storage, artifacts, ray_address)
+    own_ray_auth(settings.ray_address)
     from automl.execute import execute_job, resume_hint
     from automl.job import JobError, check_dataset
     from automl.live import LiveView
@@ -222,7 +234,6 @@ def run(
         spec = load_spec(job_file)
     except SpecError as error:
         fail(str(error))
-    settings = settings_from(storage, artifacts, ray_address)
     try:
         check_dataset(spec)  # before the job row: a bad dataset leaves nothing behind
         store = JobStore(settings.storage_url, connect_seconds=10)
@@ -617,6 +628,7 @@ def runner(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     settings = settings_from(storage, artifacts, ray_address)
+    own_ray_auth(settings.ray_address)
     try:
         worker = Runner(settings, max_jobs=max_jobs)
     except DatabaseUnavailable as error:
