@@ -14,6 +14,8 @@ import io
 import json
 import logging
 import os
+import re
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from workers.predict import LoadedModel, load_checkpoint
 
 LEGACY_OPSET = 18  # for the TorchScript-based fallback exporter
 TOLERANCE = 1e-3  # max |probability difference| between onnxruntime and PyTorch
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the exporter colours its messages
 
 
 class ExportError(ValueError):
@@ -58,7 +61,10 @@ class _Serving(torch.nn.Module):
 
 def export_onnx(checkpoint: Path, out: Path, opset: int | None = None) -> Exported:
     """Write `out` (.onnx) from a checkpoint directory, checked against PyTorch first."""
-    loaded = load_checkpoint(checkpoint, torch.device("cpu"))
+    return export_model(load_checkpoint(checkpoint, torch.device("cpu")), out, opset)
+
+
+def export_model(loaded: LoadedModel, out: Path, opset: int | None = None) -> Exported:
     serving = _Serving(loaded).eval()
     size = loaded.preprocessing.img_size
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,9 +83,10 @@ def export_onnx(checkpoint: Path, out: Path, opset: int | None = None) -> Export
     except ExportError:
         raise
     except Exception as error:  # the exporters raise many kinds; all mean the same to a user
+        first_line = _ANSI.sub("", str(error)).strip().split("\n")[0]
         raise ExportError(
-            f"could not export {loaded.config.backbone!r} to ONNX: "
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            f"could not export {loaded.config.backbone!r} to ONNX: {type(error).__name__}: "
+            f"{first_line}; try another --opset, or report the backbone"
         ) from error
     finally:
         partial.unlink(missing_ok=True)
@@ -121,11 +128,17 @@ def _quiet() -> Iterator[None]:
     torch_log = logging.getLogger("torch")
     level = torch_log.level
     torch_log.setLevel(logging.CRITICAL)
+    sys.stdout.flush()
+    saved = os.dup(1)  # the TorchScript exporter prints its graph from C++ when it fails
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()):
+            os.dup2(devnull.fileno(), 1)
             warnings.simplefilter("ignore")
             yield
     finally:
+        os.dup2(saved, 1)
+        os.close(saved)
         torch_log.setLevel(level)
 
 

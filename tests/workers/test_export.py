@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
+import pytest
 import timm
 import torch
 from PIL import Image
@@ -16,7 +17,7 @@ from automl.cli import app
 from workers.config import TrialConfig
 from workers.datasets import load_index
 from workers.engine import train
-from workers.export import TOLERANCE, _check, _export, _Serving
+from workers.export import TOLERANCE, ExportError, _check, _export, _Serving, export_model
 from workers.model import Preprocessing
 from workers.predict import LoadedModel, load_checkpoint, predict_images
 
@@ -98,3 +99,33 @@ def test_a_backbone_torch_export_cannot_capture_is_exported_by_tracing(tmp_path:
     serving = _Serving(loaded).eval()
     _export(serving, 32, tmp_path / "beit.onnx", None)
     assert _check(tmp_path / "beit.onnx", serving, 32) < TOLERANCE
+
+
+class _SingularValues(torch.nn.Module):
+    """Uses torch.linalg.svdvals, which neither ONNX exporter can translate (torch 2.14)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        square = x.flatten(1)[:, :16].reshape(-1, 4, 4)
+        return self.head(torch.linalg.svdvals(square))  # type: ignore[no-any-return]
+
+
+def test_a_model_no_exporter_can_translate_is_one_clear_error_and_no_file(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    prep = Preprocessing(img_size=8, crop_pct=1.0, interpolation="bicubic",
+                         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    loaded = LoadedModel(_SingularValues().eval(), TrialConfig.from_dict(TINY), ["a", "b", "c"],
+                         prep, torch.device("cpu"))
+    out = tmp_path / "svd.onnx"
+    with pytest.raises(ExportError) as refused:
+        export_model(loaded, out)
+    message = str(refused.value)
+    assert message.startswith("could not export 'test_resnet' to ONNX: ") and "\n" not in message
+    assert "\x1b[" not in message and "try another --opset, or report the backbone" in message
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its .partial
+    printed = capfd.readouterr()
+    assert "graph(" not in printed.out + printed.err  # the TorchScript exporter's graph dump
