@@ -65,6 +65,7 @@ def export_onnx(checkpoint: Path, out: Path, opset: int | None = None) -> Export
 
 
 def export_model(loaded: LoadedModel, out: Path, opset: int | None = None) -> Exported:
+    """`export_onnx` for a model already loaded (tests pass models no checkpoint holds)."""
     serving = _Serving(loaded).eval()
     size = loaded.preprocessing.img_size
     out.parent.mkdir(parents=True, exist_ok=True)
