@@ -124,24 +124,19 @@ def train_one(
 
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="image files")],
+    images: Annotated[list[Path], typer.Argument(help="image files, or folders of them")],
     checkpoint: Annotated[Path, typer.Option(help="checkpoint directory (automl pull)")],
     top: Annotated[int, typer.Option(min=1, help="also print the top-k classes")] = 1,
 ) -> None:
     """Print label and probability for each image, one JSON object per line."""
-    from workers.datasets import DatasetError
+    from workers.datasets import DatasetError, image_files
     from workers.predict import load_checkpoint, predict_images
 
     try:
-        folders = [str(p) for p in images if p.is_dir()]
-        if folders:
-            raise UserError(f"{', '.join(folders)}: a directory; pass image files (e.g. DIR/*.png)")
-        missing = [str(p) for p in images if not p.is_file()]
-        if missing:
-            raise UserError(f"no such image file: {', '.join(missing)}")
+        files = image_files(images)  # a folder: every image under it, so no shell glob limit
         loaded = load_checkpoint(checkpoint)
-        predictions = predict_images(loaded, images)
-    except (UserError, DatasetError, FileNotFoundError, ValueError) as error:
+        predictions = predict_images(loaded, files)
+    except (DatasetError, FileNotFoundError, ValueError) as error:
         fail(str(error))
     for item in predictions:
         ranked = sorted(item.probabilities.items(), key=lambda kv: -kv[1])[:top]

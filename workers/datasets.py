@@ -8,6 +8,7 @@ Every user mistake found here raises `DatasetError` with the path and the fix.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,26 @@ def verify_images(paths: tuple[Path, ...] | list[Path], workers: int = 8) -> Non
         )
 
 
+def image_files(paths: Sequence[Path]) -> list[Path]:
+    """Files as given, folders as the images anywhere under them (sorted): what to predict."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = _images_under(path)
+            if not found:
+                raise DatasetError(f"{path} has no images ({', '.join(IMG_EXTENSIONS)})")
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise DatasetError(f"no such image file or folder: {path}")
+    return out
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+
+
 def _scan_class_folders(root: Path) -> tuple[list[str], list[Path], list[int]]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
@@ -104,7 +125,7 @@ def _scan_class_folders(root: Path) -> tuple[list[str], list[Path], list[int]]:
         )
     classes, paths, labels = [], [], []
     for label, folder in enumerate(folders):
-        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+        images = _images_under(folder)
         if not images:
             raise DatasetError(
                 f"class folder {folder} has no images ({', '.join(IMG_EXTENSIONS)}); "

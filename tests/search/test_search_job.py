@@ -154,6 +154,13 @@ def test_pulled_checkpoint_predicts_with_the_recorded_test_accuracy(
     assert predicted.exit_code == 0, predicted.output
     row = json.loads(predicted.stdout.strip().splitlines()[-1])
     assert row["label"] in [str(d) for d in range(10)] and 0 < row["probability"] <= 1
+    # a folder: every image under it, in order, each predicted as it would be alone
+    folder = runner.invoke(app, ["predict", "--checkpoint", str(tmp_path / "model"),
+                                 str(png.parent)])
+    assert folder.exit_code == 0, folder.output
+    rows = [json.loads(line) for line in folder.stdout.strip().splitlines()]
+    assert [r["image"] for r in rows] == sorted(str(p) for p in png.parent.glob("*.png"))
+    assert next(r for r in rows if r["image"] == str(png)) == row
     exported = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "model"),
                                    "--out", str(tmp_path / "model.onnx")])
     assert exported.exit_code == 0, exported.output

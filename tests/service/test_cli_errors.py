@@ -68,8 +68,11 @@ def test_a_damaged_checkpoint_is_named(tmp_path: Path) -> None:
     (checkpoint / "config.json").write_text("{")
     assert "config.json is damaged" in refused("predict", "--checkpoint", str(checkpoint),
                                                str(image))
-    assert "a directory; pass image files" in refused("predict", "--checkpoint", str(checkpoint),
-                                                      str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    assert f"{tmp_path / 'empty'} has no images" in refused(
+        "predict", "--checkpoint", str(checkpoint), str(tmp_path / "empty"))
+    assert "no such image file or folder" in refused(
+        "predict", "--checkpoint", str(checkpoint), str(tmp_path / "nowhere.png"))
     (checkpoint / "config.json").write_text("{}")
     assert "not an automl checkpoint" in refused("predict", "--checkpoint", str(checkpoint),
                                                  str(image))
