@@ -502,7 +502,6 @@ def pull(
 ) -> None:
     """Download the best trial's checkpoint (and its test report) into --out."""
     from automl.publish import pull as pull_best
-    from storage.artifacts import artifact_store
     from storage.jobs import JobStore
     from storage.optuna_storage import optuna_storage
 
@@ -516,7 +515,7 @@ def pull(
             _require_published(JobStore(settings.storage_url, connect_seconds=5), job)
             written = pull_best(
                 optuna_storage(settings.storage_url, retry_seconds=5),
-                artifact_store(settings.artifacts_path, create=False),
+                settings.artifacts_path,
                 job,
                 out,
             )

@@ -15,14 +15,11 @@ import tempfile
 from pathlib import Path
 
 import optuna
-from optuna.artifacts import (
-    FileSystemArtifactStore,
-    download_artifact,
-    get_all_artifact_meta,
-    upload_artifact,
-)
+from optuna.artifacts import download_artifact, get_all_artifact_meta, upload_artifact
 from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
+
+from storage.artifacts import artifact_store
 
 BEST_TRIAL_ATTR = "best_trial"
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "metrics.json")
@@ -68,13 +65,14 @@ def published_study(storage: optuna.storages.BaseStorage, job_id: str) -> optuna
 
 
 def pull(
-    storage: optuna.storages.BaseStorage, store: ArtifactStore, job_id: str, out: Path
+    storage: optuna.storages.BaseStorage, artifacts: str, job_id: str, out: Path
 ) -> Path:
     """Write the best trial's checkpoint (and reports) into `out`; all files or none."""
     metas = get_all_artifact_meta(published_study(storage, job_id))
     missing = set(CHECKPOINT_FILES) - {m.filename for m in metas}
     if missing:
         raise PullError(f"job {job_id!r}: the artifact store lacks {sorted(missing)}")
+    store = artifact_store(artifacts, create=False)  # a wrong path must not become a store
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=out))
@@ -89,7 +87,7 @@ def pull(
             except ArtifactNotFound as error:
                 raise PullError(
                     f"job {job_id!r}: its {meta.filename} ({meta.artifact_id}) is not in the "
-                    f"artifact store {_where(store)}; point --artifacts (or AUTOML_ARTIFACTS) at "
+                    f"artifact store {_where(artifacts)}; point --artifacts (or AUTOML_ARTIFACTS) at "
                     "the store the job wrote to"
                 ) from error
         for path in staging.iterdir():
@@ -103,8 +101,5 @@ def pull(
     return out
 
 
-def _where(store: ArtifactStore) -> str:
-    if isinstance(store, FileSystemArtifactStore):
-        return str(Path(store._base_path).resolve())
-    bucket = getattr(store, "bucket", None)
-    return f"s3://{bucket}" if bucket else type(store).__name__
+def _where(artifacts: str) -> str:
+    return artifacts if artifacts.startswith("s3://") else str(Path(artifacts).expanduser().resolve())

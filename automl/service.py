@@ -14,7 +14,6 @@ import optuna
 from automl.publish import BEST_TRIAL_ATTR, PullError, pull
 from automl.settings import Settings
 from automl.spec import JobSpec, new_job_id
-from storage.artifacts import artifact_store
 from storage.jobs import JobConflict, JobStore, UnknownJob
 from storage.models import Job
 from storage.optuna_storage import optuna_storage
@@ -96,7 +95,7 @@ class JobService:
         self.best(job_id)
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                files = pull(self.studies, artifact_store(self.settings.artifacts_path), job_id,
+                files = pull(self.studies, self.settings.artifacts_path, job_id,
                              Path(tmp) / job_id)
             except PullError as error:
                 raise NotReady(str(error)) from error
