@@ -39,7 +39,7 @@ def stored_size(img_size: int, crop_pct: float) -> int:
 
 
 def fingerprint(paths: Sequence[Path], size: int, interpolation: str) -> str:
-    digest = hashlib.sha256(f"v1:{size}:{interpolation}".encode())
+    digest = hashlib.sha256(f"v2:{size}:{interpolation}".encode())  # v2: 16-bit images scaled
     for path in paths:
         stat = path.stat()
         digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -69,7 +69,7 @@ def decode_one(path: Path, size: int, interpolation: str = "bicubic") -> np.ndar
     """Resize the shorter side to `size`, center-crop a square; (3, size, size) uint8."""
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB")
+            rgb = to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(
             f"cannot decode image {path}: {error}; replace or remove the file"
@@ -81,6 +81,21 @@ def decode_one(path: Path, size: int, interpolation: str = "bicubic") -> np.ndar
     left, top = (new_w - size) // 2, (new_h - size) // 2
     rgb = rgb.crop((left, top, left + size, top + size))
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB, with 16-bit and 32-bit integer images scaled down, not clipped.
+
+    PIL's own `convert("RGB")` clips a 16-bit image (common in medical and satellite data) at
+    255, so nearly every pixel turns white and a trial trains on noise without an error. Scaled
+    by the full 16-bit range, as torchvision's `ToDtype(torch.uint8, scale=True)` does a uint16
+    tensor; a 32-bit integer image (PIL mode "I", how some decoders hand over 16-bit TIFFs) is
+    read the same way.
+    """
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) // 257
+        image = Image.fromarray(pixels.astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def _decode_all(paths: Sequence[Path], size: int, interpolation: str, target: Path) -> None:

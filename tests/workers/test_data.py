@@ -177,6 +177,23 @@ def test_decoded_cache_is_built_once_and_follows_changes(
     assert len(list((isolated_cache / "decoded").glob("*.npy"))) == len(files) + 1
 
 
+def test_16_bit_images_keep_their_contrast(tmp_path: Path, isolated_cache: Path) -> None:
+    """A 16-bit grayscale PNG (medical, satellite data) decodes like its 8-bit twin; PIL's own
+    conversion clipped it at 255, turning a dark and a bright image into the same white."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    dark, bright = ramp // 4, 65535 - ramp // 4
+    paths = []
+    for name, pixels in [("dark", dark), ("bright", bright)]:
+        Image.fromarray(pixels).save(tmp_path / f"{name}16.png")  # mode I;16
+        Image.fromarray((pixels // 257).astype(np.uint8)).save(tmp_path / f"{name}8.png")
+        paths += [tmp_path / f"{name}16.png", tmp_path / f"{name}8.png"]
+    dark16, dark8, bright16, bright8 = load_decoded(paths, 32).astype(int)
+    assert np.abs(dark16 - dark8).max() <= 1 and np.abs(bright16 - bright8).max() <= 1
+    assert dark16.mean() < 40 and bright16.mean() > 215
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_local_pretrained_weights_are_loaded(tmp_path: Path, suffix: str) -> None:
     """A weights file the test writes itself (1000-class head, as from ImageNet)."""
