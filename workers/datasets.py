@@ -139,27 +139,42 @@ def _scan_class_folders(root: Path) -> tuple[list[str], list[Path], list[int]]:
 
 
 def _read_manifest(manifest: Path) -> tuple[list[str], list[Path], list[int]]:
-    with manifest.open(newline="") as handle:
-        reader = csv.DictReader(handle)
+    # utf-8-sig: spreadsheet programs start a UTF-8 CSV with a byte-order mark, which would
+    # otherwise become part of the first column's name
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle, skipinitialspace=True)
+        if reader.fieldnames is not None:
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
         if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
             raise DatasetError(
                 f"{manifest} must have a header row with 'path' and 'label' columns, "
                 f"found {reader.fieldnames}"
             )
-        rows = [(row["path"], row["label"]) for row in reader]
+        rows = [_manifest_row(manifest, reader.line_num, row) for row in reader]
     if not rows:
         raise DatasetError(f"{manifest} lists no images; add path,label rows")
-    classes = sorted({label for _, label in rows})
+    classes = sorted({label for _, _, label in rows})
     _require_two_classes(classes, manifest)
     index = {name: i for i, name in enumerate(classes)}
     paths, labels = [], []
-    for line, (raw, label) in enumerate(rows, start=2):
+    for line, raw, label in rows:
         path = Path(raw) if Path(raw).is_absolute() else manifest.parent / raw
         if not path.is_file():
             raise DatasetError(f"{manifest}:{line}: image {raw!r} does not exist")
         paths.append(path)
         labels.append(index[label])
     return classes, paths, labels
+
+
+def _manifest_row(manifest: Path, line: int, row: dict[str, str | None]) -> tuple[int, str, str]:
+    """(line, path, label), surrounding spaces dropped: ` cat` and `cat` are one class."""
+    raw, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+    if not raw or not label:
+        missing = "path" if not raw else "label"
+        raise DatasetError(
+            f"{manifest}:{line}: the row has no {missing}; every row needs path,label"
+        )
+    return line, raw, label
 
 
 def _user_split(root: Path) -> DatasetIndex:

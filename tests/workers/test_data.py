@@ -64,6 +64,9 @@ def test_csv_manifest(tmp_path: Path, color_folder: Path) -> None:
     index = load_index(DataConfig(source=str(manifest)))
     assert index.classes == ("blue", "red")
     assert len(index.paths) == 24
+    # as a spreadsheet saves it: a byte-order mark first, a space after each comma
+    manifest.write_text("\ufeff" + "\n".join(r.replace(",", ", ") for r in rows) + "\n")
+    assert load_index(DataConfig(source=str(manifest))).classes == ("blue", "red")
 
 
 def test_bad_manifest_names_the_line(tmp_path: Path) -> None:
@@ -74,6 +77,11 @@ def test_bad_manifest_names_the_line(tmp_path: Path) -> None:
     manifest.write_text("file,class\na.png,x\n")
     with pytest.raises(DatasetError, match="'path' and 'label' columns"):
         load_index(DataConfig(source=str(manifest)))
+    for rows, missing in [("a.png,x\nb.png\n", "label"), ("a.png,x\nb.png,\n", "label"),
+                          ("a.png,x\n,y\n", "path")]:
+        manifest.write_text("path,label\n" + rows)
+        with pytest.raises(DatasetError, match=f"m.csv:3: the row has no {missing}"):
+            load_index(DataConfig(source=str(manifest)))
 
 
 def run_cli(*args: str) -> tuple[int, str]:
