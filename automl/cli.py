@@ -219,7 +219,7 @@ def run(
     settings = settings_from(storage, artifacts, ray_address)
     own_ray_auth(settings.ray_address)
     from automl.execute import execute_job, resume_hint
-    from automl.job import JobError, check_dataset
+    from automl.job import JobError, check_dataset, check_pretrained_weights
     from automl.live import LiveView
     from automl.spec import SpecError, load_spec, new_job_id
     from storage.jobs import JobStore, UnknownJob
@@ -231,6 +231,7 @@ def run(
         fail(str(error))
     try:
         check_dataset(spec)  # before the job row: a bad dataset leaves nothing behind
+        check_pretrained_weights(spec)
         store = JobStore(settings.storage_url, connect_seconds=10)
         created = True
         if job_id is None:
@@ -265,6 +266,7 @@ def run(
     except JobError as error:  # refused up front (e.g. resources no node has): leave no trace
         if created:
             store.discard(job_id)
+        err.print()  # off a terminal the live view's last line has no line break
         fail(str(error))
     except DatabaseUnavailable as error:
         fail(str(error))

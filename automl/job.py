@@ -47,6 +47,7 @@ from storage.artifacts import artifact_store
 from storage.optuna_storage import optuna_storage, retry
 from workers.config import DataConfig
 from workers.datasets import DatasetError, load_index, verify_images
+from workers.model import hub_unreachable, uncached_hub_weights
 from workers.tune_adapter import (
     can_evaluate_here,
     copy_checkpoint,
@@ -121,6 +122,32 @@ def check_dataset(spec: JobSpec) -> int:
     return len(index.paths)
 
 
+def check_pretrained_weights(spec: JobSpec) -> None:
+    """Refuse a job whose trials would all fail to fetch their pretrained weights.
+
+    Checked on the driver, which shares the workers' network in the deployments this project
+    ships; a worker-only outage is still caught by the trials (fail fast, `_hint`).
+    """
+    space = spec.search_space()
+    if True not in space.pretrained():
+        return
+    missing = uncached_hub_weights(space.backbones())
+    if not missing:
+        return
+    why = hub_unreachable()
+    if why is None:
+        return
+    from huggingface_hub import constants
+
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    raise JobError(
+        f"pretrained weights cannot be fetched: {why}, and {len(missing)} of the space's "
+        f"backbones ({', '.join(missing[:3])}{more}) are not in the Hugging Face cache "
+        f"{constants.HF_HUB_CACHE}; give the machines network access or a filled cache "
+        "(HF_HOME), or set space.pretrained: false or to a weights file"
+    )
+
+
 def check_resources(spec: JobSpec) -> None:
     """Refuse a trial size no node can ever host, instead of waiting forever for it."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -145,10 +172,12 @@ def run_job(
     connect_seconds: float = 60.0,
 ) -> JobOutcome:
     started = time.monotonic()
-    ensure_ray(settings.ray_address)
-    timings = {"ray_start": time.monotonic() - started}
-    check_resources(spec)
     n_images = check_dataset(spec)  # before anything is stored: an impossible job leaves no trace
+    check_pretrained_weights(spec)
+    ray_started = time.monotonic()
+    ensure_ray(settings.ray_address)
+    timings = {"ray_start": time.monotonic() - ray_started}
+    check_resources(spec)
     storage = optuna_storage(settings.storage_url, retry_seconds=connect_seconds)
     strategy = strategy_for(spec, n_images)
     study = retry(

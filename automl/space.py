@@ -199,6 +199,13 @@ class SearchSpace:
     def from_spec(cls, raw: dict[str, Any], max_epochs: int) -> SearchSpace:
         return cls({k: parse_override(k, v, max_epochs) for k, v in raw.items()}, max_epochs)
 
+    def backbones(self) -> tuple[str, ...]:
+        return _values(self.overrides.get("backbone", Choices(DEFAULT_BACKBONES)))
+
+    def pretrained(self) -> tuple[bool | str, ...]:
+        """What trials may load weights from: True (the model hub), a file, or False (none)."""
+        return _values(self.overrides.get("pretrained", Fixed(True)))
+
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """Ask `trial` for one configuration; returns the engine settings it chose."""
         ask = _Asker(trial, self.overrides)
@@ -333,6 +340,14 @@ class _Asker:
         return self.trial.suggest_float(
             name, float(param.low), float(param.high), log=param.log, step=param.step
         )
+
+
+def _values(param: Param) -> tuple[Any, ...]:
+    if isinstance(param, Fixed):
+        return (param.value,)
+    if isinstance(param, Choices):
+        return param.values
+    raise SpaceError(f"a range ({param.low}..{param.high}) where choices were expected")
 
 
 def _encode(value: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,46 @@ def check_backbone(name: str) -> None:
     close = difflib.get_close_matches(name, _all_model_names(), n=5, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise ConfigError(f"unknown backbone {name!r}: not a timm model name{hint}")
+
+
+def uncached_hub_weights(backbones: Iterable[str]) -> list[str]:
+    """The backbones whose pretrained weights timm would fetch from the Hugging Face Hub and
+    that are not in the local Hugging Face cache (HF_HOME). Weights timm gets by URL are not
+    checked."""
+    from huggingface_hub import try_to_load_from_cache
+
+    missing = []
+    for name in backbones:
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is None or not cfg.hf_hub_id:
+            continue
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        # timm asks for model.safetensors first, then the cfg's file (pytorch_model.bin)
+        files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else [
+            "model.safetensors", "pytorch_model.bin"]
+        if not any(isinstance(try_to_load_from_cache(repo, f, revision=revision or None), str)
+                   for f in files):
+            missing.append(name)
+    return missing
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached from this machine, or None when it answers.
+
+    Any HTTP answer counts: the question is only whether a download could start. Without this
+    check a job on a machine with no route to the hub spends minutes per trial in the hub
+    client's retries before failing (seen: a trial still retrying after 4 minutes).
+    """
+    import httpx
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout)
+    except httpx.HTTPError as error:
+        return f"{constants.ENDPOINT} did not answer ({type(error).__name__}: {error})"
+    return None
 
 
 def create_backbone(config: TrialConfig, num_classes: int) -> torch.nn.Module:

@@ -26,6 +26,7 @@ from workers.predict import evaluate_checkpoint, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 OPTUNA_CLI = str(Path(sys.executable).with_name("optuna"))
+AUTOML = str(Path(sys.executable).with_name("automl"))
 
 # Half the learning rates cannot learn in 3 epochs, so the pruner has something to prune.
 # Successive halving, because over 3 epochs Hyperband puts most trials in a bracket whose
@@ -247,31 +248,104 @@ def test_database_down_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
     assert "check that it is running" in text
 
 
-@pytest.mark.slow
-def test_offline_pretrained_weights_fail_the_job_with_the_fix(tmp_path: Path) -> None:
-    """Every trial fails the same way on a cluster that cannot reach the model hub: the job
-    stops after 3 of its 6 trials instead of failing them all, and its error says why once,
-    and how to fix it."""
+def fill_hub_cache(home: Path, backbones: list[str]) -> None:
+    """A Hugging Face cache as `huggingface_hub` lays it out, with weights written here (random:
+    nothing is downloaded), for machines that have no route to the hub."""
+    import safetensors.torch
+    import timm
+
+    for name in backbones:
+        repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+        root = home / "hub" / f"models--{repo.replace('/', '--')}"
+        revision = "0" * 40
+        (root / "snapshots" / revision).mkdir(parents=True)
+        (root / "refs").mkdir()
+        (root / "refs" / "main").write_text(revision)
+        model = timm.create_model(name, pretrained=False)
+        safetensors.torch.save_file(model.state_dict(), root / "snapshots" / revision / "model.safetensors")
+
+
+def test_an_unreachable_model_hub_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pretrained weights that no machine can fetch: one line at once, naming the fix, instead
+    of minutes of the hub client's retries in every trial. Nothing is stored."""
+    from huggingface_hub import constants
+
+    fill_hub_cache(tmp_path / "hf", ["test_resnet.r160_in1k"])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    space = {**DIGITS_JOB["space"], "pretrained": True,
+             "backbone": ["test_resnet.r160_in1k", "test_efficientnet.r160_in1k"]}
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({**DIGITS_JOB, "space": space}))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(job)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert "pretrained weights cannot be fetched: http://127.0.0.1:9 did not answer" in text
+    # the cached backbone is not named; the one without weights is, with where it looked
+    assert "1 of the space's backbones (test_efficientnet.r160_in1k)" in text
+    assert str(tmp_path / "hf" / "hub") in text and "space.pretrained: false" in text
+    listed = CliRunner().invoke(app, ["list"])
+    assert "0 of 0 job(s)" in listed.output, listed.output
+    # every backbone's weights in the cache: the job may start (the hub is not asked at all)
+    fill_hub_cache(tmp_path / "hf", ["test_efficientnet.r160_in1k"])
+    from automl.job import check_pretrained_weights
+
+    check_pretrained_weights(parse_spec(json.loads(job.read_text())))
+
+
+def test_a_filled_hub_cache_runs_pretrained_jobs_offline(tmp_path: Path) -> None:
+    """The fix the error above names: the trials load their pretrained weights from a filled
+    Hugging Face cache on a machine with no route to the hub."""
+    fill_hub_cache(tmp_path / "hf", ["test_resnet.r160_in1k"])
     space = {**DIGITS_JOB["space"], "pretrained": True}
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({**DIGITS_JOB, "budget": {"n_trials": 2, "max_epochs": 1},
+                               "space": space}))
+    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data"),
+           "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_AUTH_MODE", None)
+    result = subprocess.run([AUTOML, "run", str(job), "--ray-address", "local"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "succeeded" in result.stdout and "2 complete" in result.stdout
+
+
+def test_trials_that_all_fail_stop_the_job_with_one_line_each(tmp_path: Path) -> None:
+    """Every trial fails the same way before an epoch (here: a damaged weights file; seen with
+    workers that cannot reach the model hub): the job stops after 3 of its 6 trials instead of
+    failing them all, and its error says why once."""
+    weights = tmp_path / "damaged.safetensors"
+    weights.write_bytes(b"not a safetensors file")
+    space = {**DIGITS_JOB["space"], "pretrained": str(weights)}
     job = tmp_path / "job.yaml"
     job.write_text(json.dumps({**DIGITS_JOB, "budget": {"n_trials": 6, "max_epochs": 1},
                                "max_failures": 0, "space": space}))
-    automl = str(Path(sys.executable).with_name("automl"))
-    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data"), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data")}
     env.pop("RAY_AUTH_MODE", None)  # this process's own Ray set it: a user's shell has none
-    result = subprocess.run([automl, "run", str(job), "--ray-address", "local"], cwd=tmp_path,
+    result = subprocess.run([AUTOML, "run", str(job), "--ray-address", "local"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     error = next(line for line in result.stdout.splitlines() if line.startswith("error:"))
-    assert error.count("LocalEntryNotFoundError") == 1  # the same error, said once
-    assert "set space.pretrained: false" in error
+    assert error.count("SafetensorError") == 1, error  # the same error, said once
     assert "stopped after the first 3 trials failed before an epoch" in error
     # each failed trial is one line that says where its traceback is, not 80 lines of Ray frames
     failed = [line for line in result.stderr.splitlines() if "Trial task failed" in line]
-    assert len(failed) == 3 and all("LocalEntryNotFoundError" in line for line in failed)
+    assert len(failed) == 3 and all("SafetensorError" in line for line in failed)
     assert "error.txt" in failed[0] and "Traceback" not in result.stderr
     # Ray's default (token authentication) chosen explicitly: no warning about it on every run
     assert "Token authentication" not in result.stderr + result.stdout
+
+
+def test_workers_without_the_hub_name_the_fix() -> None:
+    """Workers that cannot fetch weights while the driver could (the check above passed)."""
+    from automl.job import _hint
+
+    offline = "huggingface_hub.errors.LocalEntryNotFoundError: An error happened while trying"
+    assert "set space.pretrained: false" in _hint([offline])
 
 
 def test_no_trial_starts_once_the_job_is_cancelled(tmp_path: Path) -> None:
