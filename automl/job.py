@@ -195,15 +195,16 @@ def run_job(
     link = StudyLink(settings.storage_url, job_id, strategy)
     link.attach(storage, study)
     try:
-        grid = _tune(spec, job_id, settings, link, cancelled)
-        timings["database"] = link.db_seconds
-        counts = finish_leftovers(study, spec.objective.maximize, events)
-        if cancelled is not None and cancelled():
-            return JobOutcome(job_id, "cancelled", counts, elapsed=time.monotonic() - started,
-                              timings=timings)
-        publishing = time.monotonic()
-        outcome = _publish_best(spec, job_id, settings, storage, study, grid, counts)
-        timings["publish"] = time.monotonic() - publishing
+        with no_missing_metrics_warning():
+            grid = _tune(spec, job_id, settings, link, cancelled)
+            timings["database"] = link.db_seconds
+            counts = finish_leftovers(study, spec.objective.maximize, events)
+            if cancelled is not None and cancelled():
+                return JobOutcome(job_id, "cancelled", counts, elapsed=time.monotonic() - started,
+                                  timings=timings)
+            publishing = time.monotonic()
+            outcome = _publish_best(spec, job_id, settings, storage, study, grid, counts)
+            timings["publish"] = time.monotonic() - publishing
     finally:
         LISTENERS.pop(job_id, None)
     outcome.elapsed = time.monotonic() - started
@@ -317,6 +318,23 @@ def short_trial_errors(folder: Path) -> Iterator[None]:
         logger.removeFilter(short)
 
 
+@contextlib.contextmanager
+def no_missing_metrics_warning() -> Iterator[None]:
+    """Ray warns, with the trial's whole folder name, that it found no metrics for a trial that
+    stopped before its first epoch (failed, or cut by the time limit): the live view and the
+    job's error already say so."""
+    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to fetch metrics")
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 def heal_checkpoints(trials: list[RayTrial]) -> None:
     """Ray keeps one checkpoint per trial: on each epoch's it deletes the one before, then saves
     its state. A driver stopped in between (a kill, Ctrl-C) leaves the state naming the deleted
@@ -401,6 +419,12 @@ def _score_on_test(checkpoint: tune.Checkpoint, spec: JobSpec) -> dict[str, Any]
     return ray.get(evaluate.remote(checkpoint, "test"))
 
 
+def _time_is_up(spec: JobSpec, study: optuna.Study) -> bool:
+    limit = spec.budget.time_limit
+    started = study.user_attrs.get(STARTED_ATTR)
+    return limit is not None and started is not None and time.time() >= float(started) + limit
+
+
 def _hint(errors: list[str]) -> str:
     """The fix for the failures that every trial of a job can share."""
     if any("huggingface" in e.lower() or "hf_hub" in e.lower() for e in errors):
@@ -429,6 +453,9 @@ def _publish_best(
         if JobStopper.gave_up(job_id):
             detail = (f"; stopped after the first {FAIL_FAST_TRIALS} trials failed before an "
                       f"epoch{detail}")
+        elif _time_is_up(spec, study):
+            detail = (f"; the time limit ({spec.budget.time_limit:g} s) ran out before any trial "
+                      f"finished an epoch: raise budget.time_limit{detail}")
         return JobOutcome(job_id, "failed", counts,
                           error=f"no trial completed{detail}{_hint(errors)}")
     best, result = _best_with_checkpoint(study, results, spec.objective.maximize)

@@ -235,6 +235,18 @@ def test_run_refused_for_resources_leaves_no_job_behind(
     assert listed.exit_code == 0 and "0 of 0 job(s)" in listed.output, listed.output
 
 
+def test_a_time_limit_shorter_than_an_epoch_names_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({**DIGITS_JOB, "budget": {"n_trials": 2, "time_limit": "1s"}}))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(job)])
+    assert result.exit_code == 1
+    assert ("no trial completed; the time limit (1 s) ran out before any trial finished an "
+            "epoch: raise budget.time_limit") in " ".join(result.output.split())
+
+
 def test_database_down_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(json.dumps(DIGITS_JOB))
