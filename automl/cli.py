@@ -568,7 +568,8 @@ def dashboard(
     settings = settings_from(storage, artifacts)
     require_free_port(host, port, "--port")
     server = dashboard_server(settings, host, port)
-    err.print(f"optuna-dashboard for {redact(settings.storage_url)} on http://{host}:{port}/",
+    gate = " (sign in: any user name, AUTOML_API_TOKEN as password)" if settings.api_token else ""
+    err.print(f"optuna-dashboard for {redact(settings.storage_url)} on http://{host}:{port}/{gate}",
               highlight=False)
     server.serve_forever()
 
@@ -600,9 +601,10 @@ def serve(
         fail(str(error))
     serve_in_background(settings, host, dashboard_port)
     token = "token required" if settings.api_token else "no token (set AUTOML_API_TOKEN)"
+    gate = " (the token as password)" if settings.api_token else ""
     err.print(
         f"automl API on http://{host}:{port} ({token}), docs at /docs; optuna-dashboard on "
-        f"{settings.dashboard_url}; storage {redact(settings.storage_url)}",
+        f"{settings.dashboard_url}{gate}; storage {redact(settings.storage_url)}",
         highlight=False, soft_wrap=True,
     )
     uvicorn.run(api, host=host, port=port, log_level="warning")

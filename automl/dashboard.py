@@ -2,13 +2,22 @@
 
 optuna-dashboard's own `run_server` is single-threaded (wsgiref); a threaded server keeps the
 page responsive while another client polls a large study.
+
+optuna-dashboard has no sign-in of its own, and its API can delete studies and trials and
+rewrite notes: with a token configured it takes the API's token too (`TokenGate`), or the
+token would guard one door of the database and leave the other open.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import secrets
 import threading
+from collections.abc import Iterable
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import optuna_dashboard
 
@@ -26,10 +35,42 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+class TokenGate:
+    """Lets through requests that carry the token: as HTTP Basic's password (any user name;
+    what a browser asks for by itself on a 401) or as a Bearer token (what the CLI sends)."""
+
+    def __init__(self, app: WSGIApplication, token: str) -> None:
+        self.app, self.token = app, token
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self._carries_token(environ.get("HTTP_AUTHORIZATION", "")):
+            return self.app(environ, start_response)
+        start_response("401 Unauthorized", [
+            ("WWW-Authenticate", 'Basic realm="automl dashboard", charset="UTF-8"'),
+            ("Content-Type", "text/plain; charset=utf-8"),
+        ])
+        return [b"sign in with any user name and the AUTOML_API_TOKEN as password\n"]
+
+    def _carries_token(self, header: str) -> bool:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer":
+            given = value.strip()
+        elif scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+        else:
+            return False
+        return secrets.compare_digest(given.encode(), self.token.encode())
+
+
 def dashboard_server(settings: Settings, host: str, port: int) -> WSGIServer:
-    app = optuna_dashboard.wsgi(
+    app: WSGIApplication = optuna_dashboard.wsgi(
         optuna_storage(settings.storage_url), artifact_store=artifact_store(settings.artifacts_path)
     )
+    if settings.api_token:
+        app = TokenGate(app, settings.api_token)
     return make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
 
 

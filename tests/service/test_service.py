@@ -191,12 +191,21 @@ def test_dashboard_shows_the_job_in_chromium(
     from playwright.sync_api import sync_playwright
 
     link = service.job(finished_job)["dashboard"]
+    # the dashboard's API can delete studies: with a token configured it wants the token too
+    studies = f"{service.dashboard}/api/studies"
+    assert httpx.get(f"{service.dashboard}/dashboard").status_code == 401
+    assert httpx.get(studies, auth=("anyone", "wrong")).status_code == 401
+    assert httpx.delete(f"{studies}/1").status_code == 401
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert finished_job in httpx.get(studies, headers=bearer).text
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path="/usr/bin/chromium",
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        # a browser signs in with HTTP Basic: any user name, the token as password
+        page = browser.new_page(viewport={"width": 1400, "height": 900},
+                                http_credentials={"username": "me", "password": TOKEN})
         page.goto(f"{service.dashboard}/dashboard")
         page.get_by_text(finished_job).first.wait_for(timeout=30_000)
         page.goto(f"{link}/trials")
