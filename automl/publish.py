@@ -9,6 +9,7 @@ model card.
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import shutil
 import tempfile
@@ -20,6 +21,8 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from storage.artifacts import artifact_store
+
+log = logging.getLogger(__name__)
 
 BEST_TRIAL_ATTR = "best_trial"
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "metrics.json")
@@ -78,6 +81,12 @@ def pull(
     staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=out))
     try:
         for meta in metas:
+            if Path(meta.filename).name != meta.filename or meta.filename in ("", ".", ".."):
+                # not a name Optuna's upload writes (it keeps the file's own name): one set in
+                # the database by hand or through a dashboard upload must not reach outside `out`
+                log.warning("skipping artifact %r of job %s: not a plain file name",
+                            meta.filename, job_id)
+                continue
             try:
                 download_artifact(
                     artifact_store=store,

@@ -117,3 +117,34 @@ def test_list_prints_each_job_on_one_whole_line_when_piped(
     line = next(line for line in listed.output.splitlines() if job_id in line)
     assert line.split()[1:4] == ["queued", "0/0/0", "of"] and "…" not in listed.output
     assert len(line) > 80
+
+
+def test_pull_writes_nothing_outside_its_folder(tmp_path: Path) -> None:
+    """An artifact whose name climbs out of the folder (set in the database by hand, or by a
+    dashboard upload) is skipped; the checkpoint itself is pulled."""
+    import io
+    import json
+
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from automl.publish import BEST_TRIAL_ATTR, CHECKPOINT_FILES, publish, pull
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    study = optuna.create_study(storage=storage, study_name="job-1")
+    study.set_user_attr(BEST_TRIAL_ATTR, 0)
+    (tmp_path / "artifacts").mkdir()
+    store = FileSystemArtifactStore(str(tmp_path / "artifacts"))
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in CHECKPOINT_FILES:
+        (files / name).write_text(name)
+    publish(study, store, files)
+    meta = {"artifact_id": "evil", "filename": "../../escape.txt", "mimetype": "text/plain",
+            "encoding": None}
+    storage.set_study_system_attr(study._study_id, "artifacts:evil", json.dumps(meta))
+    store.write("evil", io.BytesIO(b"gotcha"))
+    out = tmp_path / "deep" / "model"
+    pull(storage, str(tmp_path / "artifacts"), "job-1", out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(CHECKPOINT_FILES)
+    assert not list(tmp_path.rglob("escape.txt"))
