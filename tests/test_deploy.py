@@ -64,6 +64,20 @@ def test_runner_drives_the_ray_head_and_workers_have_gpus() -> None:
     assert SERVICES["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+def test_the_ray_cluster_wants_a_token() -> None:
+    """Ray 2.60 runs a `ray start` cluster without authentication, and its Jobs API runs any
+    code it is sent: head, workers and runner share a token the operator must set."""
+    for name in ("ray-head", "ray-worker", "runner"):
+        env = SERVICES[name]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?"), name  # no default token
+    assert SERVICES["ray-head"]["ports"] == ["127.0.0.1:8265:8265"]
+    # compose interpolates `${...}` (and `$$`) only: a bare `$(` would stop `docker compose up`
+    lines = (ROOT / "docker-compose.yml").read_text().splitlines()
+    assert not [line for line in lines
+                if re.search(r"\$(?![{$])", line.split("#")[0]) and not line.lstrip().startswith("#")]
+
+
 def test_dockerfile_pins_what_pyproject_pins() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     pins = [d for d in pyproject["project"]["dependencies"] if d.startswith(("torch==", "torchvision=="))]
