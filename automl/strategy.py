@@ -90,15 +90,14 @@ class FastHyperbandPruner(optuna.pruners.HyperbandPruner):
 
     Hyperband hands its successive-halving pruners, and the sampler, a view of the study that
     lists only one bracket's trials. Optuna's view (`_BracketStudy` in
-    optuna/pruners/_hyperband.py) checks every attribute read against a whitelist in Python and
-    derives every trial's bracket (a CRC32 of study name and trial number) on every read. Both
-    costs grow with the study: at 10,000 trials, tens of ms in each `should_prune` that reaches
-    a rung (a pass over all trials), and TPE, which reads `study.direction` once per trial for
-    each of the space's groups, paid the whitelist check ~140,000 times an ask. Here the view is
-    a plain Study subclass with the same two overrides (`get_trials` lists the bracket's
-    trials, `stop` stops the real study), and a trial's bracket, fixed once the brackets are set
-    up, is computed once. tests/search/test_strategy.py checks that samples and decisions match
-    Optuna's own sampler and pruner trial for trial (`benchmarks/storage_load.py` measures).
+    optuna/pruners/_hyperband.py) derives every trial's bracket (a CRC32 of study name and trial
+    number) on every read, a pass over all trials: at 10,000 trials, tens of ms in each
+    `should_prune` that reaches a rung, and in each sampling step. Here a trial's bracket, fixed
+    once the brackets are set up, is computed once. The view keeps Optuna's whitelist: the
+    pruner and the sampler may read the bracket's trials, the directions and the storage, and
+    nothing else (no `optimize`, `ask`, `tell`, attributes...), which would act on the real
+    study. tests/search/test_strategy.py checks that samples and decisions match Optuna's own
+    sampler and pruner trial for trial (`benchmarks/storage_load.py` measures).
     """
 
     def __init__(self, **options: Any) -> None:
@@ -119,33 +118,53 @@ class FastHyperbandPruner(optuna.pruners.HyperbandPruner):
 
 
 class _BracketStudy(optuna.Study):
-    """The trials of one Hyperband bracket, for the pruner and the sampler (see above)."""
+    """The trials of one Hyperband bracket, for the pruner and the sampler (see above).
+
+    Any attribute outside `_VALID_ATTRS`, Optuna's own list, raises AttributeError as Optuna's
+    view does: the view shares the real study's storage, so `optimize` on it would run trials
+    on the real study, endlessly (it never stops on its own), and `tell` or `set_user_attr`
+    would write to it.
+    """
+
+    _VALID_ATTRS = frozenset((
+        "get_trials", "_get_trials", "directions", "direction", "_directions", "_storage",
+        "_study_id", "pruner", "study_name", "_bracket_id", "sampler", "trials",
+        "_is_multi_objective", "stop", "_study", "_thread_local",
+    ))
 
     def __init__(self, study: optuna.Study, pruner: FastHyperbandPruner, bracket_id: int) -> None:
         super().__init__(
             study_name=study.study_name, storage=study._storage, sampler=study.sampler,
             pruner=pruner,
         )
-        self._study, self._hyperband, self._bracket_id = study, pruner, bracket_id
+        self._study, self._bracket_id = study, bracket_id
 
     def get_trials(
         self, deepcopy: bool = True, states: Container[TrialState] | None = None
     ) -> list[optuna.trial.FrozenTrial]:
         trials = super()._get_trials(deepcopy=deepcopy, states=states)
-        if not self._hyperband._pruners:
-            return [t for t in trials if self._hyperband._get_bracket_id(self, t) == self._bracket_id]
-        known = self._hyperband._brackets.setdefault(self.study_name, {})
+        hyperband, bracket_id = self.pruner, self._bracket_id
+        assert isinstance(hyperband, FastHyperbandPruner)
+        if not hyperband._pruners:
+            return [t for t in trials if hyperband._get_bracket_id(self, t) == bracket_id]
+        known = hyperband._brackets.setdefault(self.study_name, {})
         chosen = []
         for t in trials:
             bracket = known.get(t.number)
             if bracket is None:
-                bracket = self._hyperband._get_bracket_id(self, t)
-            if bracket == self._bracket_id:
+                bracket = hyperband._get_bracket_id(self, t)
+            if bracket == bracket_id:
                 chosen.append(t)
         return chosen
 
     def stop(self) -> None:
+        # the optimization loop that runs is the real study's
         self._study.stop()
+
+    def __getattribute__(self, name: str) -> Any:
+        if name not in _BracketStudy._VALID_ATTRS:
+            raise AttributeError(f"_BracketStudy does not have attribute of '{name}'")
+        return object.__getattribute__(self, name)
 
 
 class _GroupsOnce(_GroupDecomposedSearchSpace):

@@ -33,7 +33,7 @@ from optuna.exceptions import StorageInternalError
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Float, case, cast, exists, func, insert, literal, select
+from sqlalchemy import Float, and_, case, cast, exists, func, insert, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -105,7 +105,11 @@ class TrialCache(_CachedStorage):
     ) -> None:
         """The distribution is checked against the one the study already holds for that name (a
         study's are all compatible, so any one will do), found in the cache; Optuna's own path
-        takes a name no cached trial has (it asks the database)."""
+        takes a name no cached trial has (it asks the database).
+
+        An incompatible distribution also goes Optuna's way, which looks at the trial first: a
+        finished trial refuses any param with UpdateFinishedTrialError, whatever its distribution
+        (the cache cannot tell a finished trial from a running one)."""
         with self._lock:
             study_id, _ = self._trial_id_to_study_id_and_number[trial_id]
             study = self._studies[study_id]
@@ -117,7 +121,11 @@ class TrialCache(_CachedStorage):
                     study.param_distribution[param_name] = known
         if known is None:
             return super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
-        check_distribution_compatibility(known, distribution)
+        try:
+            check_distribution_compatibility(known, distribution)
+        except ValueError:
+            # Optuna's path raises too (the cache holds `known`), after the trial's own checks
+            return super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
         row = {"param_name": param_name, "param_value": float(param_value_internal),
                "distribution_json": distribution_to_json(distribution)}
         if not self._insert_while_running(models.TrialParamModel, trial_id, "param_name", row):
@@ -173,14 +181,26 @@ class TrialCache(_CachedStorage):
         """A COUNT in the database; Optuna's default lists (and refreshes) the trials to count them.
 
         The job heartbeat counts trials by state every 2 s, and warm start counts once per ask.
+        The count joins the study's row, so a study that does not exist (deleted under a job)
+        raises KeyError, as Optuna's storages do, where a bare count of its trials says 0.
         """
-        trial = models.TrialModel
-        query = select(func.count()).select_from(trial).where(trial.study_id == study_id)
+        study, trial = models.StudyModel, models.TrialModel
+        joined = trial.study_id == study.study_id
         if state is not None:
             states = (state,) if isinstance(state, TrialState) else state
-            query = query.where(trial.state.in_(states))
+            joined = and_(joined, trial.state.in_(states))
+        query = (
+            select(func.count(trial.trial_id))
+            .select_from(study)
+            .outerjoin(trial, joined)
+            .where(study.study_id == study_id)
+            .group_by(study.study_id)
+        )
         with self._backend.engine.connect() as connection:
-            return int(connection.execute(query).scalar_one())
+            count = connection.execute(query).scalar_one_or_none()
+        if count is None:
+            raise KeyError(f"No study with study_id {study_id} exists.")
+        return int(count)
 
 
 def rank_among(
