@@ -221,12 +221,14 @@ def run(
     from automl.execute import execute_job, resume_hint
     from automl.job import JobError, check_dataset, check_pretrained_weights
     from automl.live import LiveView
-    from automl.spec import SpecError, load_spec, new_job_id
+    from automl.spec import SpecError, check_job_id, load_spec, new_job_id
     from storage.jobs import JobStore, UnknownJob
     from storage.optuna_storage import DatabaseUnavailable, redact
 
     try:
         spec = load_spec(job_file)
+        if job_id is not None:
+            check_job_id(job_id)
     except SpecError as error:
         fail(str(error))
     try:
@@ -260,9 +262,11 @@ def run(
         job_id, spec.budget.n_trials, spec.objective.maximize, spec.objective.metric,
         spec.budget.time_limit, console=err,
     )
+    job_path = str(job_file.resolve())
     try:
         with view:
-            outcome = execute_job(job_id, settings, store, events=view, connect_seconds=10)
+            outcome = execute_job(job_id, settings, store, events=view, job_file=job_path,
+                                  connect_seconds=10)
     except JobError as error:  # refused up front (e.g. resources no node has): leave no trace
         if created:
             store.discard(job_id)
@@ -272,7 +276,7 @@ def run(
         fail(str(error))
     except KeyboardInterrupt:
         err.print(f"\ninterrupted: job {job_id} stopped (its trials are kept); "
-                  f"{resume_hint(job_id, str(job_file))}", highlight=False,
+                  f"{resume_hint(job_id, job_path)}", highlight=False,
                   soft_wrap=True)
         raise typer.Exit(130) from None
     print_outcome(outcome, spec.objective.metric, settings)
@@ -283,12 +287,17 @@ def run(
 @app.command("run-stored", hidden=True)
 def run_stored(job_id: str) -> None:
     """Run a claimed job (the runner starts one of these per job)."""
-    from automl.execute import execute_job
+    from automl.execute import HeartbeatLost, execute_job
     from automl.settings import Settings
     from storage.jobs import JobStore
 
     settings = Settings()
-    outcome = execute_job(job_id, settings, JobStore(settings.storage_url))
+    try:
+        outcome = execute_job(job_id, settings, JobStore(settings.storage_url),
+                              dataset_roots=settings.dataset_roots)
+    except HeartbeatLost as error:
+        err.print(str(error), highlight=False, soft_wrap=True)
+        raise typer.Exit(75) from None  # EX_TEMPFAIL: the job is resumed, not failed
     err.print(f"job {job_id} {outcome.state}: {outcome.error or ''}", highlight=False)
 
 
@@ -495,6 +504,21 @@ def cancel(
 
 
 @app.command()
+def resume(
+    job: Annotated[str, typer.Argument(help="job id")],
+    api: ApiOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Queue a failed or cancelled job again: a runner resumes it where it stopped."""
+    try:
+        view = backend(api, storage).resume(job)
+    except _user_errors() as error:
+        fail(str(error))
+    Console().print(f"job {job}: {view['state']}; a runner resumes it (watch it: automl status "
+                    f"{job} --watch)", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def pull(
     job: Annotated[str, typer.Argument(help="job id")],
     out: Annotated[Path, typer.Option(help="directory to write the best checkpoint into")],
@@ -617,6 +641,9 @@ def runner(
     artifacts: ArtifactsOpt = None,
     ray_address: RayOpt = None,
     until_idle: Annotated[bool, typer.Option(help="exit once no job is queued or running")] = False,
+    health_file: Annotated[
+        Path | None, typer.Option(help="touched on every pass of the loop (a liveness probe)")
+    ] = None,
 ) -> None:
     """Claim queued jobs and run them on the Ray cluster, each in its own process."""
     import logging
@@ -628,7 +655,7 @@ def runner(
     settings = settings_from(storage, artifacts, ray_address)
     own_ray_auth(settings.ray_address)
     try:
-        worker = Runner(settings, max_jobs=max_jobs)
+        worker = Runner(settings, max_jobs=max_jobs, health_file=health_file)
     except DatabaseUnavailable as error:
         fail(str(error))
     try:

@@ -43,6 +43,9 @@ class ApiClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/jobs/{job_id}/cancel")
 
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/jobs/{job_id}/resume")
+
     def best(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/jobs/{job_id}/best")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
 import threading
 from collections.abc import Iterable
 from socketserver import ThreadingMixIn
@@ -39,8 +38,8 @@ class TokenGate:
     """Lets through requests that carry the token: as HTTP Basic's password (any user name;
     what a browser asks for by itself on a 401) or as a Bearer token (what the CLI sends)."""
 
-    def __init__(self, app: WSGIApplication, token: str) -> None:
-        self.app, self.token = app, token
+    def __init__(self, app: WSGIApplication, settings: Settings) -> None:
+        self.app, self.settings = app, settings
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self._carries_token(environ.get("HTTP_AUTHORIZATION", "")):
@@ -52,17 +51,18 @@ class TokenGate:
         return [b"sign in with any user name and the AUTOML_API_TOKEN as password\n"]
 
     def _carries_token(self, header: str) -> bool:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer":
+        # WSGI hands headers over as latin-1 strings: back to the bytes that were sent
+        scheme, _, value = header.encode("latin-1", "replace").partition(b" ")
+        if scheme.lower() == b"bearer":
             given = value.strip()
-        elif scheme.lower() == "basic":
+        elif scheme.lower() == b"basic":
             try:
-                given = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
-            except (binascii.Error, UnicodeDecodeError):
+                given = base64.b64decode(value.strip(), validate=True).partition(b":")[2]
+            except (binascii.Error, ValueError):
                 return False
         else:
             return False
-        return secrets.compare_digest(given.encode(), self.token.encode())
+        return self.settings.accepts(given)
 
 
 def dashboard_server(settings: Settings, host: str, port: int) -> WSGIServer:
@@ -70,7 +70,7 @@ def dashboard_server(settings: Settings, host: str, port: int) -> WSGIServer:
         optuna_storage(settings.storage_url), artifact_store=artifact_store(settings.artifacts_path)
     )
     if settings.api_token:
-        app = TokenGate(app, settings.api_token)
+        app = TokenGate(app, settings)
     return make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
 
 

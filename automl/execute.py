@@ -3,11 +3,20 @@
 Used by `automl run` (a job row created in the foreground) and by the runner's per-job process.
 A heartbeat thread writes trial counts and the best value every few seconds from the Optuna
 storage (cheap counting queries, not a scan of every trial) and reads the cancel flag back.
+
+The heartbeat is also how a driver learns that it may no longer own its job. Another runner
+takes over a job whose heartbeat is older than `STALE_AFTER`; so a driver whose beats keep
+failing stops its own job well before that (as Ctrl-C would: trials stop, Ray Tune's state and
+the study stay as they are, nothing is finished or published), and so does a driver whose job
+another runner has claimed. The runner that takes the job over resumes it.
 """
 
 from __future__ import annotations
 
+import _thread
+import logging
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -18,19 +27,27 @@ from automl.bridge import Events
 from automl.job import JobError, JobOutcome, run_job
 from automl.settings import Settings
 from automl.spec import parse_spec
-from storage.jobs import JobStore, Progress
+from storage.jobs import STALE_AFTER, JobStore, Progress
 from storage.optuna_storage import optuna_storage
 
+log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 2.0
+# Half the reclaim window: the driver has stopped, and its trials with it, long before another
+# runner may take the job over.
+GIVE_UP_SECONDS = STALE_AFTER.total_seconds() / 2
+
+
+class HeartbeatLost(RuntimeError):
+    """The driver stopped its own job: it could not prove it still owns it."""
 
 
 def read_progress(storage: optuna.storages.BaseStorage, job_id: str) -> Progress | None:
     try:
         study_id = storage.get_study_id_from_name(job_id)
-    except KeyError:
+        counts = {state: storage.get_n_trials(study_id, state) for state in (
+            TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    except KeyError:  # not created yet, or deleted under the job
         return None
-    counts = {state: storage.get_n_trials(study_id, state) for state in (
-        TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     try:
         best = storage.get_best_trial(study_id)
         best_trial, best_value = best.number, best.value
@@ -43,58 +60,106 @@ def read_progress(storage: optuna.storages.BaseStorage, job_id: str) -> Progress
         n_failed=counts[TrialState.FAIL],
         best_trial=best_trial,
         best_value=best_value,
+        study_id=study_id,
     )
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, store: JobStore, storage: optuna.storages.BaseStorage, job_id: str) -> None:
+    def __init__(
+        self, store: JobStore, storage: optuna.storages.BaseStorage, job_id: str, attempts: int
+    ) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
-        self.store, self.storage, self.job_id = store, storage, job_id
+        self.store, self.storage, self.job_id, self.attempts = store, storage, job_id, attempts
         self.cancel = threading.Event()
         self.done = threading.Event()
+        self.lost: str | None = None  # why the driver stopped its own job
 
     def run(self) -> None:
+        failing_since: float | None = None
         while not self.done.wait(HEARTBEAT_SECONDS):
             try:
-                if self.store.heartbeat(self.job_id, read_progress(self.storage, self.job_id)):
-                    self.cancel.set()
-            except Exception:  # a database blip: the next beat tries again
+                progress = read_progress(self.storage, self.job_id)
+            except Exception as error:  # progress is optional; liveness is not
+                log.warning("job %s: cannot read its progress (%s)", self.job_id, _first_line(error))
+                progress = None
+            try:
+                beat = self.store.heartbeat(self.job_id, self.attempts, progress)
+            except Exception as error:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                waited = now - failing_since + HEARTBEAT_SECONDS
+                log.warning("job %s: heartbeat failed (%s); the driver stops the job after "
+                            "%.0f s without one (%.0f s so far)", self.job_id,
+                            _first_line(error), GIVE_UP_SECONDS, waited)
+                if waited >= GIVE_UP_SECONDS:
+                    self._lose(f"no heartbeat could be written for {waited:.0f} s "
+                               f"({_first_line(error)})")
+                    return
                 continue
+            failing_since = None
+            if not beat.ours:
+                self._lose("another runner has taken the job over")
+                return
+            if beat.cancel:
+                self.cancel.set()
+
+    def _lose(self, why: str) -> None:
+        self.lost = why
+        log.error("job %s: stopping: %s", self.job_id, why)
+        _thread.interrupt_main()  # as Ctrl-C: Tune stops, its state stays resumable
 
 
-def resume_hint(job_id: str, job_file: str = "JOB_FILE") -> str:
-    return f"resume it with `automl run {job_file} --job-id {job_id}`"
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def resume_hint(job_id: str, job_file: str | None = None) -> str:
+    """How the user resumes an interrupted job: the foreground command that ran it, or the
+    route a runner's job is queued again by."""
+    if job_file is not None:
+        return f"resume it with `automl run {job_file} --job-id {job_id}`"
+    return f"resume it with `automl resume {job_id}` (POST /jobs/{job_id}/resume)"
 
 
 def execute_job(
     job_id: str, settings: Settings, store: JobStore, events: Events | None = None,
-    **run_options: Any,
+    job_file: str | None = None, **run_options: Any,
 ) -> JobOutcome:
     job = store.get(job_id)
     spec = parse_spec(job.spec, f"job {job_id}")
     storage = optuna_storage(settings.storage_url)
-    beat = _Heartbeat(store, storage, job_id)
+    beat = _Heartbeat(store, storage, job_id, job.attempts)
     beat.start()
     try:
         outcome = run_job(spec, job_id, settings, events=events, cancelled=beat.cancel.is_set,
                           **run_options)
     except KeyboardInterrupt:
         beat.done.set()
-        store.finish(job_id, "cancelled", error=f"interrupted; {resume_hint(job_id)}",
-                     progress=read_progress(storage, job_id))
+        if beat.lost is not None:
+            raise HeartbeatLost(f"job {job_id}: the driver stopped the job: {beat.lost}; "
+                                "the runner that takes it over resumes it") from None
+        store.finish(job_id, "cancelled", error=f"interrupted; {resume_hint(job_id, job_file)}",
+                     progress=read_progress(storage, job_id), attempts=job.attempts)
         raise
     except BaseException as error:
         beat.done.set()
+        if beat.lost is not None:  # the row is another driver's now, or unreachable
+            raise
         message = (str(error) if isinstance(error, JobError)  # written for the user as is
                    else "".join(traceback.format_exception_only(error)).strip())
-        store.finish(job_id, "failed", error=message, progress=read_progress(storage, job_id))
+        store.finish(job_id, "failed", error=message, progress=read_progress(storage, job_id),
+                     attempts=job.attempts)
         raise
     beat.done.set()
+    if beat.lost is not None:  # the interrupt came too late to stop Tune: the outcome stands
+        log.warning("job %s finished although its heartbeat was lost", job_id)
     store.finish(
         job_id,
         outcome.state,
         error=outcome.error,
         progress=read_progress(storage, job_id),
         test_metrics=outcome.test_metrics or None,
+        attempts=job.attempts,
     )
     return outcome

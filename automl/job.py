@@ -106,9 +106,11 @@ def ensure_ray(address: str | None) -> None:
     )
 
 
-def check_dataset(spec: JobSpec) -> int:
+def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> int:
     """Index and verify the dataset once, on the driver, before anything is stored or started;
-    returns its number of images."""
+    returns its number of images. With `roots` (a service's dataset roots), every image must
+    lie under one of them once symlinks are resolved: a folder under a root may still link
+    anywhere."""
     try:
         index = load_index(DataConfig(
             source=spec.dataset.source,
@@ -116,6 +118,15 @@ def check_dataset(spec: JobSpec) -> int:
             test_fraction=spec.dataset.test_fraction,
             split_seed=spec.dataset.split_seed,
         ))
+        if roots:
+            outside = sum(1 for p in index.paths
+                          if not any(p.resolve().is_relative_to(root) for root in roots))
+            if outside:
+                raise DatasetError(
+                    f"{outside} of its images resolve outside the dataset roots "
+                    f"({':'.join(map(str, roots))}) through symlinks; this service reads only "
+                    "under them"
+                )
         verify_images(index.paths)
     except DatasetError as error:
         raise JobError(f"dataset: {error}") from error
@@ -170,9 +181,11 @@ def run_job(
     events: Events | None = None,
     cancelled: Callable[[], bool] | None = None,
     connect_seconds: float = 60.0,
+    dataset_roots: tuple[Path, ...] = (),
 ) -> JobOutcome:
     started = time.monotonic()
-    n_images = check_dataset(spec)  # before anything is stored: an impossible job leaves no trace
+    # before anything is stored: an impossible job leaves no trace
+    n_images = check_dataset(spec, dataset_roots)
     check_pretrained_weights(spec)
     ray_started = time.monotonic()
     ensure_ray(settings.ray_address)

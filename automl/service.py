@@ -54,6 +54,9 @@ class JobService:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self.view(self.store.request_cancel(job_id))
 
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return self.view(self.store.requeue(job_id))
+
     def trials(self, job_id: str) -> list[dict[str, Any]]:
         self.store.get(job_id)  # unknown ids are a 404, not an empty list
         study = self._study(job_id)
@@ -126,7 +129,7 @@ class JobService:
             "objective": job.spec["objective"]["metric"],
             "best": {"trial": job.best_trial, "value": job.best_value},
             "test_metrics": job.test_metrics,
-            "dashboard": self._dashboard_link(job.id),
+            "dashboard": self._dashboard_link(job),
         }
 
     def _study(self, job_id: str) -> optuna.Study | None:
@@ -135,13 +138,12 @@ class JobService:
         except KeyError:
             return None
 
-    def _dashboard_link(self, job_id: str) -> str:
+    def _dashboard_link(self, job: Job) -> str:
+        """From the study id the job's driver recorded: a page of jobs costs no study lookup."""
         base = self.settings.dashboard_url.rstrip("/")
-        try:
-            study_id = self.studies.get_study_id_from_name(job_id)
-        except KeyError:
+        if job.study_id is None:  # not started yet
             return f"{base}/dashboard"
-        return f"{base}/dashboard/studies/{study_id}"
+        return f"{base}/dashboard/studies/{job.study_id}"
 
 
 def _iso(moment: Any) -> str | None:

@@ -6,10 +6,12 @@ jobs and the Optuna studies, the Optuna artifact store, and Ray Tune's run direc
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -29,6 +31,31 @@ class Settings(BaseSettings):
     dashboard_url: str = Field(
         default="http://127.0.0.1:8080", description="where users reach optuna-dashboard"
     )
+    dataset_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(), description="the only folders jobs submitted over HTTP may read (':'-separated)"
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="largest request body the API reads (a spec is a few KB)"
+    )
+    job_restarts: int = Field(
+        default=3, ge=0, le=100, description="times a runner restarts a job whose driver died"
+    )
+
+    @field_validator("dataset_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        """`/datasets:/mnt/shared` from the environment, as PATH is written."""
+        if isinstance(value, str):
+            return tuple(Path(part) for part in value.split(":") if part.strip())
+        return value
+
+    @field_validator("dataset_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: tuple[Path, ...]) -> tuple[Path, ...]:
+        relative = [str(r) for r in roots if not r.is_absolute()]
+        if relative:
+            raise ValueError(f"dataset roots must be absolute paths, got {', '.join(relative)}")
+        return tuple(r.resolve() for r in roots)
 
     @field_validator("database_url")
     @classmethod
@@ -43,6 +70,15 @@ class Settings(BaseSettings):
         if driver.split("+")[0] not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database {driver!r}; use {DATABASES}")
         return url
+
+    def accepts(self, given: bytes | str) -> bool:
+        """Whether `given` is the API token: compared as bytes in constant time, so a header
+        of any characters is an answer (a non-ASCII one too), never an exception."""
+        if self.api_token is None:
+            return True
+        if isinstance(given, str):
+            given = given.encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(given, self.api_token.encode("utf-8"))
 
     @property
     def storage_url(self) -> str:

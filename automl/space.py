@@ -176,6 +176,13 @@ def _check_value(name: str, value: Any, max_epochs: int) -> None:
             check_backbone(config.backbone)
         except ConfigError as error:
             raise SpaceError(f"space.{name}: {error}") from error
+    if name == "pretrained" and isinstance(config.pretrained, str):
+        from workers.model import check_weights_file
+
+        try:  # here, not on a worker after every trial's retries
+            check_weights_file(config.pretrained)
+        except ConfigError as error:
+            raise SpaceError(f"space.{name}: {error}") from error
 
 
 def _list_hint(name: str, value: Any) -> str:

@@ -6,6 +6,7 @@ gets through, so a job either starts with a spec the engine can run or is refuse
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import warnings
@@ -21,6 +22,12 @@ from workers.config import OBJECTIVES
 
 Duration = float | str
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A job id names its study, its Ray run folder and its log file: keep it to what every one of
+# them takes as is (`name-xxxxxx` from `new_job_id`, or a `--job-id` of the same form).
+JOB_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+MAX_STRING = 4096  # longer than any path or timm name; a spec is a few KB
+MAX_ITEMS = 1000  # choices in one list, keys in one mapping
+MAX_TIME_LIMIT = 365 * 86400.0
 
 
 class SpecError(ValueError):
@@ -28,7 +35,7 @@ class SpecError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetSpec(_Strict):
@@ -78,14 +85,16 @@ class BudgetSpec(_Strict):
     @field_validator("time_limit")
     @classmethod
     def _positive(cls, value: float | None) -> float | None:
-        if value is not None and value <= 0:
-            raise ValueError("time_limit must be positive (seconds, or like '30m', '2h')")
+        if value is not None and not 0 < value <= MAX_TIME_LIMIT:
+            raise ValueError("time_limit must be positive and at most 365 days (seconds, or like "
+                             "'30m', '2h', '7d')")
         return value
 
 
 class ResourcesSpec(_Strict):
-    cpu: float = Field(1.0, gt=0, description="CPUs per trial")
-    gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions share a GPU")
+    # below a tenth of a CPU, hundreds of trials would share one core and none would progress
+    cpu: float = Field(1.0, ge=0.1, le=1024, description="CPUs per trial")
+    gpu: float = Field(0.0, ge=0, le=64, description="GPUs per trial; fractions share a GPU")
 
 
 class StrategySpec(_Strict):
@@ -102,11 +111,24 @@ class JobSpec(_Strict):
     dataset: DatasetSpec
     objective: ObjectiveSpec = ObjectiveSpec()
     budget: BudgetSpec = BudgetSpec()
-    max_concurrent_trials: int = Field(1, ge=1, le=1024)
+    max_concurrent_trials: int = Field(1, ge=1, le=256)
     resources: ResourcesSpec = ResourcesSpec()
-    max_failures: int = Field(2, ge=0, description="retries of a failed trial (a dead worker, an error)")
+    max_failures: int = Field(
+        2, ge=0, le=20, description="retries of a failed trial (a dead worker, an error)"
+    )
     strategy: StrategySpec = StrategySpec()
     space: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_data(cls, payload: Any) -> Any:
+        """Every number finite, every string and list of a sane size, anywhere in the spec
+        (`space` and the strategy options included, which no field type checks): a NaN or an
+        infinity cannot be stored as JSON, and a megabyte string is nobody's backbone name."""
+        problem = _first_unfit(payload, "")
+        if problem is not None:
+            raise ValueError(problem)
+        return payload
 
     @model_validator(mode="after")
     def _space_is_runnable(self) -> JobSpec:
@@ -155,6 +177,36 @@ class JobSpec(_Strict):
             "objective": self.objective.metric,
             "epochs": self.budget.max_epochs,
         }
+
+
+def _first_unfit(value: Any, where: str) -> str | None:
+    """The first value a spec may not hold, as `field: problem`; None when all are fine."""
+    name = where or "(top level)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name}: {value} is not a finite number; give a finite value"
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        return f"{name}: a string of {len(value):,} characters (at most {MAX_STRING:,})"
+    if isinstance(value, dict | list) and len(value) > MAX_ITEMS:
+        return f"{name}: {len(value):,} entries (at most {MAX_ITEMS:,})"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _first_unfit(item, f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _first_unfit(item, f"{name}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def check_job_id(job_id: str) -> None:
+    if not re.fullmatch(JOB_ID_PATTERN, job_id):
+        raise SpecError(
+            f"job id {_excerpt(job_id, 70)} is not one: lowercase letters, digits and dashes, "
+            "starting with a letter or digit, at most 64 characters"
+        )
 
 
 def new_job_id(name: str) -> str:
@@ -213,23 +265,66 @@ def load_spec(path: Path) -> JobSpec:
 
 
 def with_dataset_from(spec: JobSpec, folder: Path) -> JobSpec:
-    """A relative dataset path is read from the job file's folder (as docker-compose reads its
-    paths), and stored absolute: trials run in other directories, on other machines."""
+    """Relative paths (the dataset, a weights file) are read from the job file's folder, as
+    docker-compose reads its paths, and stored absolute: trials run in other directories, on
+    other machines."""
     source = spec.dataset.source
-    if source.startswith("builtin:") or Path(source).is_absolute():
-        return spec
-    dataset = spec.dataset.model_copy(update={"source": str((folder / source).resolve())})
-    return spec.model_copy(update={"dataset": dataset})
+    changes: dict[str, Any] = {}
+    if not source.startswith("builtin:") and not Path(source).is_absolute():
+        changes["dataset"] = spec.dataset.model_copy(update={"source": str((folder / source).resolve())})
+    weights = spec.space.get("pretrained")
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            return str((folder / value).resolve())
+        return value
+
+    if isinstance(weights, str | list):
+        fixed = [absolute(v) for v in weights] if isinstance(weights, list) else absolute(weights)
+        if fixed != weights:
+            changes["space"] = {**spec.space, "pretrained": fixed}
+    return spec.model_copy(update=changes) if changes else spec
+
+
+def paths_read(spec: JobSpec) -> list[tuple[str, str]]:
+    """(field, path) of every file or folder the job's trials read."""
+    out = []
+    if not spec.dataset.source.startswith("builtin:"):
+        out.append(("dataset.source", spec.dataset.source))
+    out.extend(("space.pretrained", value) for value in spec.search_space().pretrained()
+               if isinstance(value, str))
+    return out
 
 
 def require_absolute_dataset(spec: JobSpec) -> None:
     """Jobs sent over HTTP have no job file to be relative to."""
-    source = spec.dataset.source
-    if not source.startswith("builtin:") and not Path(source).is_absolute():
-        raise SpecError(
-            f"dataset.source={source!r} is a relative path; give the absolute path the cluster's "
-            "machines see (or submit the job file with `automl submit`, which resolves it)"
-        )
+    for field, value in paths_read(spec):
+        if not Path(value).is_absolute():
+            raise SpecError(
+                f"{field}={value!r} is a relative path; give the absolute path the cluster's "
+                "machines see (or submit the job file with `automl submit`, which resolves it)"
+            )
+
+
+def require_under_roots(spec: JobSpec, roots: tuple[Path, ...]) -> None:
+    """A job sent over HTTP reads only under the service's dataset roots, judged after `..` and
+    symlinks are resolved: the runner may read much more (it runs as whoever deployed it), and a
+    token must not be a key to its files. Whether a path exists is not said either."""
+    require_absolute_dataset(spec)
+    for field, value in paths_read(spec):
+        resolved = Path(value).expanduser().resolve()
+        if not any(resolved.is_relative_to(root) for root in roots):
+            where = (f"the dataset roots ({':'.join(map(str, roots))})" if roots else
+                     "any dataset root: this service has none (AUTOML_DATASET_ROOTS), so jobs "
+                     "sent over HTTP may use builtin datasets only")
+            raise SpecError(
+                f"{field}={_excerpt(value)} is outside {where}; put the files under a root, or "
+                "ask the operator to add one"
+            )
+
+
+def _excerpt(value: str, limit: int = 120) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def format_errors(error: ValidationError) -> str:

@@ -169,6 +169,28 @@ def portfolio(
 
 
 @app.command()
+def api(
+    url: Annotated[str | None, typer.Option(
+        help="PostgreSQL URL; default $AUTOML_TEST_DATABASE_URL or the local test database")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="jobs in the database")] = 100,
+    clients: Annotated[int, typer.Option(min=1, help="concurrent clients per GET route")] = 200,
+    requests: Annotated[int, typer.Option(min=1, help="requests per GET route")] = 1000,
+) -> None:
+    """p50/p95 of the REST API's routes under concurrent clients (`automl serve` on PostgreSQL)."""
+    from benchmarks.api_load import run
+    from benchmarks.storage_load import DEFAULT_URL
+
+    rows = run(url or os.environ.get("AUTOML_TEST_DATABASE_URL") or DEFAULT_URL, jobs, clients,
+               requests)
+    table = Table("route", "clients", "requests", "p50 (ms)", "p95 (ms)", "max (ms)", "errors",
+                  title=f"automl serve under load: {jobs} jobs, {os.cpu_count()} CPU cores")
+    for row in rows:
+        table.add_row(row.route, str(row.clients), str(row.requests), f"{row.p50_ms:.0f}",
+                      f"{row.p95_ms:.0f}", f"{row.max_ms:.0f}", str(row.errors))
+    out.print(table)
+
+
+@app.command()
 def storage(
     url: Annotated[str | None, typer.Option(
         help="Optuna storage (PostgreSQL); default $AUTOML_TEST_DATABASE_URL or the local test "

@@ -12,11 +12,32 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from optuna.exceptions import StorageInternalError
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.optuna_storage import engine_kwargs, ensure_sqlite_parent, redact, retry
+from storage.optuna_storage import (
+    DatabaseUnavailable,
+    engine_kwargs,
+    ensure_sqlite_parent,
+    redact,
+    retry,
+)
+
+# What a call may raise when the database is away (restarting, unreachable); Optuna wraps
+# every SQLAlchemy error, a bad request's included, in StorageInternalError: see `is_outage`.
+DATABASE_ERRORS = (DatabaseUnavailable, StorageInternalError, OperationalError, InterfaceError)
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` says the database is away, rather than that a request was bad (a value
+    it cannot store, a broken constraint): only an outage is worth waiting out."""
+    if isinstance(error, DatabaseUnavailable | OperationalError | InterfaceError):
+        return True
+    cause = error.__cause__
+    return isinstance(error, StorageInternalError) and cause is not None and is_outage(cause)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "automl_alembic_version"

@@ -29,6 +29,15 @@ class JobConflict(RuntimeError):
     """The job is not in a state that allows the request (e.g. cancelling a finished job)."""
 
 
+STALE_AFTER = timedelta(seconds=60)  # a running job's heartbeat older than this: its driver is gone
+
+
+@dataclass(frozen=True)
+class Beat:
+    ours: bool  # False: another driver took the job over (ours was thought dead)
+    cancel: bool
+
+
 @dataclass(frozen=True)
 class Progress:
     n_running: int
@@ -37,6 +46,7 @@ class Progress:
     n_failed: int
     best_trial: int | None
     best_value: float | None
+    study_id: int | None = None
 
 
 class JobStore:
@@ -47,7 +57,7 @@ class JobStore:
     def submit(self, job_id: str, name: str, spec: dict[str, Any], state: str = "queued") -> Job:
         with self._sessions.begin() as session:
             job = Job(
-                id=job_id, name=name, spec=spec, state=state, attempts=0,
+                id=job_id, name=name, spec=spec, state=state, attempts=0, restarts=0,
                 cancel_requested=False, n_running=0, n_complete=0, n_pruned=0, n_failed=0,
             )
             if state == "running":
@@ -77,8 +87,9 @@ class JobStore:
             ).all()
             return list(jobs), total
 
-    def claim(self, runner: str, stale_after: timedelta = timedelta(seconds=60)) -> Job | None:
-        """Take the oldest queued job, or a running one whose runner stopped heartbeating."""
+    def claim(self, runner: str, stale_after: timedelta = STALE_AFTER) -> Job | None:
+        """Take the oldest queued job, or a running one whose driver stopped heartbeating (its
+        runner's machine died): that one counts as a restart."""
         now = utcnow()
         with self._sessions.begin() as session:
             candidate = session.scalars(
@@ -101,6 +112,7 @@ class JobStore:
                 .values(
                     state="running", runner=runner, heartbeat_at=now,
                     started_at=candidate.started_at or now, attempts=candidate.attempts + 1,
+                    restarts=candidate.restarts + int(resumed),
                 )
             )
             if taken.rowcount != 1:  # type: ignore[attr-defined]
@@ -108,6 +120,36 @@ class JobStore:
             session.add(JobEvent(job_id=candidate.id, kind="resumed" if resumed else "claimed",
                                  message=runner))
         return self.get(candidate.id)
+
+    def restart(self, job_id: str, runner: str, attempts: int, why: str) -> Job | None:
+        """Take back a job whose driver died under this runner, unless another runner took it
+        over meanwhile (its `attempts` moved on); counts as a restart."""
+        with self._sessions.begin() as session:
+            taken = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempts == attempts, Job.state == "running")
+                .values(runner=runner, heartbeat_at=utcnow(), attempts=attempts + 1,
+                        restarts=Job.restarts + 1)
+            )
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            session.add(JobEvent(job_id=job_id, kind="restarted", message=why))
+        return self.get(job_id)
+
+    def requeue(self, job_id: str) -> Job:
+        """A failed or cancelled job back in the queue (`automl resume`): a runner resumes it
+        with the spec, study and Ray Tune state it had."""
+        with self._sessions.begin() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise UnknownJob(job_id)
+            if job.state not in ("failed", "cancelled"):
+                raise JobConflict(f"job {job_id} is {job.state}; only a failed or cancelled job "
+                                  "can be resumed")
+            job.state, job.runner, job.heartbeat_at, job.finished_at = "queued", None, None, None
+            job.cancel_requested, job.error, job.restarts = False, None, 0
+            session.add(JobEvent(job_id=job_id, kind="requeued"))
+        return self.get(job_id)
 
     def discard(self, job_id: str) -> None:
         """Forget a job refused before it stored or started anything: there is nothing to keep."""
@@ -123,18 +165,28 @@ class JobStore:
                 raise UnknownJob(job_id)
             job.state, job.runner, job.heartbeat_at = "running", runner, utcnow()
             job.attempts, job.cancel_requested, job.error = job.attempts + 1, False, None
+            job.restarts = 0
             job.started_at, job.finished_at = job.started_at or utcnow(), None
             session.add(JobEvent(job_id=job_id, kind="resumed", message=runner))
         return self.get(job_id)
 
-    def heartbeat(self, job_id: str, progress: Progress | None = None) -> bool:
-        """Record liveness (and progress); returns whether a cancel was requested."""
+    def heartbeat(self, job_id: str, attempts: int, progress: Progress | None = None) -> Beat:
+        """Record liveness (and progress) for the driver of claim `attempts`, unless another
+        driver has claimed the job since."""
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
         if progress is not None:
             values.update(progress.__dict__)
         with self._sessions.begin() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(**values))
-            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+            beat = session.execute(
+                update(Job).where(Job.id == job_id, Job.attempts == attempts, Job.state == "running")
+                .values(**values)
+            )
+            cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+            return Beat(ours=beat.rowcount == 1, cancel=bool(cancel))  # type: ignore[attr-defined]
+
+    def set_study(self, job_id: str, study_id: int) -> None:
+        with self._sessions.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(study_id=study_id))
 
     def finish(
         self,
@@ -144,7 +196,10 @@ class JobStore:
         error: str | None = None,
         progress: Progress | None = None,
         test_metrics: dict[str, Any] | None = None,
-    ) -> None:
+        attempts: int | None = None,
+    ) -> bool:
+        """The job's outcome; with `attempts`, only if no other driver has claimed the job
+        since that claim. Returns whether it was written."""
         assert state in FINISHED_STATES
         values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "error": error,
                                   "n_running": 0}
@@ -152,9 +207,14 @@ class JobStore:
             values.update({k: v for k, v in progress.__dict__.items() if k != "n_running"})
         if test_metrics is not None:
             values["test_metrics"] = test_metrics
+        query = update(Job).where(Job.id == job_id)
+        if attempts is not None:
+            query = query.where(Job.attempts == attempts)
         with self._sessions.begin() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(**values))
-            session.add(JobEvent(job_id=job_id, kind=state, message=error or ""))
+            written = session.execute(query.values(**values)).rowcount == 1  # type: ignore[attr-defined]
+            if written:
+                session.add(JobEvent(job_id=job_id, kind=state, message=error or ""))
+        return written
 
     def request_cancel(self, job_id: str) -> Job:
         """Queued jobs are cancelled at once; running ones when their runner next looks."""

@@ -43,6 +43,8 @@ class Job(Base):
     n_pruned: Mapped[int] = mapped_column(Integer, default=0)
     n_failed: Mapped[int] = mapped_column(Integer, default=0)
     test_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    study_id: Mapped[int | None] = mapped_column(Integer)  # the Optuna study's id, once created
+    restarts: Mapped[int] = mapped_column(Integer, default=0)  # drivers lost since the last resume
 
     __table_args__ = (Index("ix_automl_jobs_state_created", "state", "created_at"),)
 

@@ -88,3 +88,22 @@ def test_dockerfile_pins_what_pyproject_pins() -> None:
     assert 'ENTRYPOINT ["automl"]' in DOCKERFILE
     for plane in ("automl", "workers", "storage"):
         assert f"COPY {plane} ./{plane}" in DOCKERFILE
+
+
+def test_every_service_restarts_and_says_whether_it_is_healthy() -> None:
+    """A runner that exited used to stay down, and new jobs queued forever."""
+    for name, service in SERVICES.items():
+        assert service.get("restart") == "unless-stopped", name
+        assert service.get("healthcheck", {}).get("test"), name
+    runner = SERVICES["runner"]
+    health_file = runner["command"][runner["command"].index("--health-file") + 1]
+    assert health_file in " ".join(runner["healthcheck"]["test"])
+
+
+def test_jobs_sent_over_http_read_only_the_datasets_volume() -> None:
+    env = SERVICES["api"]["environment"]
+    roots = env["AUTOML_DATASET_ROOTS"].split(":")
+    # a volume is SOURCE:TARGET[:ro], and SOURCE may hold a ${VAR:-default} with a colon
+    mounted = {volume.removesuffix(":ro").rsplit(":", 1)[1] for volume in SERVICES["runner"]["volumes"]}
+    assert roots == ["/datasets"] and set(roots) <= mounted
+    assert SERVICES["runner"]["environment"]["AUTOML_DATASET_ROOTS"] == "/datasets"

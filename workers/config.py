@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ OBJECTIVES = (
     "val_f1",
     "val_auroc",
 )
+
+
+MAX_EPOCHS = 1000
+MAX_BATCH_SIZE = 4096
+MIN_IMG_SIZE, MAX_IMG_SIZE = 8, 1024  # the largest pretrained timm input is 800 px
+MAX_LOADER_WORKERS = 64
 
 
 class ConfigError(ValueError):
@@ -142,39 +149,57 @@ class TrialConfig:
         return TrialConfig.from_dict(merged)
 
     def validate(self) -> None:
+        """Every setting within what a trial can run: a value past these bounds is a typo or an
+        attempt to exhaust the machine (a million-pixel image side, 100,000 loader processes)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value} is not a finite number")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("augment", self.augment, AUGMENTS)
         _choice("objective", self.objective, OBJECTIVES)
-        _positive("lr", self.lr)
-        _positive("batch_size", self.batch_size)
-        _positive("epochs", self.epochs)
+        _within("lr", self.lr, 0.0, 10.0, low_open=True)
+        _within("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _within("epochs", self.epochs, 1, MAX_EPOCHS)
         if self.img_size is not None:
-            _positive("img_size", self.img_size)
-        if isinstance(self.freeze_stages, int) and self.freeze_stages < 0:
-            raise ConfigError("freeze_stages must be >= 0 or 'all'")
+            _within("img_size", self.img_size, MIN_IMG_SIZE, MAX_IMG_SIZE)
+        if isinstance(self.freeze_stages, int) and not 0 <= self.freeze_stages <= 100:
+            raise ConfigError("freeze_stages must be 0..100 or 'all'")
         for name in (
             "drop_rate",
             "drop_path_rate",
             "label_smoothing",
             "mixup_prob",
             "crop_min_scale",
+            "momentum",
         ):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1]")
+            _within(name, getattr(self, name), 0.0, 1.0)
         for name in ("weight_decay", "mixup_alpha", "cutmix_alpha", "min_lr", "warmup_lr"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+            _within(name, getattr(self, name), 0.0, 10.0)
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise ConfigError(
                 f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs})"
             )
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"layer_decay={self.layer_decay} must be in (0, 1]")
+        if self.clip_grad is not None:
+            _within("clip_grad", self.clip_grad, 0.0, 1e6, low_open=True)
+        _within("ra_num_ops", self.ra_num_ops, 0, 10)
         if not 0 <= self.ra_magnitude <= 30:
             raise ConfigError(f"ra_magnitude={self.ra_magnitude} must be in [0, 30]")
+        _within("decay_rate", self.decay_rate, 0.0, 1.0, low_open=True)
+        for name in ("decay_epochs", "cycle_epochs", "plateau_patience"):
+            _within(name, getattr(self, name), 1, MAX_EPOCHS)
+        for milestone in self.milestones:
+            _within("milestones", milestone, 1, MAX_EPOCHS)
+        if len(self.milestones) > 100:
+            raise ConfigError(f"milestones: {len(self.milestones)} of them (at most 100)")
         if self.patience is not None:
-            _positive("patience", self.patience)
+            _within("patience", self.patience, 1, MAX_EPOCHS)
+        _within("seed", self.seed, 0, 2**31 - 1)
+        if self.num_workers is not None:
+            _within("num_workers", self.num_workers, 0, MAX_LOADER_WORKERS)
         self.data.validate()
 
 
@@ -183,9 +208,10 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
 
 
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name}={value} must be > 0")
+def _within(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:
+    if value < low or value > high or (low_open and value == low):
+        opening = "(" if low_open else "["
+        raise ConfigError(f"{name}={value} must be in {opening}{low:g}, {high:g}]")
 
 
 def _did_you_mean(key: str, known: set[str]) -> str:

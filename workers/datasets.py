@@ -146,9 +146,12 @@ def _read_manifest(manifest: Path) -> tuple[list[str], list[Path], list[int]]:
         if reader.fieldnames is not None:
             reader.fieldnames = [name.strip() for name in reader.fieldnames]
         if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            # the file's own first line is not quoted back: error messages travel (a job's
+            # error over HTTP) where the file's content must not
+            columns = len(reader.fieldnames or [])
             raise DatasetError(
-                f"{manifest} must have a header row with 'path' and 'label' columns, "
-                f"found {reader.fieldnames}"
+                f"{manifest} must start with a header row naming its 'path' and 'label' "
+                f"columns; its first line has {columns} column(s), not both of those"
             )
         rows = [_manifest_row(manifest, reader.line_num, row) for row in reader]
     if not rows:
@@ -160,7 +163,7 @@ def _read_manifest(manifest: Path) -> tuple[list[str], list[Path], list[int]]:
     for line, raw, label in rows:
         path = Path(raw) if Path(raw).is_absolute() else manifest.parent / raw
         if not path.is_file():
-            raise DatasetError(f"{manifest}:{line}: image {raw!r} does not exist")
+            raise DatasetError(f"{manifest}:{line}: the image that line names does not exist")
         paths.append(path)
         labels.append(index[label])
     return classes, paths, labels

@@ -107,18 +107,66 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
     return None
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def check_weights_file(path: str) -> Path:
+    """A local weights file that loads as plain tensors, or a ConfigError naming the fix.
+
+    Checked when a job is submitted as well as when a trial loads it: a damaged or pickled file
+    would otherwise fail every trial on the workers, each after its retries. Safetensors files
+    are checked by their header; PyTorch files are loaded memory-mapped with `weights_only`,
+    which refuses any pickled object that is not a tensor or a plain container.
+    """
+    weights = Path(path).expanduser()
+    if weights.suffix not in WEIGHT_SUFFIXES:
+        raise ConfigError(
+            f"pretrained weights {weights} must be a {' or '.join(WEIGHT_SUFFIXES)} file "
+            "(loaded without pickle)"
+        )
+    if not weights.is_file():
+        raise ConfigError(f"pretrained weights file {weights} does not exist")
+    stat = weights.stat()
+    _check_weights_content(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+    return weights
+
+
+@functools.lru_cache(maxsize=64)
+def _check_weights_content(path: str, size: int, mtime_ns: int) -> None:
+    """Cached by size and modification time: a spec is validated more than once per job."""
+    import pickle
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        if path.endswith(".safetensors"):
+            with safe_open(path, framework="pt") as handle:
+                handle.keys()
+            return
+        # mmap reads nothing up front, but only the zip format (torch.save's default) has it
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": refused below if unsafe
+            warnings.simplefilter("ignore")
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError:
+        raise ConfigError(
+            f"pretrained weights {path} hold pickled objects that are not tensors, which are "
+            "never loaded (they could run code); save the state dict with safetensors"
+        ) from None
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"pretrained weights {path} cannot be read ({reason[:200]}); write them again with "
+            "safetensors.torch.save_file or torch.save(model.state_dict())"
+        ) from None
+
+
 def create_backbone(config: TrialConfig, num_classes: int) -> torch.nn.Module:
     """timm model with a fresh `num_classes` head; weights from the hub, a local file, or none."""
     check_backbone(config.backbone)
     kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": config.drop_rate}
     if isinstance(config.pretrained, str):
-        weights = Path(config.pretrained).expanduser()
-        if not weights.is_file():
-            raise ConfigError(f"pretrained weights file {weights} does not exist")
-        if weights.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
-            raise ConfigError(
-                f"pretrained weights {weights} must be .safetensors or .pth (loaded without pickle)"
-            )
+        weights = check_weights_file(config.pretrained)
         # timm loads .safetensors directly and .pth with torch.load(weights_only=True),
         # and drops a classifier whose class count differs from ours.
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}

@@ -161,7 +161,10 @@ def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) 
     assert "succeeded" not in out and "--job-id faults-ctrl-c" in err
     listed = subprocess.run([AUTOML, "status", "faults-ctrl-c"], env=env, capture_output=True,
                             text=True, timeout=60)
-    assert "cancelled" in listed.stdout and "resume it with" in listed.stdout, listed.stdout
+    assert "cancelled" in listed.stdout, listed.stdout
+    # the command that resumes it, as it is: not a JOB_FILE placeholder
+    assert f"resume it with `automl run {job} --job-id faults-ctrl-c`" in " ".join(
+        listed.stdout.split()), listed.stdout
     interrupted = optuna.load_study(study_name="faults-ctrl-c", storage=settings.storage_url)
     assert BEST_TRIAL_ATTR not in interrupted.user_attrs  # nothing published as the result
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,

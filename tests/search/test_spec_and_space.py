@@ -8,6 +8,9 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from automl.cli import app
@@ -237,3 +240,55 @@ def test_run_refuses_a_broken_dataset_before_storing_anything(
                 "one_class": "needs at least two class folders"}[damage]
     assert "error: dataset:" in message and expected in message
     assert not (tmp_path / "automl-data").exists()
+
+
+# --- property tests of the validators -----------------------------------------------------
+
+JSON_SCALARS = (st.none() | st.booleans() | st.integers(-10**12, 10**12)
+                | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30))
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+FIELDS = ("name", "dataset", "objective", "budget", "max_concurrent_trials", "resources",
+          "max_failures", "strategy", "space")
+SPEC_LIKE = st.fixed_dictionaries(
+    {"name": st.sampled_from(["t", "ok-job", "Bad Name", ""]) | JSON_SCALARS,
+     "dataset": st.just({"source": "builtin:digits"}) | JSON_VALUES},
+    optional={field: JSON_VALUES for field in FIELDS[2:]}
+    | {"budget": st.fixed_dictionaries({}, optional={
+        "n_trials": JSON_SCALARS, "max_epochs": JSON_SCALARS, "time_limit": JSON_SCALARS,
+        "target": JSON_SCALARS})},
+)
+
+
+@given(payload=SPEC_LIKE)
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_any_payload_is_a_spec_or_a_spec_error(payload: dict[str, Any]) -> None:
+    """Whatever arrives, validation says yes or names the problem: never another exception
+    (that would be a 500 over HTTP), and what it accepts is storable JSON that reads back the
+    same."""
+    import json
+
+    try:
+        spec = parse_spec(payload)
+    except SpecError as error:
+        assert str(error).strip()
+        return
+    stored = json.dumps(spec.model_dump(mode="json"), allow_nan=False)
+    assert parse_spec(json.loads(stored)) == spec
+
+
+@given(path=st.sampled_from([("budget", "time_limit"), ("budget", "target"), ("space", "lr"),
+                             ("space", "weight_decay"), ("strategy", "sampler_options", "x"),
+                             ("resources", "cpu"), ("dataset", "val_fraction")]),
+       value=st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+def test_a_non_finite_number_anywhere_is_refused_by_name(path: tuple[str, ...], value: float) -> None:
+    payload: dict[str, Any] = {**BASE, "dataset": dict(BASE["dataset"])}
+    node = payload
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    message = spec_error(**{k: v for k, v in payload.items() if k != "name"})
+    assert ".".join(path[:2]) in message, message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def test_no_500s_anywhere(tmp_path: Path) -> None:
     app = create_app(Settings(home=tmp_path))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 8
+    assert len(operations) == 9
 
     for operation in operations:
 
@@ -134,5 +135,220 @@ def test_no_500s_anywhere(tmp_path: Path) -> None:
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
         def no_server_error(case: schemathesis.Case) -> None:
             case.call_and_validate(checks=[not_a_server_error])
+
+        no_server_error()
+
+
+# --- abuse and bad input over HTTP -------------------------------------------------------
+
+
+def guarded_client(tmp_path: Path, **settings: Any) -> TestClient:
+    return TestClient(create_app(Settings(home=tmp_path, api_token="s3cret", **settings)))
+
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+def test_a_non_ascii_token_is_refused_not_a_server_error(tmp_path: Path) -> None:
+    with guarded_client(tmp_path) as client:
+        for route in ("/jobs", "/jobs/x", "/jobs/x/trials"):
+            response = client.get(route, headers={"Authorization": "Bearer café".encode()})
+            assert response.status_code == 401, route
+
+
+@pytest.mark.parametrize("route", ["GET /jobs/a%00b", "GET /jobs/a%00b/trials",
+                                   "POST /jobs/a%00b/cancel", "POST /jobs/a%00b/resume",
+                                   "GET /jobs/a%00b/best", "GET /jobs/a%00b/best/checkpoint",
+                                   "GET /jobs/A_B"])
+def test_a_job_id_no_job_can_have_is_refused_not_a_server_error(client: TestClient,
+                                                               route: str) -> None:
+    method, path = route.split()
+    response = client.request(method, path)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["path", "job_id"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ('{"name": "x", "dataset": {"source": "builtin:digits"}, "budget": {"time_limit": Infinity}}',
+     "budget.time_limit"),
+    ('{"name": "x", "dataset": {"source": "builtin:digits"}, "space": {"lr": NaN}}', "space.lr"),
+    ('{"name": "x", "dataset": {"source": "builtin:digits"}, "budget": {"target": NaN}}',
+     "budget.target"),
+])
+def test_non_finite_numbers_are_refused_as_bad_input(client: TestClient, body: str,
+                                                    field: str) -> None:
+    """PostgreSQL cannot store them: accepted, they came back as a 503 'database unavailable'."""
+    response = client.post("/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert field in response.text
+    assert client.get("/jobs").json()["total"] == 0
+
+
+def test_a_422_echoes_no_more_than_an_excerpt_of_the_input(client: TestClient) -> None:
+    huge = "x" * 200_000
+    response = client.post("/jobs", json={**SPEC, "space": {"backbone": huge}})
+    assert response.status_code == 422
+    assert len(response.content) < 2_000, len(response.content)
+    response = client.post("/jobs", json={**SPEC, "budget": {"n_trials": huge}})
+    assert response.status_code == 422 and len(response.content) < 2_000
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"space": {"num_workers": 100_000}}, "space.num_workers"),
+    ({"space": {"img_size": 1_000_000}}, "space.img_size"),
+    ({"space": {"batch_size": 1_000_000_000}}, "space.batch_size"),
+    ({"max_concurrent_trials": 1024, "resources": {"cpu": 0.001}}, "max_concurrent_trials"),
+    ({"resources": {"cpu": 0.001}}, "resources.cpu"),
+    ({"max_failures": 10_000}, "max_failures"),
+    ({"budget": {"time_limit": "100000d"}}, "budget.time_limit"),
+])
+def test_settings_that_would_exhaust_the_cluster_are_refused(
+    client: TestClient, changes: dict[str, Any], field: str
+) -> None:
+    response = client.post("/jobs", json={**SPEC, **changes})
+    assert response.status_code == 422, response.text
+    assert field in response.text or field.split(".")[-1] in response.text, response.text
+
+
+def test_a_weights_file_that_cannot_be_loaded_is_refused_at_submit(tmp_path: Path) -> None:
+    import pickle
+
+    roots = tmp_path / "datasets"
+    roots.mkdir()
+    damaged = roots / "damaged.safetensors"
+    damaged.write_bytes(b"not a safetensors file")
+    pickled = roots / "pickled.pth"
+    pickled.write_bytes(pickle.dumps({"w": print}))
+    with guarded_client(tmp_path, dataset_roots=(roots,)) as client:
+        for weights, message in ((str(damaged), "cannot be read"),
+                                 (str(pickled), "pickled objects that are not tensors"),
+                                 ("/etc/shadow", "must be a .safetensors"),
+                                 (str(roots / "missing.pth"), "does not exist")):
+            response = client.post("/jobs", headers=AUTH,
+                                   json={**SPEC, "space": {"pretrained": weights}})
+            assert response.status_code == 422 and message in response.text, response.text
+        assert client.get("/jobs", headers=AUTH).json()["total"] == 0
+
+
+def test_jobs_over_http_read_only_under_the_dataset_roots(tmp_path: Path) -> None:
+    """A token is not a key to the server's files: a path outside the roots, however written
+    (`..`, a symlink) is refused without a word of what is there, or whether it exists."""
+    roots = tmp_path / "datasets"
+    (roots / "flowers" / "a").mkdir(parents=True)
+    secrets_csv = tmp_path / "secrets.csv"
+    secrets_csv.write_text("SECRET_API_KEY=hunter2,other\n")
+    (roots / "escape").symlink_to(tmp_path)
+    with guarded_client(tmp_path, dataset_roots=(roots,)) as client:
+        for source in (str(secrets_csv), "/etc", "/proc/self", str(roots / ".." / "secrets.csv"),
+                       str(roots / "escape" / "secrets.csv"), str(roots / "escape")):
+            response = client.post("/jobs", headers=AUTH,
+                                   json={**SPEC, "dataset": {"source": source}})
+            assert response.status_code == 422, (source, response.text)
+            assert "outside the dataset roots" in response.text
+            assert "hunter2" not in response.text and "SECRET" not in response.text
+        assert client.get("/jobs", headers=AUTH).json()["total"] == 0
+        inside = client.post("/jobs", headers=AUTH,
+                             json={**SPEC, "dataset": {"source": str(roots / "flowers")}})
+        assert inside.status_code == 201, inside.text
+    with guarded_client(tmp_path) as client:  # no roots: builtin datasets only
+        response = client.post("/jobs", headers=AUTH,
+                               json={**SPEC, "dataset": {"source": str(roots / "flowers")}})
+        assert response.status_code == 422 and "AUTOML_DATASET_ROOTS" in response.text
+
+
+def test_resume_queues_a_failed_or_cancelled_job_again(client: TestClient) -> None:
+    job = client.post("/jobs", json=SPEC).json()
+    refused = client.post(f"/jobs/{job['id']}/resume")
+    assert refused.status_code == 409 and "only a failed or cancelled job" in refused.text
+    client.post(f"/jobs/{job['id']}/cancel")
+    resumed = client.post(f"/jobs/{job['id']}/resume")
+    assert resumed.status_code == 202 and resumed.json()["state"] == "queued"
+    assert resumed.json()["cancel_requested"] is False
+    assert client.post("/jobs/nope/resume").status_code == 404
+
+
+def test_a_page_of_jobs_is_a_fixed_number_of_queries(client: TestClient, pg_url: str) -> None:
+    """Each job's dashboard link used to cost a study lookup: 200 concurrent listings queued
+    for seconds behind them."""
+    from sqlalchemy import event
+
+    from storage.db import engine_for
+
+    for _ in range(12):
+        client.post("/jobs", json=SPEC)
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    engine = engine_for(pg_url)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        page = client.get("/jobs", params={"limit": 12}).json()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(page["jobs"]) == 12
+    assert len(statements) <= 3, statements
+
+
+@contextlib.contextmanager
+def live_api(settings: Settings) -> Iterator[str]:
+    import threading
+
+    import uvicorn
+
+    from tests.support import free_port, wait_for
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 30, "uvicorn")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def raw_request(address: str, head: str, body: bytes = b"") -> str:
+    import socket
+
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        return sock.recv(65536).decode(errors="replace")
+
+
+def test_an_oversized_or_unauthenticated_body_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """The answer comes while the client has sent only its headers: the server read nothing."""
+    settings = Settings(home=tmp_path, api_token="s3cret", max_body_bytes=4096)
+    with live_api(settings) as address:
+        big = "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        unauthenticated = raw_request(address, big + "Content-Length: 52428800")
+        assert unauthenticated.startswith("HTTP/1.1 401"), unauthenticated
+        oversized = raw_request(address, big + "Authorization: Bearer s3cret\r\n"
+                                "Content-Length: 52428800")
+        assert oversized.startswith("HTTP/1.1 413") and "AUTOML_MAX_BODY_BYTES" in oversized
+        chunk = b"x" * 5000
+        chunked = raw_request(address, big + "Authorization: Bearer s3cret\r\n"
+                              "Transfer-Encoding: chunked",
+                              f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        assert chunked.startswith("HTTP/1.1 413"), chunked
+
+
+def test_no_server_errors_with_the_token_either(pg_url: str, tmp_path: Path) -> None:
+    """Schemathesis again, past the token, on PostgreSQL (what a deployment runs)."""
+    roots = tmp_path / "datasets"
+    roots.mkdir()
+    app = create_app(Settings(home=tmp_path, database_url=pg_url, api_token="s3cret",
+                              dataset_roots=(roots,)))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    for operation in [result.ok() for result in schema.get_all_operations()]:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        def no_server_error(case: schemathesis.Case) -> None:
+            case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
 
         no_server_error()

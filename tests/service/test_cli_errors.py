@@ -78,6 +78,30 @@ def test_a_damaged_checkpoint_is_named(tmp_path: Path) -> None:
                                                  str(image))
 
 
+def test_pickled_weights_are_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """weights_only refuses them (they would run code): that refusal is the user's to fix."""
+    import pickle
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"w": print}))
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\xff" * 64)
+    for weights, message in ((evil, "pickled objects that are not tensors"),
+                             (damaged, "cannot be read")):
+        said = refused("train-one", "--dataset", "builtin:digits", "--backbone", "test_resnet",
+                       "--epochs", "1", "--set", f"pretrained={weights}", "--set", "img_size=32")
+        assert message in said, said
+
+
+def test_a_job_id_no_job_can_have_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(JOB))
+    assert "is not one: lowercase letters, digits and dashes" in refused(
+        "run", str(job), "--job-id", "My Job")
+    assert not (tmp_path / "automl-data").exists()
+
+
 def test_a_taken_port_is_named() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
