@@ -1,15 +1,18 @@
 # Two commands on a fresh machine: `make run` (one search job, embedded) and `make test`.
+# Both install exactly requirements.lock (the whole dependency set, pinned), as CI and the
+# Dockerfile do: every machine runs what CI tested.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 
-.PHONY: run test lint services bench clean
+.PHONY: run test lint services bench lock optuna-contract clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev]'
 	@touch $@
 
 ## run: the digits search job on the embedded default (SQLite + local Ray), then its best trial
@@ -32,13 +35,23 @@ services:
 	@command -v chromium >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-## bench: every benchmark, each printing its table (README, Benchmarks); about 11 min on 2 cores
+## bench: every benchmark, each printing its table (docs/benchmarks.md)
 bench: $(STAMP) services
-	$(BIN)/automl bench replay
-	$(BIN)/automl bench overhead
-	$(BIN)/automl bench cache
-	$(BIN)/automl bench storage
-	$(BIN)/automl bench gpu
+	$(BIN)/automl-bench replay
+	$(BIN)/automl-bench overhead
+	$(BIN)/automl-bench cache
+	$(BIN)/automl-bench storage
+	$(BIN)/automl-bench api
+	$(BIN)/automl-bench gpu
+
+## lock: pin the whole dependency set again after changing pyproject.toml's dependencies
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o $(LOCK)
+
+## optuna-contract: Optuna's own storage and pruner tests against our storage and pruners
+optuna-contract: $(STAMP) services
+	$(BIN)/python scripts/optuna_contract.py --postgres postgresql+psycopg2://postgres@127.0.0.1:5432/test
 
 clean:
 	rm -rf $(VENV) automl-data .pytest_cache .mypy_cache .ruff_cache

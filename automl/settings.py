@@ -93,3 +93,15 @@ class Settings(BaseSettings):
     @property
     def runs_path(self) -> Path:
         return (self.runs or self.home / "runs").resolve()
+
+
+def quiet_optuna() -> None:
+    """Optuna's per-trial INFO lines and experimental-feature notes would drown a job's live
+    view and its log: every process that drives a job starts with this."""
+    import logging
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -1,6 +1,6 @@
 """The REST API under concurrent load: `automl serve` on PostgreSQL, as deployed.
 
-    automl bench api [--url URL] [--jobs 100] [--clients 200] [--requests 1000]
+    automl-bench api [--url URL] [--jobs 100] [--clients 200] [--requests 1000]
 
 (URL defaults to $AUTOML_TEST_DATABASE_URL, else the local test database; the benchmark works in
 a fresh schema it drops afterwards.) A real `automl serve` process (uvicorn, the token on) is

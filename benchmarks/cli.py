@@ -1,4 +1,6 @@
-"""`automl bench ...`: each benchmark is one command that prints a table.
+"""`automl-bench ...`: each benchmark is one command that prints a table.
+
+A command of its own, not a group of `automl`: the product never imports the lab.
 
 Speed and memory targets live here, never in timed tests. Heavy imports stay inside the
 commands so `automl --help` stays fast.
@@ -138,34 +140,20 @@ def portfolio(
     data: Annotated[Path, typer.Option(exists=True, file_okay=False)] = REPLAY_DATA,
     size: Annotated[int, typer.Option(min=1)] = 32,
 ) -> None:
-    """Derive the warm-start portfolios from recorded runs, as the module jobs import.
+    """Derive the warm-start portfolios from recorded runs, as the data jobs read.
 
-    `automl bench portfolio > automl/portfolio.py` regenerates the shipped one: a portfolio for
-    each dataset size from 1,000 to 128,000 images (doubling); a job takes the nearest.
+    `automl-bench portfolio > automl/search/portfolios.json` regenerates the shipped one: a
+    portfolio for each dataset size from 1,000 to 128,000 images (doubling); a job takes the
+    nearest.
     """
-    from benchmarks.replay import derive_portfolios, load_pools
+    from benchmarks.replay import derive_portfolios, dump_portfolios, load_pools
 
     pools = load_pools(data)
     sizes = [1000 * 2**k for k in range(8)]
     portfolios = derive_portfolios(list(pools.values()), size, sizes)
-    lines = [
-        '"""Warm-start portfolios: configurations tried first by a job (generated, do not edit).',
-        "",
-        f"`automl bench portfolio --size {size} > automl/portfolio.py` derives them greedily from",
-        f"the {sum(len(p.runs) for p in pools.values())} recorded fine-tuning runs on {len(pools)} "
-        "datasets of benchmarks/replay.py:",
-        "each member lowers most the mean anytime regret over those datasets, given the ones before",
-        "it, with time judged relative to the dataset size each portfolio is for (its key, images).",
-        '"""',
-        "",
-        "from typing import Any",
-        "",
-        "PORTFOLIOS: dict[int, tuple[dict[str, Any], ...]] = {",
-    ]
-    for n_images, configs in portfolios.items():
-        lines += [f"    {n_images}: (", *[f"        {config!r}," for config in configs], "    ),"]
-    lines.append("}")
-    print("\n".join(lines))
+    origin = (f"automl-bench portfolio --size {size}: greedy over the "
+              f"{sum(len(p.runs) for p in pools.values())} recorded runs on {len(pools)} datasets")
+    print(dump_portfolios(portfolios, origin))
 
 
 @app.command()
@@ -229,3 +217,10 @@ def storage(
               "ask = study.ask + sampling the configuration + the bridge's 2 user attrs. "
               "CPU = the writer's own CPU time in the call; the rest of the wall time is the "
               "database and, with more writers than cores, waiting for a core.")
+
+
+def main() -> None:
+    from automl.settings import quiet_optuna
+
+    quiet_optuna()
+    app()

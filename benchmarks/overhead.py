@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from automl.job import ensure_ray, run_job
+from automl.jobs.driver import ensure_ray, run_job
+from automl.search.spec import parse_spec
 from automl.settings import Settings
-from automl.spec import parse_spec
 from workers.config import TrialConfig
 from workers.engine import train
 from workers.predict import evaluate_checkpoint, load_checkpoint

@@ -9,7 +9,7 @@ strategy's pruner may stop it; a run ends where its curve ends. Regret is read o
 
 Nothing here knows a dataset's name: the `default` arm's portfolio for a dataset is derived from
 the *other* datasets only (leave-one-dataset-out), by the same code that derived the portfolio
-jobs ship with (`derive_portfolio`, printed by `automl bench portfolio`).
+jobs ship with (`derive_portfolio`, printed by `automl-bench portfolio`).
 """
 
 from __future__ import annotations
@@ -31,21 +31,19 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from automl.portfolio import PORTFOLIOS
-from automl.space import (
+from automl.search.portfolio import PORTFOLIOS
+from automl.search.space import (
     BATCH_SIZES,
     CUTMIX_ALPHAS,
     DEFAULT_BACKBONES,
     LR_RANGE,
     MIXUP_ALPHAS,
     MIXUP_PROBS,
-    OPTIMIZERS,
-    SCHEDULES,
     WEIGHT_DECAY_RANGE,
     SearchSpace,
 )
-from automl.strategy import Strategy, portfolio_size
-from workers.config import AUGMENTS
+from automl.search.strategy import Strategy, portfolio_size
+from workers.config import AUGMENTS, OPTIMIZERS, SCHEDULES
 
 MAX_EPOCHS = 50  # the recorded curves' longest
 CHECKPOINTS = (900, 3600, 14400, 57600)  # seconds of one worker a portfolio is judged at
@@ -222,6 +220,17 @@ def derive_portfolio(
     the ratio, because epochs are not all that grows with a dataset: the best runs grow longer.
     """
     return derive_portfolios(pools, size, (n_images,), checkpoints)[n_images]
+
+
+def dump_portfolios(portfolios: dict[int | None, tuple[dict[str, Any], ...]], origin: str) -> str:
+    """automl/search/portfolios.json: one configuration a line, so a regenerated portfolio
+    diffs member by member."""
+    blocks = []
+    for n_images, configs in portfolios.items():
+        members = ",\n".join(f"      {json.dumps(config)}" for config in configs)
+        blocks.append(f'    "{n_images}": [\n{members}\n    ]')
+    return ('{\n  "generated_by": ' + json.dumps(origin) + ',\n  "portfolios": {\n'
+            + ",\n".join(blocks) + "\n  }\n}")
 
 
 def derive_portfolios(

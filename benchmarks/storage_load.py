@@ -1,6 +1,6 @@
 """Storage under load: W concurrent writers on one study in PostgreSQL, at growing study sizes.
 
-    automl bench storage [--url URL] [--writers 32] [--sizes 1000,10000] [--epochs 5] [--trials 2]
+    automl-bench storage [--url URL] [--writers 32] [--sizes 1000,10000] [--epochs 5] [--trials 2]
 
 (URL defaults to $AUTOML_TEST_DATABASE_URL, else the local test database.)
 
@@ -9,7 +9,7 @@ finished trials shaped like a job's: parameters drawn from the default space's r
 distributions, one intermediate value per epoch up to where Hyperband would have stopped them,
 the rung attributes the pruner writes, and the two user attrs the bridge writes. Then W writer
 processes each run a few trials through the same calls, in the same order, as the bridge
-(`automl.bridge`) makes them from a job's driver, with the default `Strategy` a job gets (random
+(`automl.tune.bridge`) makes them from a job's driver, with the default `Strategy` a job gets (random
 sampler, successive halving) and the real storage constructor (`storage.optuna_storage`):
 
     ask           study.ask() + Strategy.suggest (define-by-run sampling) + the 2 user attrs
@@ -57,15 +57,17 @@ from optuna.distributions import (
     IntDistribution,
     distribution_to_json,
 )
-from optuna.storages._rdb import models
 from optuna.trial import TrialState
 from sqlalchemy import create_engine, delete, func, insert, select
 from sqlalchemy.engine import Engine
 
-from automl.bridge import CONFIG_ATTR, RAY_TRIAL_ID, best_of
-from automl.space import SearchSpace
-from automl.strategy import Strategy
-from storage.optuna_storage import optuna_storage
+from automl.search._optuna import storage_of, trial_id
+from automl.search.keys import CONFIG as CONFIG_ATTR
+from automl.search.keys import RAY_TRIAL_ID
+from automl.search.space import SearchSpace
+from automl.search.strategy import Strategy
+from automl.tune.bridge import best_of
+from storage.optuna_storage import models, optuna_storage
 
 OPS = ("ask", "report", "should_prune", "tell")
 DEFAULT_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -202,7 +204,7 @@ def _write(
 ) -> dict[str, list[tuple[float, float]]]:
     _engine_of(parent).dispose(close=False)  # the parent's pool stays the parent's
     # the writer's own sampler and pruner, over the storage (and warm trial cache) it inherited
-    study = strategy.load_study(parent._storage, parent.study_name, reseed=index + 1)
+    study = strategy.load_study(storage_of(parent), parent.study_name, reseed=index + 1)
     rng = random.Random(index)
     times: dict[str, list[tuple[float, float]]] = {op: [] for op in OPS}
     clock = _Clock(times)
@@ -228,7 +230,7 @@ def _write(
             if pruned:
                 break
         with clock("tell"):
-            if not study._storage.get_trial(trial._trial_id).state.is_finished():
+            if not storage_of(study).get_trial(trial_id(trial)).state.is_finished():
                 if pruned:
                     study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
                 else:
@@ -251,7 +253,7 @@ class _Clock:
 
 
 def _engine_of(study: optuna.Study) -> Engine:
-    storage: Any = study._storage
+    storage: Any = storage_of(study)
     backend = getattr(storage, "_backend", storage)  # optuna's _CachedStorage wraps RDBStorage
     engine: Engine = backend.engine
     return engine

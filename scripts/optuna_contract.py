@@ -218,7 +218,7 @@ def pytest_configure(config: pytest.Config) -> None:
     import optuna
     import optuna.testing.storages as supplied
 
-    from automl.strategy import FastHyperbandPruner, FastSuccessiveHalvingPruner
+    from automl.search.strategy import FastHyperbandPruner, FastSuccessiveHalvingPruner
 
     optuna.pruners.SuccessiveHalvingPruner = FastSuccessiveHalvingPruner  # type: ignore[misc]
     optuna.pruners.HyperbandPruner = FastHyperbandPruner  # type: ignore[misc, assignment]

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
-from optuna.artifacts._protocol import ArtifactStore
+
+ArtifactStore = FileSystemArtifactStore | Boto3ArtifactStore  # what `artifact_store` returns
 
 
 def artifact_store(location: str, create: bool = True) -> ArtifactStore:

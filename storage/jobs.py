@@ -3,7 +3,8 @@
 Claiming is `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL, so runners never wait on each
 other, plus a conditional UPDATE on the row's claim count whose row count decides any race: that
 also makes SQLite, which ignores FOR UPDATE, hand each job to exactly one runner. A running job
-whose runner stopped heartbeating is claimed again and resumed.
+whose runner stopped heartbeating is claimed again and resumed. A missing job or a refused
+state change is a return value here; the job service words it for users.
 """
 
 from __future__ import annotations
@@ -17,17 +18,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import migrate, sessions
 from storage.models import FINISHED_STATES, JOB_STATES, Job, JobEvent, utcnow
-
-
-class UnknownJob(LookupError):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"unknown job id {job_id!r}; list jobs with `automl list`")
-        self.job_id = job_id
-
-
-class JobConflict(RuntimeError):
-    """The job is not in a state that allows the request (e.g. cancelling a finished job)."""
-
 
 STALE_AFTER = timedelta(seconds=60)  # a running job's heartbeat older than this: its driver is gone
 
@@ -66,19 +56,22 @@ class JobStore:
             session.add(JobEvent(job_id=job_id, kind="submitted", message=state))
         return job
 
-    def get(self, job_id: str) -> Job:
+    def find(self, job_id: str) -> Job | None:
         with self._sessions() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                raise UnknownJob(job_id)
-            return job
+            return session.get(Job, job_id)
+
+    def get(self, job_id: str) -> Job:
+        """A job that must exist (the caller created or claimed it)."""
+        job = self.find(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return job
 
     def list_jobs(self, state: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
         query = select(Job)
         counting = select(func.count()).select_from(Job)
         if state is not None:
-            if state not in JOB_STATES:
-                raise ValueError(f"state must be one of {', '.join(JOB_STATES)}")
+            assert state in JOB_STATES, state
             query, counting = query.where(Job.state == state), counting.where(Job.state == state)
         with self._sessions() as session:
             total = session.scalar(counting) or 0
@@ -136,20 +129,18 @@ class JobStore:
             session.add(JobEvent(job_id=job_id, kind="restarted", message=why))
         return self.get(job_id)
 
-    def requeue(self, job_id: str) -> Job:
+    def requeue(self, job_id: str) -> tuple[Job | None, bool]:
         """A failed or cancelled job back in the queue (`automl resume`): a runner resumes it
-        with the spec, study and Ray Tune state it had."""
+        with the spec, study and Ray Tune state it had. Returns the job (None if unknown) and
+        whether it was requeued (no: its state allows no resume)."""
         with self._sessions.begin() as session:
             job = session.get(Job, job_id, with_for_update=True)
-            if job is None:
-                raise UnknownJob(job_id)
-            if job.state not in ("failed", "cancelled"):
-                raise JobConflict(f"job {job_id} is {job.state}; only a failed or cancelled job "
-                                  "can be resumed")
+            if job is None or job.state not in ("failed", "cancelled"):
+                return job, False
             job.state, job.runner, job.heartbeat_at, job.finished_at = "queued", None, None, None
             job.cancel_requested, job.error, job.restarts = False, None, 0
             session.add(JobEvent(job_id=job_id, kind="requeued"))
-        return self.get(job_id)
+        return self.get(job_id), True
 
     def discard(self, job_id: str) -> None:
         """Forget a job refused before it stored or started anything: there is nothing to keep."""
@@ -157,12 +148,13 @@ class JobStore:
             session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
             session.execute(delete(Job).where(Job.id == job_id))
 
-    def resume(self, job_id: str, runner: str) -> Job:
-        """Take a job back into the foreground (`automl run --job-id`), whatever became of it."""
+    def resume(self, job_id: str, runner: str) -> Job | None:
+        """Take a job back into the foreground (`automl run --job-id`), whatever became of it;
+        None if there is no such job."""
         with self._sessions.begin() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None:
-                raise UnknownJob(job_id)
+                return None
             job.state, job.runner, job.heartbeat_at = "running", runner, utcnow()
             job.attempts, job.cancel_requested, job.error = job.attempts + 1, False, None
             job.restarts = 0
@@ -216,19 +208,18 @@ class JobStore:
                 session.add(JobEvent(job_id=job_id, kind=state, message=error or ""))
         return written
 
-    def request_cancel(self, job_id: str) -> Job:
-        """Queued jobs are cancelled at once; running ones when their runner next looks."""
+    def request_cancel(self, job_id: str) -> tuple[Job | None, bool]:
+        """Queued jobs are cancelled at once; running ones when their runner next looks. Returns
+        the job (None if unknown) and whether the request was taken (no: it had finished)."""
         with self._sessions.begin() as session:
             job = session.get(Job, job_id, with_for_update=True)
-            if job is None:
-                raise UnknownJob(job_id)
-            if job.state in FINISHED_STATES:
-                raise JobConflict(f"job {job_id} already {job.state}; nothing to cancel")
+            if job is None or job.state in FINISHED_STATES:
+                return job, False
             job.cancel_requested = True
             if job.state == "queued":
                 job.state, job.finished_at = "cancelled", utcnow()
             session.add(JobEvent(job_id=job_id, kind="cancel_requested"))
-        return self.get(job_id)
+        return self.get(job_id), True
 
     def events(self, job_id: str) -> list[JobEvent]:
         with self._sessions() as session:

@@ -8,10 +8,11 @@ The storage is Optuna's RDBStorage behind Optuna's own trial cache (`_CachedStor
 `optuna.load_study(storage=RDBStorage)` wraps it in anyway): finished trials never change, so each
 is read from the database once per process, and later reads fetch only new and running trials
 (`TrialCache` below skips even those where a question needs none of them).
-Returning the wrapped storage lets every study loaded from it share that cache: `automl serve`
-(GET /jobs/{id}/trials), the dashboard and `automl pull` used to re-read a 10,000-trial study in
-full, some 10 s, on every request. The price: a long-lived process keeps every finished trial of
-every study it has read in memory (about 300 MB for 10,000 trials of the default space).
+Returning the wrapped storage lets every study loaded from it share that cache, so the
+dashboard and `automl pull` do not re-read a 10,000-trial study in full (some 10 s) per request.
+The price: a process keeps every finished trial of every study it has read in memory (about
+300 MB for 10,000 trials of the default space), which is why `automl serve` opens one storage
+for its API and its dashboard, and pages trials from the database itself (`trial_page`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,36 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+# Every private Optuna name used here (see automl/search/_optuna.py for the rest): a callable's
+# dotted path -> its parameters, or a class's dotted path -> the attributes it must have.
+# tests/search/test_optuna_private_names.py checks each against the installed Optuna.
+_CACHED = "optuna.storages._cached_storage._CachedStorage"
+PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
+    f"{_CACHED}.__init__": ("self", "backend"),
+    f"{_CACHED}.get_all_trials": ("self", "study_id", "deepcopy", "states"),
+    f"{_CACHED}.set_trial_param":
+        ("self", "trial_id", "param_name", "param_value_internal", "distribution"),
+    f"{_CACHED}.set_trial_intermediate_value": ("self", "trial_id", "step", "intermediate_value"),
+    f"{_CACHED}.set_trial_system_attr": ("self", "trial_id", "key", "value"),
+    f"{_CACHED}.set_trial_user_attr": ("self", "trial_id", "key", "value"),
+    f"{_CACHED}.get_trial_system_attrs": ("self", "trial_id"),
+    f"{_CACHED}.get_n_trials": ("self", "study_id", "state"),
+    "optuna.storages._rdb.models.TrialIntermediateValueModel.intermediate_value_to_stored_repr":
+        ("value",),
+}
+PRIVATE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    _CACHED: ("_lock", "_studies", "_backend", "_trial_id_to_study_id_and_number"),
+    "optuna.storages._cached_storage._StudyInfo": ("param_distribution", "trials"),
+    "optuna.storages._rdb.models.StudyModel": ("study_id",),
+    "optuna.storages._rdb.models.TrialModel": ("trial_id", "study_id", "state"),
+    "optuna.storages._rdb.models.TrialParamModel":
+        ("trial_id", "param_name", "param_value", "distribution_json"),
+    "optuna.storages._rdb.models.TrialIntermediateValueModel":
+        ("trial_id", "step", "intermediate_value", "intermediate_value_type"),
+    "optuna.storages._rdb.models.TrialSystemAttributeModel": ("trial_id", "key", "value_json"),
+    "optuna.storages._rdb.models.TrialUserAttributeModel": ("trial_id", "key", "value_json"),
+}
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -79,7 +110,7 @@ class TrialCache(_CachedStorage):
 
     `study.ask()` first looks for an enqueued (WAITING) trial. Through the cache that refreshes
     every running trial in full, with all its params, attributes and intermediate values: ~50 ms
-    of CPU per ask with 32 trials running (`automl bench storage`), to find, nearly always, none.
+    of CPU per ask with 32 trials running (`automl-bench storage`), to find, nearly always, none.
     The database answers "does any trial wait?" with one query.
     """
 
@@ -157,7 +188,7 @@ class TrialCache(_CachedStorage):
 
         Optuna's path reads the trial, checks its state, looks for the row, then writes it: up
         to four statements. A job writes ~16 parameters per ask and one value per epoch, so
-        this is most of the database time of ask and report (`automl bench storage`). When it
+        this is most of the database time of ask and report (`automl-bench storage`). When it
         does not land (the trial finished, or the key is there already) the caller takes
         Optuna's path, which raises Optuna's error or updates the row.
         """
@@ -217,7 +248,7 @@ def rank_among(
     What successive halving needs at each rung (every trial's `completed_rung_k`). Reading it
     through `study.get_trials()` re-reads every running trial in full, with all its params,
     attributes and intermediate values: ~60 ms of CPU per call with 32 trials running
-    (`automl bench storage`). PostgreSQL counts in the database; other databases send the
+    (`automl-bench storage`). PostgreSQL counts in the database; other databases send the
     values, because SQLite reads the JSON text "Infinity" as 0.
     """
     rdb = getattr(storage, "_backend", storage)
@@ -241,6 +272,24 @@ def rank_among(
         # float() reads what json.dumps writes for a float, NaN and Infinity included
         values = [float(v) for v in connection.execute(of_others.add_columns(attr.value_json)).scalars()]
     return len(values), sum(1 for v in values if (v > value if maximize else v < value))
+
+
+def trial_page(
+    storage: optuna.storages.BaseStorage, study_id: int, limit: int, offset: int
+) -> tuple[list[FrozenTrial], int]:
+    """One page of a study's trials in order of their numbers, and how many it has, read from
+    the database itself: through the trial cache, a server paging through a 10,000-trial study
+    would keep all of it in memory, for every study anyone looks at."""
+    rdb = getattr(storage, "_backend", storage)
+    assert isinstance(rdb, optuna.storages.RDBStorage)
+    trial = models.TrialModel
+    of_study = trial.study_id == study_id
+    with rdb.engine.connect() as connection:
+        total = int(connection.execute(select(func.count()).select_from(trial).where(of_study))
+                    .scalar_one())
+        ids = connection.execute(select(trial.trial_id).where(of_study).order_by(trial.number)
+                                 .limit(limit).offset(offset)).scalars().all()
+    return [rdb.get_trial(trial_id) for trial_id in ids], total
 
 
 def retry(fn: Callable[[], T], *, what: str, seconds: float = 60.0) -> T:

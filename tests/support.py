@@ -1,21 +1,60 @@
-"""What several test modules share: job specs, waiting, ports, and a TCP proxy that can cut a
-real database connection (an outage of one client's database, without restarting the server
-every other test uses)."""
+"""What several test modules share: job specs, waiting, ports, serving an exported model the
+way a serving stack would, and a TCP proxy that can cut a real database connection (an outage
+of one client's database, without restarting the server every other test uses)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 # A job small enough for 2 CPU cores: the tiny timm test models on 32-px digits.
 TINY_SPACE: dict[str, Any] = {
     "backbone": "test_resnet.r160_in1k", "pretrained": False, "img_size": 32,
     "augment": "none", "batch_size": 64, "freeze_stages": 0,
 }
+
+
+# Half the learning rates cannot learn in 3 epochs, so the pruner has something to prune.
+# Successive halving, because over 3 epochs Hyperband puts most trials in a bracket whose
+# first rung is the last epoch (nothing to prune); the PostgreSQL run keeps the default.
+DIGITS_JOB: dict[str, Any] = {
+    "name": "digits-test",
+    "dataset": {"source": "builtin:digits"},
+    "budget": {"n_trials": 8, "max_epochs": 3},
+    "max_concurrent_trials": 2,
+    "resources": {"cpu": 1},
+    "strategy": {"seed": 0, "warm_start": False, "pruner": "sha"},
+    "space": {
+        "backbone": "test_resnet.r160_in1k",
+        "pretrained": False,
+        "img_size": 32,
+        "augment": "none",
+        "optimizer": "adamw",
+        "lr": [0.003, 1.0e-7],
+        "schedule": "constant",
+        "warmup_epochs": 0,
+        "batch_size": 64,
+        "mixup_alpha": 0.0,
+        "cutmix_alpha": 0.0,
+        "freeze_stages": [0, 1],
+    },
+}
+
+
+
+def trial_folders() -> set[Path]:
+    """The trial engine's working folders in TMPDIR (what a finished trial must not leave)."""
+    import tempfile
+
+    return set(Path(tempfile.gettempdir()).glob("automl-trial-*"))
 
 
 def free_port() -> int:
@@ -117,3 +156,26 @@ def proxy_to(host: str, port: int) -> Iterator[TcpProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+def serve_onnx(model: Path, images: list[Path]) -> np.ndarray:
+    """What a serving stack does with only the file: preprocess by its metadata, run it."""
+    import onnxruntime
+    from PIL import Image
+
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    prep = json.loads(meta["preprocessing"])
+    size, resize = prep["img_size"], prep["resize"]
+    batch = []
+    for path in images:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+        scale = resize / min(rgb.size)
+        w, h = max(resize, round(rgb.width * scale)), max(resize, round(rgb.height * scale))
+        rgb = rgb.resize((w, h), Image.Resampling[prep["interpolation"].upper()])
+        left, top = (w - size) // 2, (h - size) // 2
+        rgb = rgb.crop((left, top, left + size, top + size))
+        batch.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+    probabilities: np.ndarray = session.run(["probabilities"], {"image": np.stack(batch)})[0]
+    return probabilities

@@ -107,3 +107,22 @@ def test_jobs_sent_over_http_read_only_the_datasets_volume() -> None:
     mounted = {volume.removesuffix(":ro").rsplit(":", 1)[1] for volume in SERVICES["runner"]["volumes"]}
     assert roots == ["/datasets"] and set(roots) <= mounted
     assert SERVICES["runner"]["environment"]["AUTOML_DATASET_ROOTS"] == "/datasets"
+
+
+def test_every_install_comes_from_the_lock() -> None:
+    """`make run`, `make test` (so CI) and the image install exactly requirements.lock."""
+    lock = {line.split("==")[0].lower(): line.split("==")[1].split()[0]
+            for line in (ROOT / "requirements.lock").read_text().splitlines()
+            if "==" in line and not line.startswith("#")}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = pyproject["dependencies"] + pyproject["optional-dependencies"]["dev"]
+    for requirement in wanted:
+        name = re.split(r"[<>=\[ ;]", requirement)[0].lower().replace("_", "-")
+        assert name in lock, f"{name} is not in requirements.lock: run `make lock`"
+    assert lock["torch"] == "2.14.1" and lock["torchvision"] == "0.29.1"
+    assert lock["optuna"].startswith("5.0.")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet -c $(LOCK) -e '.[dev]'" in makefile
+    installs = [line for line in DOCKERFILE.splitlines() if "pip install" in line]
+    assert installs and all("-c requirements.lock" in line for line in installs)
+    assert "requirements.lock" in DOCKERFILE.split("RUN pip install")[0]  # copied before use

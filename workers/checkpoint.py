@@ -24,7 +24,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from workers.errors import UserError
+
 FORMAT = "automl-checkpoint/1"
+
+
+class CheckpointError(UserError):
+    """A folder that is not a checkpoint, or a damaged one; the message says what to pass."""
+
 MODEL_FILES = ("model.safetensors", "config.json", "metrics.json")
 
 
@@ -70,17 +77,17 @@ def write_checkpoint(
 def read_config(checkpoint: Path) -> dict[str, Any]:
     path = checkpoint / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{checkpoint} is not a checkpoint directory (no config.json); "
             "pass the directory written by `automl pull` or `automl train-one --out`"
         )
     try:
         config: dict[str, Any] = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is damaged ({error}); pull the checkpoint again") from None
+        raise CheckpointError(f"{path} is damaged ({error}); pull the checkpoint again") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         found = config.get("format") if isinstance(config, dict) else None
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: not an automl checkpoint (format {found!r}, expected {FORMAT!r}); pass "
             "the directory written by `automl pull` or `automl train-one --out`"
         )
@@ -97,7 +104,7 @@ def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     try:
         load_model(model, str(weights), device="cpu")
     except SafetensorError as error:
-        raise ValueError(f"{weights} is damaged ({error}); pull the checkpoint again") from None
+        raise CheckpointError(f"{weights} is damaged ({error}); pull the checkpoint again") from None
 
 
 def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> TrainerState:

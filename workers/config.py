@@ -16,8 +16,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-OPTIMIZERS = ("sgd", "adamw", "adam")
-SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle", "cyclic", "plateau")
+from workers.errors import UserError
+
+# in the order the default search space offers them (a study's choices keep their order)
+OPTIMIZERS = ("adamw", "sgd", "adam")
+SCHEDULES = ("cosine", "step", "multistep", "onecycle", "cyclic", "plateau", "constant")
 AUGMENTS = ("none", "basic", "randaugment", "trivialaugment", "autoaugment")
 OBJECTIVES = (
     "val_accuracy",
@@ -35,7 +38,7 @@ MIN_IMG_SIZE, MAX_IMG_SIZE = 8, 1024  # the largest pretrained timm input is 800
 MAX_LOADER_WORKERS = 64
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A trial configuration the engine cannot run; the message names the field and the fix."""
 
 

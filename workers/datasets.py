@@ -17,11 +17,12 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from workers.config import DataConfig
 from workers.digits import ensure_digits
+from workers.errors import UserError
 
 SPLITS = ("train", "val", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The dataset cannot be used as given; the message says what to fix."""
 
 

@@ -145,8 +145,11 @@ def train(
     device: torch.device | None = None,
     on_step: StepHook | None = None,
     acceleration: Acceleration | None = None,
+    keep_best: bool = True,
 ) -> TrialSummary:
-    """Run (or resume) one trial; `workdir/latest` and `workdir/best` hold its checkpoints."""
+    """Run (or resume) one trial; `workdir/latest` holds its checkpoint after each epoch, and
+    `workdir/best` its best epoch's model (unless `keep_best` is off: under Ray Tune, which keeps
+    the best of the checkpoints it was handed, nothing reads it)."""
     device = device or pick_device()
     acceleration = acceleration or Acceleration.for_device(device, config)
     _seed_everything(config.seed)
@@ -183,7 +186,7 @@ def train(
             state.bad_epochs += 1
         schedule.step(value)
         latest = run.save(workdir / "latest", metrics, state)
-        if improved:
+        if improved and keep_best:
             ckpt.write_checkpoint(
                 workdir / "best", model, run.checkpoint_config(), _with_history(metrics, state)
             )

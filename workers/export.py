@@ -26,6 +26,7 @@ import torch
 
 from workers.augment import normalize
 from workers.decoded_cache import stored_size
+from workers.errors import UserError
 from workers.predict import LoadedModel, load_checkpoint
 
 LEGACY_OPSET = 18  # for the TorchScript-based fallback exporter
@@ -33,7 +34,7 @@ TOLERANCE = 1e-3  # max |probability difference| between onnxruntime and PyTorch
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the exporter colours its messages
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An export that could not be made or did not check out; nothing was written."""
 
 

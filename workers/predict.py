@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from workers import checkpoint as ckpt
 from workers.augment import eval_transform, normalize
 from workers.config import TrialConfig
-from workers.datasets import load_index
+from workers.datasets import DatasetError, load_index
 from workers.decoded_cache import decode_one, stored_size
 from workers.engine import (
     Acceleration,
@@ -88,7 +88,7 @@ def evaluate_checkpoint(
     index = load_index(loaded.config.data)
     indices = index.split_indices[split]
     if len(indices) == 0:
-        raise ValueError(f"the dataset has no {split} split to evaluate on")
+        raise DatasetError(f"the dataset has no {split} split to evaluate on")
     data = prepare_data(loaded.config, loaded.preprocessing, index)
     dataset = CachedImages(
         data.pixels, index.labels, indices, eval_transform(loaded.preprocessing.img_size)

@@ -1,11 +1,16 @@
 """The thin layer between Ray Tune and the trial engine; the only worker module importing Ray.
 
-Each epoch is reported with its full checkpoint; Ray Tune persists it under the run's storage
-path and keeps the best one per trial (plus the latest, which a retried trial resumes from).
+Each epoch is reported with its full checkpoint; Ray Tune copies it into the run's storage path
+before `tune.report` returns, so the trial's own working folder is scratch: a temporary folder,
+gone when the trial ends however it ends. One a killed worker could not remove is removed by the
+next trial on that machine (its folder names its process, and that process is gone).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,12 +21,13 @@ from ray import tune
 from workers.config import TrialConfig
 from workers.engine import EpochResult, train
 
+TRIAL_FOLDER = "automl-trial-"
+
 
 def run_tune_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: config is the flat trial config the searcher suggested."""
     trial_config = TrialConfig.from_dict(config)
-    workdir = Path(tempfile.mkdtemp(prefix="automl-trial-"))
-
+    remove_orphaned_trial_folders()
     node = ray.get_runtime_context().get_node_id()  # which machine ran it, for the user
 
     def report(result: EpochResult) -> bool:
@@ -29,20 +35,45 @@ def run_tune_trial(config: dict[str, Any]) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(result.checkpoint))
         return False  # stopping is the scheduler's call; Ray ends the trial
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        train(trial_config, workdir, callback=report)
-        return
-    with checkpoint.as_directory() as resume_from:  # a retry after a worker died
-        train(trial_config, workdir, callback=report, resume=Path(resume_from))
+    with tempfile.TemporaryDirectory(prefix=f"{TRIAL_FOLDER}{os.getpid()}-") as scratch:
+        workdir = Path(scratch)
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            train(trial_config, workdir, callback=report, keep_best=False)
+            return
+        with checkpoint.as_directory() as resume_from:  # a retry after a worker died
+            train(trial_config, workdir, callback=report, resume=Path(resume_from),
+                  keep_best=False)
+
+
+def remove_orphaned_trial_folders(root: Path | None = None) -> list[Path]:
+    """Trial folders whose process is gone (a worker killed mid-trial cannot clean up)."""
+    removed = []
+    for folder in (root or Path(tempfile.gettempdir())).glob(f"{TRIAL_FOLDER}*"):
+        match = re.match(rf"{TRIAL_FOLDER}(\d+)-", folder.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
 
 
 def can_evaluate_here(gpus_per_trial: float) -> bool:
     """Whether this process can score a checkpoint as well as a trial's worker could.
 
     Scoring the best trial is a few seconds of compute, but a fresh Ray worker first spends ~8 s
-    importing torch, torchvision and timm (measured by `automl bench overhead`), while the driver
-    has them imported already. It can stand in unless the trials asked for a GPU it lacks.
+    importing torch, torchvision and timm (`automl-bench overhead`), while the driver has them
+    imported already. It can stand in unless the trials asked for a GPU it lacks.
     """
     import torch
 

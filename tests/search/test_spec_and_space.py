@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from automl.cli import app
-from automl.job import strategy_for
-from automl.space import DEFAULT_BACKBONES
-from automl.spec import SpecError, load_spec, parse_spec
-from automl.strategy import portfolio_for
+from automl.errors import SpecError
+from automl.jobs.driver import strategy_for
+from automl.search.space import DEFAULT_BACKBONES
+from automl.search.spec import load_spec, parse_spec
+from automl.search.strategy import portfolio_for
 from workers.config import TrialConfig
 
 BASE: dict[str, Any] = {"name": "t", "dataset": {"source": "builtin:digits"}}
@@ -292,3 +293,27 @@ def test_a_non_finite_number_anywhere_is_refused_by_name(path: tuple[str, ...], 
     node[path[-1]] = value
     message = spec_error(**{k: v for k, v in payload.items() if k != "name"})
     assert ".".join(path[:2]) in message, message
+
+
+def test_a_job_builds_its_search_space_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validating a spec builds its space (every override checked against the engine, backbone
+    names against timm); every later part of the job reuses it. It was built eight times on one
+    job's path."""
+    from automl.jobs.preflight import check_pretrained_weights
+    from automl.search import space as space_module
+    from automl.search.spec import paths_read
+
+    built: list[object] = []
+    real = space_module.SearchSpace.from_spec.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: Any, *args: Any) -> Any:
+        built.append(args)
+        return real(cls, *args)
+
+    monkeypatch.setattr(space_module.SearchSpace, "from_spec", classmethod(counting))
+    spec = parse_spec({**BASE, "space": {"backbone": ["resnet18", "resnet34"], "pretrained": False}})
+    strategy_for(spec, 1797)
+    check_pretrained_weights(spec)
+    paths_read(spec)
+    spec.model_copy()
+    assert len(built) == 1

@@ -10,8 +10,9 @@ from typing import Any
 import optuna
 import pytest
 
-from automl.space import SearchSpace
-from automl.strategy import FastHyperbandPruner, FastSuccessiveHalvingPruner, Strategy
+from automl.search._optuna import FastHyperbandPruner, FastSuccessiveHalvingPruner
+from automl.search.space import SearchSpace
+from automl.search.strategy import Strategy
 from storage.optuna_storage import optuna_storage
 
 EPOCHS = 9  # three brackets at reduction factor 3: rungs end at epochs 1, 3 and 9

@@ -162,8 +162,16 @@ def test_submit_runner_succeeded_download_predict(service: Service, finished_job
 
 def test_trials_and_best_over_http(service: Service, finished_job: str) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    trials = httpx.get(f"{service.api}/jobs/{finished_job}/trials", headers=headers).json()
-    assert len(trials) == 3 and all(t["state"] in ("complete", "pruned") for t in trials)
+    page = httpx.get(f"{service.api}/jobs/{finished_job}/trials", headers=headers).json()
+    trials = page["trials"]
+    assert page["total"] == 3 and len(trials) == 3
+    assert all(t["state"] in ("complete", "pruned") for t in trials)
+    # paged by number: a 10,000-trial study is never one response
+    second = httpx.get(f"{service.api}/jobs/{finished_job}/trials", headers=headers,
+                       params={"limit": 2, "offset": 2}).json()
+    assert second["total"] == 3 and [t["number"] for t in second["trials"]] == [2]
+    assert httpx.get(f"{service.api}/jobs/{finished_job}/trials", headers=headers,
+                     params={"limit": 5000}).status_code == 422
     best = httpx.get(f"{service.api}/jobs/{finished_job}/best", headers=headers).json()
     assert best["trial"] == service.job(finished_job)["best"]["trial"]
     assert best["config"]["backbone"] == "test_resnet.r160_in1k"
@@ -266,8 +274,9 @@ def test_database_restart_mid_job_loses_no_trial(pg_url: str, tmp_path: Path) ->
     is still counted exactly once."""
     import threading
 
-    from automl.job import JobOutcome, run_job
-    from automl.spec import parse_spec
+    from automl.jobs.driver import run_job
+    from automl.jobs.outcome import JobOutcome
+    from automl.search.spec import parse_spec
 
     settings = Settings(home=tmp_path / "automl-data", database_url=pg_url)
     spec = parse_spec({**TINY, "budget": {"n_trials": 4, "max_epochs": 3},

@@ -14,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from automl.strategy import FastHyperbandPruner
+from automl.search._optuna import FastHyperbandPruner
 from storage.optuna_storage import optuna_storage
 
 DATABASES = ["postgresql", "sqlite"]

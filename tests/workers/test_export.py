@@ -10,10 +10,10 @@ import onnxruntime
 import pytest
 import timm
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from automl.cli import app
+from tests.support import serve_onnx
 from workers.config import TrialConfig
 from workers.datasets import load_index
 from workers.engine import train
@@ -23,26 +23,6 @@ from workers.predict import LoadedModel, load_checkpoint, predict_images
 
 TINY = {"backbone": "test_resnet", "img_size": 32, "batch_size": 64, "lr": 3e-3, "epochs": 1,
         "freeze_stages": 2}
-
-
-def serve(model: Path, images: list[Path]) -> np.ndarray:
-    """What a serving stack does with only the file: preprocess by its metadata, run it."""
-    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
-    prep = json.loads(meta["preprocessing"])
-    size, resize = prep["img_size"], prep["resize"]
-    batch = []
-    for path in images:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-        scale = resize / min(rgb.size)
-        w, h = max(resize, round(rgb.width * scale)), max(resize, round(rgb.height * scale))
-        rgb = rgb.resize((w, h), Image.Resampling[prep["interpolation"].upper()])
-        left, top = (w - size) // 2, (h - size) // 2
-        rgb = rgb.crop((left, top, left + size, top + size))
-        batch.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
-    probabilities: np.ndarray = session.run(["probabilities"], {"image": np.stack(batch)})[0]
-    return probabilities
 
 
 def test_the_exported_model_predicts_what_the_checkpoint_predicts(tmp_path: Path) -> None:
@@ -57,7 +37,7 @@ def test_the_exported_model_predicts_what_the_checkpoint_predicts(tmp_path: Path
 
     images = list(load_index(config.data).paths[:5])  # a batch size the export never saw
     expected = predict_images(load_checkpoint(checkpoint, torch.device("cpu")), images)
-    got = serve(out, images)
+    got = serve_onnx(out, images)
     meta = onnxruntime.InferenceSession(str(out)).get_modelmeta().custom_metadata_map
     classes = json.loads(meta["classes"])
     assert classes == [str(d) for d in range(10)] and meta["backbone"] == "test_resnet"

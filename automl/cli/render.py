@@ -1,0 +1,197 @@
+"""What the commands show: the live view of a running job (fed by the bridge's events), a job's
+status panel, the table of jobs, and a finished job's outcome."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+STYLES = {"running": "cyan", "complete": "green", "pruned": "yellow", "failed": "red"}
+
+
+@dataclass
+class _Row:
+    state: str = "running"
+    epochs: int = 0
+    last: float | None = None
+    best: float | None = None
+
+
+@dataclass
+class LiveView:
+    """Counts by state, the best trial so far, the budget, and the latest trials."""
+
+    job_id: str
+    n_trials: int
+    maximize: bool
+    metric: str
+    time_limit: float | None = None
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    rows: dict[int, _Row] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    _live: Live | None = None
+
+    def on_event(
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None
+    ) -> None:
+        row = self.rows.setdefault(number, _Row())
+        if kind == "report" and value is not None:
+            row.epochs = max(row.epochs, epoch) if epoch is not None else row.epochs + 1
+            row.last = value
+            if row.best is None or (value > row.best if self.maximize else value < row.best):
+                row.best = value
+        elif kind in STYLES:
+            row.state = kind
+        if self._live is not None:
+            self._live.update(self.render())
+
+    def best(self) -> tuple[int, float] | None:
+        """The best epoch of a trial that can still be the job's best: a pruned or failed trial
+        is never published, however well one of its epochs scored."""
+        scored = [(n, r.best) for n, r in self.rows.items()
+                  if r.best is not None and r.state in ("running", "complete")]
+        if not scored:
+            return None
+        pick = max if self.maximize else min
+        number, value = pick(scored, key=lambda item: item[1])
+        return number, float(value)
+
+    def render(self) -> RenderableType:
+        elapsed = time.monotonic() - self.started
+        counts = {state: sum(r.state == state for r in self.rows.values()) for state in STYLES}
+        header = Text.assemble(
+            (f"job {self.job_id}", "bold"),
+            f"   trials {len(self.rows)}/{self.n_trials}   elapsed {_clock(elapsed)}",
+            f" of {_clock(self.time_limit)}" if self.time_limit else "",
+        )
+        tally = Text("   ").join(
+            Text(f"{state} {counts[state]}", style=style) for state, style in STYLES.items()
+        )
+        best = self.best()
+        best_line = Text(
+            f"best so far: trial {best[0]}, {self.metric} {best[1]:.4f}" if best else "best so far: -"
+        )
+        table = Table(box=None, pad_edge=False, header_style="dim")
+        for column in ("trial", "state", "epochs", "last", "best"):
+            table.add_column(column, justify="right" if column != "state" else "left")
+        for number in sorted(self.rows)[-8:]:
+            row = self.rows[number]
+            table.add_row(
+                str(number),
+                Text(row.state, style=STYLES.get(row.state, "")),
+                str(row.epochs),
+                _fmt(row.last),
+                _fmt(row.best),
+            )
+        return Group(header, tally, best_line, table)
+
+    def __enter__(self) -> LiveView:
+        self._live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False)
+        self._live.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._live is not None:
+            self._live.update(self.render())
+            self._live.__exit__(exc_type, exc, tb)
+            self._live = None
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+if TYPE_CHECKING:
+    from automl.jobs.outcome import JobOutcome
+    from automl.service.views import JobPage, JobView
+
+
+def status_panel(view: JobView) -> Text:
+    t, best = view.trials, view.best
+    stopping = view.cancel_requested and view.state == "running"
+    lines = [
+        f"job {view.id}: {view.state}" + (" (cancel requested)" if stopping else ""),
+        f"trials: {t.running} running, {t.complete} complete, {t.pruned} pruned, "
+        f"{t.failed} failed, budget {t.budget}",
+        "best so far: -" if best.value is None else
+        f"best so far: trial {best.trial}, {view.objective} {best.value:.4f}",
+        f"dashboard: {view.dashboard}",
+    ]
+    if view.test_metrics:
+        lines.append(f"test accuracy: {view.test_metrics.get('test_accuracy', float('nan')):.4f}")
+    if view.error:
+        lines.append(f"error: {view.error}")
+    return Text("\n".join(lines))
+
+
+def jobs_table(page: JobPage) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("job", "state", "trials c/p/f of n", "best", "created (UTC)"):
+        table.add_column(name, no_wrap=True)
+    for job in page.jobs:
+        t, best = job.trials, job.best
+        table.add_row(
+            job.id, job.state, f"{t.complete}/{t.pruned}/{t.failed} of {t.budget}",
+            "-" if best.value is None else f"{best.value:.4f} (trial {best.trial})",
+            job.created_at.strftime("%Y-%m-%d %H:%M") if job.created_at else "",
+        )
+    return table
+
+
+def print_outcome(outcome: JobOutcome, metric: str, settings: Any, flags: str,
+                  err: Console) -> None:
+    from storage.optuna_storage import redact
+
+    counts = outcome.counts
+    out = Console()
+    err.print()
+    out.print(
+        f"job {outcome.job_id} {outcome.state} in {outcome.elapsed:.0f}s: "
+        f"{counts.complete} complete, {counts.pruned} pruned, {counts.failed} failed",
+        highlight=False,
+    )
+    if outcome.state != "succeeded":
+        out.print(f"error: {outcome.error}", highlight=False, soft_wrap=True)
+        return
+    test = outcome.test_metrics
+    out.print(
+        f"best trial {outcome.best_trial}: {metric} {outcome.best_value:.4f} (validation), "
+        f"test accuracy {test.get('test_accuracy', float('nan')):.4f} on "
+        f"{test.get('test_images', 0)} held-out images",
+        highlight=False,
+        soft_wrap=True,
+    )
+    t = outcome.timings
+    out.print(
+        f"orchestration: ray start {t.get('ray_start', 0):.1f}s, database {t.get('database', 0):.1f}s, "
+        f"test evaluation + publish {t.get('publish', 0):.1f}s",
+        highlight=False,
+    )
+    out.print(
+        f"checkpoint: Optuna artifacts of trial {outcome.best_trial} in {settings.artifacts_path}",
+        highlight=False, soft_wrap=True,
+    )
+    out.print(f"  pull it:   automl pull {outcome.job_id} --out model/{flags}", highlight=False,
+              soft_wrap=True)
+    out.print("  predict:   automl predict --checkpoint model/ IMAGE...", highlight=False)
+    out.print(f"  dashboard: automl dashboard{flags}   (optuna-dashboard on "
+              f"{redact(settings.storage_url)})", highlight=False, soft_wrap=True)

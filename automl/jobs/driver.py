@@ -1,0 +1,152 @@
+"""Running one search job: a Ray Tune experiment coordinated by the job's Optuna study.
+
+The study is named after the job id, so `optuna-dashboard <storage URL>` and the `optuna` CLI see
+it while it runs. When the budget is spent the best trial (by validation) is scored once on the
+test split (by the driver itself, unless the trials had GPUs the driver lacks), and its checkpoint
+and reports are published as Optuna artifacts of the study. Running a job whose Ray experiment
+already exists resumes it: a driver restart loses no trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import ray
+from optuna.trial import TrialState
+
+from automl.jobs.local_ray import connect_local_ray
+from automl.jobs.outcome import (
+    JobOutcome,
+    best_with_checkpoint,
+    finish_leftovers,
+    score_on_test,
+    why_nothing_completed,
+)
+from automl.jobs.preflight import check_dataset, check_pretrained_weights, check_resources
+from automl.jobs.publish import publish_best
+from automl.search import keys
+from automl.search.keys import state_name
+from automl.search.spec import JobSpec
+from automl.search.strategy import Strategy, portfolio_for
+from automl.settings import Settings
+from automl.tune.bridge import LISTENERS, Events, StudyLink
+from automl.tune.experiment import no_missing_metrics_warning, run_experiment
+from storage.optuna_storage import optuna_storage, retry
+from workers.tune_adapter import remove_orphaned_trial_folders
+
+log = logging.getLogger(__name__)
+
+
+def strategy_for(spec: JobSpec, n_images: int) -> Strategy:
+    """The job's strategy; its warm-start portfolio is the one for a dataset of `n_images`."""
+    s = spec.strategy
+    return Strategy(
+        space=spec.search_space(),
+        direction="maximize" if spec.objective.maximize else "minimize",
+        sampler=s.sampler,
+        pruner=s.pruner,
+        seed=s.seed,
+        warm_start=s.warm_start,
+        sampler_options=dict(s.sampler_options),
+        pruner_options=dict(s.pruner_options),
+        portfolio=portfolio_for(n_images),
+    )
+
+
+def ensure_ray(address: str | None) -> None:
+    """Connect to the job's Ray: the one at `address`, or a local one that ends with this
+    process however it ends (`automl.jobs.local_ray`)."""
+    if ray.is_initialized():
+        return
+    if address in (None, "local"):
+        address = connect_local_ray()
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        configure_logging=True,
+    )
+
+
+def run_job(
+    spec: JobSpec,
+    job_id: str,
+    settings: Settings,
+    *,
+    events: Events | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    connect_seconds: float = 60.0,
+    dataset_roots: tuple[Path, ...] = (),
+) -> JobOutcome:
+    started = time.monotonic()
+    # before anything is stored: an impossible job leaves no trace
+    n_images = check_dataset(spec, dataset_roots)
+    check_pretrained_weights(spec)
+    ray_started = time.monotonic()
+    ensure_ray(settings.ray_address)
+    timings = {"ray_start": time.monotonic() - ray_started}
+    check_resources(spec)
+    storage = optuna_storage(settings.storage_url, retry_seconds=connect_seconds)
+    strategy = strategy_for(spec, n_images)
+    study = retry(
+        lambda: strategy.create_study(
+            storage,
+            job_id,
+            {keys.SPEC: spec.model_dump(mode="json"), keys.STARTED_AT: time.time()},
+        ),
+        what=f"create study {job_id}",
+        seconds=connect_seconds,
+    )
+    if events is not None:
+        LISTENERS[job_id] = events
+        replay_history(study, events)
+    link = StudyLink(settings.storage_url, job_id, strategy)
+    link.attach(storage, study)
+    try:
+        with no_missing_metrics_warning():
+            grid = run_experiment(spec, job_id, settings, link, cancelled)
+            timings["database"] = link.db_seconds
+            counts = finish_leftovers(study, spec.objective.maximize, events)
+            if cancelled is not None and cancelled():
+                return JobOutcome(job_id, "cancelled", counts, elapsed=time.monotonic() - started,
+                                  timings=timings)
+            publishing = time.monotonic()
+            results = [grid[i] for i in range(len(grid))]
+            best, result = best_with_checkpoint(study, results, spec.objective.maximize)
+            if best is None or result is None:
+                complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                error = (why_nothing_completed(spec, job_id, study, results) if not complete
+                         else "no complete trial left a checkpoint")
+                outcome = JobOutcome(job_id, "failed", counts, error=error)
+            else:
+                checkpoint = result.get_best_checkpoint(spec.objective.metric, spec.objective.mode)
+                assert checkpoint is not None
+                test = publish_best(study, settings.artifacts_path, checkpoint, best,
+                                    spec.objective.metric, score_on_test(checkpoint, spec), counts)
+                outcome = JobOutcome(job_id, "succeeded", counts, best.number, best.value, test)
+            timings["publish"] = time.monotonic() - publishing
+    finally:
+        LISTENERS.pop(job_id, None)
+        # a trial's scratch folder outlives a worker Ray killed (one that would not stop in
+        # time for its actor to be reused): this machine's go now, other nodes' with their
+        # next trial
+        remove_orphaned_trial_folders()
+    outcome.elapsed = time.monotonic() - started
+    outcome.timings = timings
+    return outcome
+
+
+def replay_history(study: optuna.Study, events: Events) -> None:
+    """A resumed job's view starts where the job left off, not from nothing."""
+    started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for trial in study.get_trials(deepcopy=False, states=started):  # not the enqueued ones
+        events.on_event("start", trial.number)
+        for epoch, value in sorted(trial.intermediate_values.items()):
+            events.on_event("report", trial.number, value, epoch)
+        if trial.state.is_finished():
+            events.on_event(state_name(trial.state), trial.number, trial.value)

@@ -1,0 +1,202 @@
+"""The runner: claims queued jobs and runs each in its own driver process.
+
+One process per job keeps jobs apart (a crash, a leak or a hung Ray Tune loop stays in its job)
+and lets several run at once (`--max-jobs`). Every job process drives the same Ray cluster: the
+configured `AUTOML_RAY_ADDRESS`, or a local Ray the runner starts (`automl.jobs.local_ray`), which
+ends with the runner however it ends.
+
+Faults a runner outlives: the database going away (every database call of its loop waits it
+out, however long), and a job process that dies without an outcome (a signal, an out-of-memory
+kill): the job is restarted where it stopped, like a job whose heartbeat went stale, up to
+`AUTOML_JOB_RESTARTS` times; then it fails, its running trials told FAIL, with how to resume it.
+A job process dies with its runner (a job whose heartbeat then stops is taken over by the next
+runner and resumed there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from automl.jobs.local_ray import die_with_parent, local_ray
+from automl.jobs.stored import resume_hint
+from automl.settings import Settings
+from storage.db import DATABASE_ERRORS, is_outage
+from storage.jobs import JobStore
+from storage.optuna_storage import engine_kwargs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Child:
+    job_id: str
+    attempts: int  # the claim it runs under: the job is no longer its own once this moves on
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_jobs: int = 1,
+        poll_seconds: float = 2.0,
+        name: str | None = None,
+        health_file: Path | None = None,
+    ) -> None:
+        self.settings, self.max_jobs, self.poll_seconds = settings, max_jobs, poll_seconds
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.health_file = health_file
+        self.store = JobStore(settings.storage_url)
+        self.children: dict[str, _Child] = {}
+        self.stop = threading.Event()
+        self._studies: optuna.storages.RDBStorage | None = None
+
+    def run(self, until_idle: bool = False) -> None:
+        """Claim and run jobs until stopped (or, with `until_idle`, until none is left)."""
+        if self.settings.ray_address:
+            self._loop(self.settings.ray_address, until_idle)
+        else:
+            with local_ray() as address:
+                self._loop(address, until_idle)
+
+    def _loop(self, address: str, until_idle: bool) -> None:
+        log.warning("runner %s: up to %d job(s) at a time on Ray %s", self.name, self.max_jobs,
+                    address)
+        down = False
+        while not self.stop.is_set():
+            try:
+                self._reap(address)
+                self._fill(address)
+            except DATABASE_ERRORS as error:
+                if not is_outage(error):
+                    raise
+                if not down:
+                    log.warning("runner %s: the database is unavailable (%s); waiting for it",
+                                self.name, _first_line(error))
+                down = True
+            else:
+                if down:
+                    log.warning("runner %s: the database is back", self.name)
+                down = False
+                if until_idle and not self.children:
+                    break
+            if self.health_file is not None:
+                self.health_file.touch()
+            self.stop.wait(self.poll_seconds)
+        for child in self.children.values():
+            child.process.wait()
+        try:  # a job whose driver died now is left running: the next runner resumes it
+            self._reap(address, restart=False)
+        except DATABASE_ERRORS as error:
+            if not is_outage(error):
+                raise
+
+    def _fill(self, address: str) -> None:
+        while len(self.children) < self.max_jobs:
+            job = self.store.claim(self.name)
+            if job is None:
+                return
+            if job.restarts > self.settings.job_restarts:
+                self._give_up(job.id, job.attempts, f"its driver stopped heartbeating "
+                              f"{job.restarts} times (last seen on runner {job.runner})")
+                continue
+            self.children[job.id] = self._spawn(job.id, job.attempts, address)
+
+    def _spawn(self, job_id: str, attempts: int, address: str) -> _Child:
+        logs = self.settings.home.resolve() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{job_id}.log"
+        env = {**os.environ, "AUTOML_RAY_ADDRESS": address,
+               "AUTOML_HOME": str(self.settings.home.resolve()),
+               "AUTOML_DATABASE_URL": self.settings.storage_url,
+               "AUTOML_ARTIFACTS": self.settings.artifacts_path,
+               "AUTOML_RUNS": str(self.settings.runs_path)}
+        command = [sys.executable, "-m", "automl.jobs.stored", job_id]
+        with log_path.open("ab") as sink:
+            process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                       preexec_fn=die_with_parent)
+        log.warning("job %s started (pid %d, log %s)", job_id, process.pid, log_path)
+        return _Child(job_id, attempts, process, log_path)
+
+    def _reap(self, address: str, restart: bool = True) -> None:
+        for job_id, child in list(self.children.items()):
+            code = child.process.poll()
+            if code is None:
+                continue
+            job = self.store.get(job_id)  # a database error leaves the child to the next pass
+            del self.children[job_id]
+            if job.state != "running" or job.attempts != child.attempts:
+                log.warning("job %s finished: %s", job_id, job.state)
+                continue
+            # died without recording an outcome, and no other runner has taken the job over
+            why = f"job process {_exit(code)}: {_tail(child.log_path)}"
+            if not restart:
+                continue
+            if job.restarts < self.settings.job_restarts:
+                taken = self.store.restart(job_id, self.name, child.attempts, why)
+                if taken is not None:
+                    log.warning("job %s: %s; restarting it (%d of %d)", job_id, why,
+                                taken.restarts, self.settings.job_restarts)
+                    self.children[job_id] = self._spawn(job_id, taken.attempts, address)
+                continue
+            self._give_up(job_id, child.attempts, why)
+
+    def _give_up(self, job_id: str, attempts: int, why: str) -> None:
+        """Fail the job, and its trials that were left running with its driver."""
+        failed = self._fail_running_trials(job_id)
+        limit = self.settings.job_restarts
+        self.store.finish(
+            job_id, "failed", attempts=attempts,
+            error=f"{why}; gave up after {limit} restart(s) (AUTOML_JOB_RESTARTS), {failed} "
+                  f"running trial(s) told FAIL; {resume_hint(job_id)} once the cause is fixed",
+        )
+        log.warning("job %s failed: %s", job_id, why)
+
+    def _fail_running_trials(self, job_id: str) -> int:
+        # no trial cache: a runner lives for weeks and reads each study once, here
+        if self._studies is None:
+            url = self.settings.storage_url
+            self._studies = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+        try:
+            study_id = self._studies.get_study_id_from_name(job_id)
+        except KeyError:
+            return 0
+        running = self._studies.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        for trial in running:
+            trial_id = self._studies.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            self._studies.set_trial_state_values(trial_id, TrialState.FAIL)
+        return len(running)
+
+
+def _exit(code: int) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name
+        oom = " (what an out-of-memory kill looks like)" if code == -signal.SIGKILL else ""
+        return f"was killed by {name}{oom}"
+    return f"exited with code {code}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"

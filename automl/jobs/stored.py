@@ -1,0 +1,209 @@
+"""Running a stored job: the job row follows the search (heartbeat, progress, cancel, outcome).
+
+Used by `automl run` (a job row created in the foreground) and by the runner's per-job process.
+A heartbeat thread writes trial counts and the best value every few seconds from the Optuna
+storage (cheap counting queries, not a scan of every trial) and reads the cancel flag back.
+
+The heartbeat is also how a driver learns that it may no longer own its job. Another runner
+takes over a job whose heartbeat is older than `STALE_AFTER`; so a driver whose beats keep
+failing stops its own job well before that (as Ctrl-C would: trials stop, Ray Tune's state and
+the study stay as they are, nothing is finished or published), and so does a driver whose job
+another runner has claimed. The runner that takes the job over resumes it.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import threading
+import time
+import traceback
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from automl.errors import JobError
+from automl.jobs.driver import run_job
+from automl.jobs.outcome import JobOutcome
+from automl.search.keys import TrialCounts
+from automl.search.spec import JobSpec, new_job_id, parse_spec
+from automl.settings import Settings
+from automl.tune.bridge import Events
+from storage.jobs import STALE_AFTER, JobStore, Progress
+from storage.optuna_storage import optuna_storage
+
+log = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 2.0
+# Half the reclaim window: the driver has stopped, and its trials with it, long before another
+# runner may take the job over.
+GIVE_UP_SECONDS = STALE_AFTER.total_seconds() / 2
+
+
+class HeartbeatLost(RuntimeError):
+    """The driver stopped its own job: it could not prove it still owns it."""
+
+
+def read_progress(storage: optuna.storages.BaseStorage, job_id: str) -> Progress | None:
+    """The study's counts and best trial, by counting queries (not a read of every trial)."""
+    try:
+        study_id = storage.get_study_id_from_name(job_id)
+        counts = TrialCounts(**{name: storage.get_n_trials(study_id, state) for name, state in (
+            ("running", TrialState.RUNNING), ("complete", TrialState.COMPLETE),
+            ("pruned", TrialState.PRUNED), ("failed", TrialState.FAIL))})
+    except KeyError:  # not created yet, or deleted under the job
+        return None
+    try:
+        best = storage.get_best_trial(study_id)
+        best_trial, best_value = best.number, best.value
+    except ValueError:  # nothing complete yet
+        best_trial, best_value = None, None
+    return Progress(
+        n_running=counts.running,
+        n_complete=counts.complete,
+        n_pruned=counts.pruned,
+        n_failed=counts.failed,
+        best_trial=best_trial,
+        best_value=best_value,
+        study_id=study_id,
+    )
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(
+        self, store: JobStore, storage: optuna.storages.BaseStorage, job_id: str, attempts: int
+    ) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.store, self.storage, self.job_id, self.attempts = store, storage, job_id, attempts
+        self.cancel = threading.Event()
+        self.done = threading.Event()
+        self.lost: str | None = None  # why the driver stopped its own job
+
+    def run(self) -> None:
+        failing_since: float | None = None
+        while not self.done.wait(HEARTBEAT_SECONDS):
+            try:
+                progress = read_progress(self.storage, self.job_id)
+            except Exception as error:  # progress is optional; liveness is not
+                log.warning("job %s: cannot read its progress (%s)", self.job_id, _first_line(error))
+                progress = None
+            try:
+                beat = self.store.heartbeat(self.job_id, self.attempts, progress)
+            except Exception as error:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                waited = now - failing_since + HEARTBEAT_SECONDS
+                log.warning("job %s: heartbeat failed (%s); the driver stops the job after "
+                            "%.0f s without one (%.0f s so far)", self.job_id,
+                            _first_line(error), GIVE_UP_SECONDS, waited)
+                if waited >= GIVE_UP_SECONDS:
+                    self._lose(f"no heartbeat could be written for {waited:.0f} s "
+                               f"({_first_line(error)})")
+                    return
+                continue
+            failing_since = None
+            if not beat.ours:
+                self._lose("another runner has taken the job over")
+                return
+            if beat.cancel:
+                self.cancel.set()
+
+    def _lose(self, why: str) -> None:
+        self.lost = why
+        log.error("job %s: stopping: %s", self.job_id, why)
+        _thread.interrupt_main()  # as Ctrl-C: Tune stops, its state stays resumable
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def resume_hint(job_id: str, job_file: str | None = None) -> str:
+    """How the user resumes an interrupted job: the foreground command that ran it, or the
+    route a runner's job is queued again by."""
+    if job_file is not None:
+        return f"resume it with `automl run {job_file} --job-id {job_id}`"
+    return f"resume it with `automl resume {job_id}` (POST /jobs/{job_id}/resume)"
+
+
+def start_foreground(store: JobStore, spec: JobSpec, job_id: str | None) -> tuple[str, bool, bool]:
+    """The job row of `automl run`: a new job, or with `job_id` that job taken back into the
+    foreground (created under that id if there is none). Returns the id, whether it was created,
+    and whether the stored spec (which a resumed job keeps) differs from `spec`."""
+    spec_json = spec.model_dump(mode="json")
+    if job_id is None:
+        job_id = new_job_id(spec.name)
+    elif (resumed := store.resume(job_id, "foreground")) is not None:
+        return job_id, False, resumed.spec != spec_json
+    store.submit(job_id, spec.name, spec_json, state="running")
+    return job_id, True, False
+
+
+def execute_job(
+    job_id: str, settings: Settings, store: JobStore, events: Events | None = None,
+    job_file: str | None = None, spec: JobSpec | None = None, **run_options: Any,
+) -> JobOutcome:
+    """Run a job whose row exists, the row following it. `spec`: the job's spec, when this
+    process has it validated already (the foreground `automl run`); else the stored one is read
+    and validated here, once."""
+    job = store.get(job_id)
+    if spec is None or job.spec != spec.model_dump(mode="json"):
+        spec = parse_spec(job.spec, f"job {job_id}")
+    storage = optuna_storage(settings.storage_url)
+    beat = _Heartbeat(store, storage, job_id, job.attempts)
+    beat.start()
+    try:
+        outcome = run_job(spec, job_id, settings, events=events, cancelled=beat.cancel.is_set,
+                          **run_options)
+    except KeyboardInterrupt:
+        beat.done.set()
+        if beat.lost is not None:
+            raise HeartbeatLost(f"job {job_id}: the driver stopped the job: {beat.lost}; "
+                                "the runner that takes it over resumes it") from None
+        store.finish(job_id, "cancelled", error=f"interrupted; {resume_hint(job_id, job_file)}",
+                     progress=read_progress(storage, job_id), attempts=job.attempts)
+        raise
+    except BaseException as error:
+        beat.done.set()
+        if beat.lost is not None:  # the row is another driver's now, or unreachable
+            raise
+        message = (str(error) if isinstance(error, JobError)  # written for the user as is
+                   else "".join(traceback.format_exception_only(error)).strip())
+        store.finish(job_id, "failed", error=message, progress=read_progress(storage, job_id),
+                     attempts=job.attempts)
+        raise
+    beat.done.set()
+    if beat.lost is not None:  # the interrupt came too late to stop Tune: the outcome stands
+        log.warning("job %s finished although its heartbeat was lost", job_id)
+    store.finish(
+        job_id,
+        outcome.state,
+        error=outcome.error,
+        progress=read_progress(storage, job_id),
+        test_metrics=outcome.test_metrics or None,
+        attempts=job.attempts,
+    )
+    return outcome
+
+
+def main() -> None:
+    """`python -m automl.jobs.stored JOB`: the process a runner starts for each job it claims."""
+    import sys
+
+    from automl.settings import quiet_optuna
+
+    quiet_optuna()
+    (job_id,) = sys.argv[1:]
+    settings = Settings()
+    try:
+        outcome = execute_job(job_id, settings, JobStore(settings.storage_url),
+                              dataset_roots=settings.dataset_roots)
+    except HeartbeatLost as error:
+        print(error, file=sys.stderr)
+        sys.exit(75)  # EX_TEMPFAIL: the job is resumed, not failed
+    print(f"job {job_id} {outcome.state}: {outcome.error or ''}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The search strategy: sampler, pruner, space and warm start, as one object.
+
+Ray Tune jobs (through the bridge) and the replay benchmark drive the very same object, so what
+the benchmark measures is what jobs run. It knows nothing of Ray: it makes and loads the study,
+and turns an Optuna trial into a trial configuration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
+
+from automl.search._optuna import (
+    FastHyperbandPruner,
+    FastSuccessiveHalvingPruner,
+    storage_of,
+    study_id,
+    with_groups_once,
+)
+from automl.search.portfolio import PORTFOLIOS
+from automl.search.space import SearchSpace
+
+# What a job gets when its spec names no strategy: the portfolio for the dataset's size, then
+# random sampling with successive halving from epoch 2. Chosen by the replay benchmark over
+# recorded fine-tuning runs, judged on datasets it was not tuned on (docs/benchmarks.md: lower
+# regret than Ray Tune's usual ASHA and than random sampling at every budget there).
+DEFAULT_SAMPLER = "random"
+DEFAULT_PRUNER = "sha"
+
+
+def portfolio_size(n_images: int) -> int:
+    """The shipped portfolio's dataset size nearest to `n_images` (on a log scale)."""
+    return min(PORTFOLIOS, key=lambda size: abs(math.log(size) - math.log(max(n_images, 1))))
+
+
+def portfolio_for(n_images: int) -> tuple[dict[str, Any], ...]:
+    """The warm-start portfolio for a dataset of `n_images`: what pays off first differs between
+    a 1,000-image dataset, where a big model's whole run fits in an hour, and an 80,000-image
+    one, where an hour is a few epochs of a small one (README, Benchmarks)."""
+    return PORTFOLIOS[portfolio_size(n_images)]
+
+
+@dataclass
+class Strategy:
+    space: SearchSpace
+    direction: Literal["maximize", "minimize"] = "maximize"
+    sampler: str = DEFAULT_SAMPLER
+    pruner: str = DEFAULT_PRUNER
+    seed: int | None = None
+    warm_start: bool = True
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    pruner_options: dict[str, Any] = field(default_factory=dict)
+    portfolio: tuple[dict[str, Any], ...] = ()
+    _portfolio_done: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def max_epochs(self) -> int:
+        return self.space.max_epochs
+
+    def make_sampler(self, offset: int = 0) -> BaseSampler:
+        """`offset` reseeds a reloaded study so a restarted driver does not replay old draws."""
+        seed = None if self.seed is None else self.seed + offset
+        options = dict(self.sampler_options)
+        if self.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed, **options)
+        if self.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=seed, **options)
+        if self.sampler == "cmaes":
+            options.setdefault("warn_independent_sampling", False)
+            return optuna.samplers.CmaEsSampler(seed=seed, **options)
+        options.setdefault("multivariate", True)
+        options.setdefault("group", True)
+        options.setdefault("constant_liar", True)
+        sampler = optuna.samplers.TPESampler(seed=seed, **options)
+        return with_groups_once(sampler) if options["group"] else sampler
+
+    def make_pruner(self) -> BasePruner:
+        options = dict(self.pruner_options)
+        if self.pruner == "hyperband":
+            options.setdefault("min_resource", 1)
+            options.setdefault("max_resource", self.max_epochs)
+            options.setdefault("reduction_factor", 3)
+            return FastHyperbandPruner(**options)
+        if self.pruner == "sha":
+            # first rung after epoch 2: in the recorded runs the epoch-1 accuracy ranks runs by
+            # their final one with a Spearman rho of only 0.1-0.5 per dataset (warmup, a low
+            # starting lr), epoch 2 with 0.55-0.8
+            options.setdefault("min_resource", 2)
+            options.setdefault("reduction_factor", 3)
+            return FastSuccessiveHalvingPruner(**options)
+        if self.pruner == "median":
+            options.setdefault("n_startup_trials", 4)
+            options.setdefault("n_warmup_steps", 1)
+            return optuna.pruners.MedianPruner(**options)
+        return optuna.pruners.NopPruner()
+
+    def create_study(
+        self, storage: optuna.storages.BaseStorage, name: str, attrs: dict[str, Any] | None = None
+    ) -> optuna.Study:
+        """Create the job's study, or load it when the job is being resumed."""
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            study = optuna.create_study(
+                storage=storage,
+                study_name=name,
+                direction=self.direction,
+                sampler=self.make_sampler(),
+                pruner=self.make_pruner(),
+            )
+            for key, value in (attrs or {}).items():
+                study.set_user_attr(key, value)
+            return study
+        return self.load_study(storage, name, reseed=len(study.trials))
+
+    def load_study(
+        self, storage: optuna.storages.BaseStorage, name: str, reseed: int = 0
+    ) -> optuna.Study:
+        return optuna.load_study(
+            study_name=name,
+            storage=storage,
+            sampler=self.make_sampler(reseed),
+            pruner=self.make_pruner(),
+        )
+
+    def ask(self, study: optuna.Study) -> optuna.Trial:
+        """A new trial: the next portfolio configuration while warm starting, else the sampler's.
+
+        Enqueued one at a time, just before it is asked for, so a job that stops after 4 trials
+        leaves no waiting portfolio trials in its study, and a resumed job goes on where the
+        portfolio stood (the k-th trial of the study is the k-th member).
+        """
+        if self.warm_start and not self._portfolio_done:
+            started = storage_of(study).get_n_trials(study_id(study))
+            if started < len(self.portfolio):
+                study.enqueue_trial(self.space.admits(self.portfolio[started]), skip_if_exists=True)
+            else:
+                self._portfolio_done = True
+        return study.ask()
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        return self.space.sample(trial)
+

@@ -1,0 +1,74 @@
+"""The API's front door: the token, then the body's size, both decided before the body is read.
+
+FastAPI reads and parses a request's body before any route dependency runs, so a token check in
+a dependency let an unauthenticated 50 MB body be read, and validated, before its 401.
+"""
+
+from __future__ import annotations
+
+from fastapi import status
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from automl.settings import Settings
+
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+class RequestGuard:
+    """ASGI middleware in front of every route but `OPEN_PATHS`. A body without a Content-Length
+    is read up to the limit and no further."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if scope["path"] not in OPEN_PATHS and not self._authorized(headers.get(b"authorization")):
+            await JSONResponse(
+                {"detail": "missing or wrong bearer token: send Authorization: Bearer "
+                           "<AUTOML_API_TOKEN>"},
+                status.HTTP_401_UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"},
+            )(scope, receive, send)
+            return
+        limit = self.settings.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._too_large(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                await self._too_large(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _authorized(self, header: bytes | None) -> bool:
+        if self.settings.api_token is None:
+            return True
+        scheme, _, given = (header or b"").partition(b" ")
+        return scheme.lower() == b"bearer" and self.settings.accepts(given.strip())
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse(
+            {"detail": f"request body over {self.settings.max_body_bytes:,} bytes "
+                       "(AUTOML_MAX_BODY_BYTES); a job spec is a few KB"},
+            status.HTTP_413_CONTENT_TOO_LARGE,
+        )(scope, receive, send)

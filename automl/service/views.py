@@ -1,0 +1,78 @@
+"""The service's wire shapes, declared once: the job service builds them, the REST API returns
+them (and documents them in its OpenAPI schema), the HTTP client parses them back, and the CLI
+renders the same objects whether it talks to the API or to the database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TrialState = Literal["running", "complete", "pruned", "failed", "waiting"]
+
+
+class Counts(BaseModel):
+    running: int
+    complete: int
+    pruned: int
+    failed: int
+    budget: int
+
+
+class Best(BaseModel):
+    trial: int | None
+    value: float | None
+
+
+class JobView(BaseModel):
+    id: str
+    name: str
+    state: JobState
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested: bool
+    error: str | None
+    study: str
+    trials: Counts
+    objective: str
+    best: Best
+    test_metrics: dict[str, Any] | None
+    dashboard: str
+
+
+class JobPage(BaseModel):
+    jobs: list[JobView]
+    total: int
+    limit: int
+    offset: int
+
+
+class TrialView(BaseModel):
+    number: int
+    state: TrialState
+    value: float | None
+    epochs: int
+    intermediate_values: dict[str, float]
+    params: dict[str, Any]
+    config: dict[str, Any]
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class TrialPage(BaseModel):
+    trials: list[TrialView]
+    total: int
+    limit: int
+    offset: int
+
+
+class BestView(BaseModel):
+    job: str
+    trial: int
+    objective: str
+    value: float | None
+    config: dict[str, Any]
+    test_metrics: dict[str, Any]

@@ -1,0 +1,291 @@
+"""The bridge: a Ray Tune Searcher + TrialScheduler pair over one Optuna study.
+
+    Searcher.suggest          = study.ask() + the define-by-run space
+    Scheduler.on_trial_result = report(value, epoch), then should_prune() -> STOP (told PRUNED)
+    Searcher.on_trial_complete = tell COMPLETE (best value over its epochs) or FAIL
+
+Ray's own OptunaSearch cannot do this: it hard-codes NopPruner and tells stopped trials as
+complete. Here a pruned trial is told PRUNED at the moment it is pruned and never told again.
+
+All state lives in the study (each Optuna trial carries its Ray trial id), so both halves survive
+being pickled into Ray's experiment state and a driver restart: after `Tuner.restore` they
+reconnect to the database and find their trials again. Database calls are retried while the
+database restarts, and a re-reported epoch (a retried trial redoing an epoch) overwrites the same
+step, so nothing is lost or counted twice. A trial asked after Ray's last snapshot of its state
+(just before the driver died) is one Ray never resumes but will ask for again: the driver marks
+it orphaned before resuming, and the next suggestion takes it over instead of growing the study.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.experiment import Trial as RayTrial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from automl.search import keys
+from automl.search._optuna import trial_id
+from automl.search.keys import state_name
+from automl.search.strategy import Strategy
+from automl.tune.stopper import JobStopper
+from storage.optuna_storage import optuna_storage, retry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Events(Protocol):
+    """What a live view hears: start, report, pruned, complete, fail (with the trial number;
+    a report also with its epoch, which a retried or resumed trial may report again)."""
+
+    def on_event(
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None
+    ) -> None: ...
+
+
+# Per-process listeners by study name: never pickled with the bridge, so a restored bridge
+# (unpickled by Tuner.restore) finds the listener of the process that restored it.
+LISTENERS: dict[str, Events] = {}
+
+
+@dataclass
+class _Known:
+    trial_id: int  # Optuna's storage id
+    number: int
+    finished: bool = False
+    trial: optuna.Trial | None = None  # the handle from ask(); rebuilt after a restart
+
+
+class StudyLink:
+    """The job's study, reconnected lazily; what the searcher and scheduler share.
+
+    Pickling (Ray saves both halves in its experiment state) keeps only the URL, the study name
+    and the strategy; the connection and the trial map are rebuilt from the database.
+    """
+
+    def __init__(self, storage_url: str, study_name: str, strategy: Strategy) -> None:
+        self.storage_url, self.study_name, self.strategy = storage_url, study_name, strategy
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._study: optuna.Study | None = None
+        self._known: dict[str, _Known] = {}
+        self._orphans_left = True  # until a suggestion finds none: none are marked after start
+        self.db_seconds = 0.0  # time spent in database calls, for the overhead report
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "storage_url": self.storage_url,
+            "study_name": self.study_name,
+            "strategy": self.strategy,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["storage_url"], state["study_name"], state["strategy"])  # type: ignore[misc]
+
+    @property
+    def storage(self) -> optuna.storages.BaseStorage:
+        if self._storage is None:
+            self._storage = optuna_storage(self.storage_url)
+        return self._storage
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = self.call(
+                lambda: self.strategy.load_study(self.storage, self.study_name, reseed=1),
+                f"load study {self.study_name}",
+            )
+        return self._study
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """A database call: retried while the database is away, and timed."""
+        started = time.perf_counter()
+        try:
+            return retry(fn, what=what)
+        finally:
+            self.db_seconds += time.perf_counter() - started
+
+    def attach(self, storage: optuna.storages.BaseStorage, study: optuna.Study) -> None:
+        """Use the runner's open study instead of opening another connection."""
+        self._storage, self._study = storage, study
+
+    def emit(
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None
+    ) -> None:
+        listener = LISTENERS.get(self.study_name)
+        if listener is not None:
+            listener.on_event(kind, number, value, epoch)
+
+    def remember(self, ray_id: str, trial: optuna.Trial) -> None:
+        self._known[ray_id] = _Known(trial_id(trial), trial.number, trial=trial)
+
+    def trial(self, known: _Known) -> optuna.Trial:
+        if known.trial is None:
+            known.trial = self.call(lambda: optuna.Trial(self.study, known.trial_id), "reopen a trial")
+        return known.trial
+
+    def lookup(self, ray_id: str) -> _Known | None:
+        """Find the Optuna trial of a Ray trial; after a restart, from the study's user attrs."""
+        known = self._known.get(ray_id)
+        if known is not None:
+            return known
+        for frozen in self._all_trials():
+            if frozen.user_attrs.get(keys.RAY_TRIAL_ID) == ray_id:
+                known = _Known(trial_id(frozen), frozen.number, frozen.state.is_finished())
+                self._known[ray_id] = known
+                return known
+        return None
+
+    def frozen(self, known: _Known) -> optuna.trial.FrozenTrial:
+        return self.call(lambda: self.storage.get_trial(known.trial_id), "read a trial")
+
+    def tell(self, known: _Known, state: TrialState, value: float | None = None) -> None:
+        """Finish a trial once; a retry after the database came back finds it already told."""
+        if known.finished:
+            return
+
+        def once() -> None:
+            if self.frozen(known).state.is_finished():
+                return
+            self.study.tell(known.number, value, state=state, skip_if_finished=True)
+
+        self.call(once, f"tell trial {known.number}")
+        known.finished = True
+        self.emit(state_name(state), known.number, value)
+
+    def mark_orphans(self, ray_trial_ids: set[str]) -> list[int]:
+        """Mark the RUNNING trials whose Ray trial is not among `ray_trial_ids` (what Ray's saved
+        state will resume). Ray does not know it asked for them, so it asks again; `adopt`
+        hands them out then. Called by the driver before Tune starts."""
+        orphans = [t for t in self._running() if t.user_attrs.get(keys.RAY_TRIAL_ID) not in ray_trial_ids]
+        for frozen in orphans:
+            self.call(
+                partial(self.storage.set_trial_user_attr, trial_id(frozen), keys.ORPHANED, True),
+                f"mark trial {frozen.number} orphaned",
+            )
+        return [t.number for t in orphans]
+
+    def adopt(self) -> optuna.Trial | None:
+        """An orphaned trial for the Ray trial being suggested; None when there is none left."""
+        if not self._orphans_left:
+            return None
+        orphan = next((t for t in self._running() if t.user_attrs.get(keys.ORPHANED)), None)
+        if orphan is None:
+            self._orphans_left = False
+            return None
+        trial = optuna.Trial(self.study, trial_id(orphan))
+        self.call(lambda: trial.set_user_attr(keys.ORPHANED, False), "adopt an orphaned trial")
+        return trial
+
+    def _running(self) -> list[optuna.trial.FrozenTrial]:
+        return self.call(
+            lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)),
+            "list running trials",
+        )
+
+    def _all_trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.call(lambda: self.study.get_trials(deepcopy=False), "list trials")
+
+
+def best_of(values: dict[int, float], maximize: bool) -> float | None:
+    finite = [v for v in values.values() if not math.isnan(v)]
+    if not finite:
+        return None
+    return max(finite) if maximize else min(finite)
+
+
+class OptunaSearcher(Searcher):
+    """Ray Tune asks it for configs; it asks the study."""
+
+    def __init__(self, link: StudyLink, metric: str, mode: str, fixed: dict[str, Any]) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.link, self.fixed = link, dict(fixed)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if JobStopper.cancel_requested(self.link.study_name):
+            # start nothing more; not None ("none yet"), on which Tune, with no trial running,
+            # waits up to 10 minutes before its stopper is polled again
+            return Searcher.FINISHED  # type: ignore[return-value]
+        study = self.link.study
+        trial = self.link.adopt() or self.link.call(
+            lambda: self.link.strategy.ask(study), "ask the study for a trial"
+        )
+        # an adopted trial's sampled values come back as they were (Optuna keeps a trial's params)
+        config = {**self.link.call(lambda: self.link.strategy.suggest(trial), "sample a trial"),
+                  **self.fixed}
+        self.link.call(lambda: trial.set_user_attr(keys.RAY_TRIAL_ID, trial_id), "tag a trial")
+        self.link.call(lambda: trial.set_user_attr(keys.CONFIG, config), "record a trial config")
+        self.link.remember(trial_id, trial)
+        self.link.emit("start", trial.number)
+        return config
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        known = self.link.lookup(trial_id)
+        if known is None or known.finished:
+            return  # pruned already (told by the scheduler), or not ours
+        frozen = self.link.frozen(known)
+        if frozen.state.is_finished():
+            known.finished = True
+            return
+        value = best_of(frozen.intermediate_values, self.mode == "max")
+        if error or value is None:
+            self.link.tell(known, TrialState.FAIL)
+            JobStopper.trial_failed(self.link.study_name)
+        else:
+            self.link.tell(known, TrialState.COMPLETE, value)
+
+    # Ray checkpoints searchers; ours keeps its state in the study, so there is nothing to save.
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as handle:
+            handle.write(self.link.study_name)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.link._known.clear()
+
+
+class OptunaPruningScheduler(FIFOScheduler):
+    """Reports each epoch to the study and stops the trials its pruner prunes."""
+
+    def __init__(self, link: StudyLink, metric: str, mode: str) -> None:
+        super().__init__()
+        self.link, self.objective = link, metric
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # fixed at construction
+
+    def on_trial_result(self, tune_controller: Any, trial: RayTrial, result: dict[str, Any]) -> str:
+        known = self.link.lookup(trial.trial_id)
+        if known is None:
+            return TrialScheduler.CONTINUE
+        if known.finished:
+            return TrialScheduler.STOP  # pruned before a driver restart: stays stopped
+        value, epoch = result.get(self.objective), result.get("epoch")
+        if value is None or epoch is None:
+            return TrialScheduler.CONTINUE
+        handle = self.link.trial(known)
+        # an epoch redone by a retried trial is already reported: Optuna keeps the first value
+        self.link.call(lambda: handle.report(float(value), int(epoch)), "report an epoch")
+        self.link.emit("report", known.number, float(value), int(epoch))
+        if int(epoch) >= self.link.strategy.max_epochs:
+            return TrialScheduler.CONTINUE  # its last epoch: nothing left to save by pruning
+        if self.link.call(handle.should_prune, "ask the pruner"):
+            self.link.tell(known, TrialState.PRUNED)
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+
+def bridge(
+    link: StudyLink, metric: str, mode: str, fixed: dict[str, Any]
+) -> tuple[OptunaSearcher, OptunaPruningScheduler]:
+    return OptunaSearcher(link, metric, mode, fixed), OptunaPruningScheduler(link, metric, mode)
+

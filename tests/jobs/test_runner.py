@@ -1,0 +1,247 @@
+"""The runner under faults, with real processes: its database going away while it idles, its
+job's driver killed under it, and the runner itself killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from automl.jobs.local_ray import descendants
+from storage.jobs import JobStore
+from tests.support import TINY_SPACE, proxy_to, wait_for
+
+pytestmark = pytest.mark.slow
+AUTOML = str(Path(sys.executable).with_name("automl"))
+
+
+def job_spec(name: str, **changes: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "dataset": {"source": "builtin:digits"},
+        "budget": {"n_trials": 2, "max_epochs": 1},
+        "max_concurrent_trials": 1,
+        "strategy": {"seed": 0, "warm_start": False, "pruner": "none"},
+        "space": TINY_SPACE,
+        **changes,
+    }
+
+
+def environment(home: Path, database_url: str, **extra: str) -> dict[str, str]:
+    import ray
+
+    env = {**os.environ, "AUTOML_DATABASE_URL": database_url, "AUTOML_HOME": str(home),
+           "AUTOML_RAY_ADDRESS": ray.get_runtime_context().gcs_address, **extra}
+    return env
+
+
+def submit(env: dict[str, str], home: Path, spec: dict[str, Any]) -> str:
+    path = home / f"{spec['name']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec))
+    done = subprocess.run([AUTOML, "submit", str(path), "--storage", env["AUTOML_DATABASE_URL"]],
+                          env={**env, "AUTOML_API_URL": ""}, capture_output=True, text=True,
+                          timeout=120, check=True)
+    return done.stdout.split()[-1]
+
+
+def drivers(job_id: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", f"automl.jobs.stored {job_id}"],
+                           capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def epochs_reported(url: str, job_id: str) -> int:
+    try:
+        study = optuna.load_study(study_name=job_id, storage=url)
+    except KeyError:
+        return 0
+    return sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_an_idle_runner_waits_out_a_database_outage(pg_url: str, tmp_path: Path) -> None:
+    """The database goes away while the runner polls for jobs: it waits, and when the database
+    is back it runs the next job. (It used to exit with the OperationalError of its claim.)"""
+    target = make_url(pg_url)
+    with proxy_to(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        through_proxy = proxy.url_for(pg_url)
+        env = environment(tmp_path / "automl-data", through_proxy)
+        alive = tmp_path / "runner.alive"
+        runner = subprocess.Popen([AUTOML, "runner", "--health-file", str(alive)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(alive.exists, 120, "the runner's loop")
+            proxy.cut()
+            beat = alive.stat().st_mtime
+            wait_for(lambda: alive.stat().st_mtime > beat + 4, 60, "three polls without a database")
+            assert runner.poll() is None, runner.communicate()[0]
+            proxy.restore()
+            job_id = submit(env, tmp_path, job_spec("after-outage"))
+            store = JobStore(pg_url)
+            wait_for(lambda: store.get(job_id).state == "succeeded", 300, "the job after the outage")
+        finally:
+            runner.terminate()
+            output = runner.communicate(timeout=60)[0]
+    assert "the database is unavailable" in output and "the database is back" in output, output
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_killed_driver_is_restarted_then_given_up_then_resumed(pg_url: str, tmp_path: Path) -> None:
+    """`kill -9` of a job's driver while its runner lives: the runner restarts the job where it
+    stopped; the next death is one more than AUTOML_JOB_RESTARTS allows, so the job fails with
+    its running trials told FAIL (none left RUNNING); `automl resume` finishes the budget, every
+    trial counted once."""
+    env = environment(tmp_path / "automl-data", pg_url, AUTOML_JOB_RESTARTS="1")
+    spec = job_spec("killed-driver", budget={"n_trials": 3, "max_epochs": 3})
+    job_id = submit(env, tmp_path, spec)
+    store = JobStore(pg_url)
+    runner = subprocess.Popen([AUTOML, "runner"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: epochs_reported(pg_url, job_id) >= 1, 240, "a first epoch")
+        first = drivers(job_id)
+        assert len(first) == 1, first
+        os.kill(first[0], signal.SIGKILL)
+        wait_for(lambda: any(e.kind == "restarted" for e in store.events(job_id)), 60, "a restart")
+        reported = epochs_reported(pg_url, job_id)
+        wait_for(lambda: epochs_reported(pg_url, job_id) > reported, 240, "the restarted driver")
+        second = drivers(job_id)
+        assert len(second) == 1 and second != first, (first, second)
+        os.kill(second[0], signal.SIGKILL)
+        wait_for(lambda: store.get(job_id).state == "failed", 60, "the job to fail")
+        failed = store.get(job_id)
+        assert failed.error is not None and "was killed by SIGKILL" in failed.error
+        assert f"automl resume {job_id}" in failed.error, failed.error
+        assert failed.n_running == 0
+        study = optuna.load_study(study_name=job_id, storage=pg_url)
+        assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+        assert runner.poll() is None  # the runner lives on
+
+        resumed = subprocess.run([AUTOML, "resume", job_id, "--storage", pg_url],
+                                 env={**env, "AUTOML_API_URL": ""}, capture_output=True,
+                                 text=True, timeout=60)
+        assert resumed.returncode == 0 and "queued" in resumed.stdout, resumed.stderr
+        wait_for(lambda: store.get(job_id).state == "succeeded", 300, "the resumed job")
+    finally:
+        runner.terminate()
+        runner.communicate(timeout=60)
+    study = optuna.load_study(study_name=job_id, storage=pg_url)
+    assert len(study.trials) == 3  # the budget, not a trial more
+    for trial in study.trials:
+        assert trial.state in (TrialState.COMPLETE, TrialState.FAIL), trial.state
+        if trial.state == TrialState.COMPLETE:  # each epoch reported once
+            assert sorted(trial.intermediate_values) == [1, 2, 3]
+    kinds = [e.kind for e in store.events(job_id)]
+    assert kinds.count("restarted") == 1 and "requeued" in kinds
+
+
+def test_a_runner_killed_with_sigkill_takes_its_own_ray_along(tmp_path: Path) -> None:
+    """A runner with no Ray address starts its own Ray; killed with SIGKILL, nothing of that
+    Ray may outlive it (Ray's own agents ignore SIGTERM and were left running forever)."""
+    env = {k: v for k, v in os.environ.items() if k != "AUTOML_RAY_ADDRESS"}
+    env["AUTOML_HOME"] = str(tmp_path / "automl-data")
+    alive = tmp_path / "runner.alive"
+    runner = subprocess.Popen([AUTOML, "runner", "--health-file", str(alive)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def agents() -> list[int]:
+        return [pid for pid in descendants(runner.pid) if b"Agent" in _cmdline(pid)]
+
+    try:
+        wait_for(alive.exists, 120, "the runner's loop")
+        wait_for(lambda: len(agents()) >= 2, 60, "Ray's agents")
+        tree = descendants(runner.pid)
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+    wait_for(lambda: not [pid for pid in tree if _alive(pid)], 60, "the runner's Ray to end")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
+
+
+REFUSE_BEATS = """
+CREATE FUNCTION refuse_beats() RETURNS trigger AS $$
+BEGIN RAISE EXCEPTION 'heartbeats refused by the test'; END $$ LANGUAGE plpgsql;
+CREATE TRIGGER refuse_beats BEFORE UPDATE ON automl_jobs FOR EACH ROW
+WHEN (NEW.heartbeat_at IS DISTINCT FROM OLD.heartbeat_at) EXECUTE FUNCTION refuse_beats();
+"""
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_driver_whose_heartbeat_fails_stops_before_another_runner_may_take_over(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Its heartbeat's writes fail (the rest of the database works): after 60 s another runner
+    would take the job over, so the driver stops the job well before that, as Ctrl-C would,
+    writing nothing. The runner that takes the job over then finishes it, each trial once.
+    (Every heartbeat failure used to be swallowed: two drivers ran one job.)"""
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    from automl.jobs.stored import GIVE_UP_SECONDS
+    from storage.jobs import STALE_AFTER
+
+    env = environment(tmp_path / "automl-data", pg_url)
+    job_id = submit(env, tmp_path, job_spec("lost-beat", budget={"n_trials": 2, "max_epochs": 30},
+                                            max_concurrent_trials=2))
+    store = JobStore(pg_url)
+    assert store.claim("first-runner") is not None
+    driver = subprocess.Popen([sys.executable, "-m", "automl.jobs.stored", job_id], env=env,
+                              stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    engine = create_engine(pg_url)
+    try:
+        wait_for(lambda: epochs_reported(pg_url, job_id) >= 2, 240, "the trials to report")
+        with engine.begin() as connection:
+            connection.execute(text(REFUSE_BEATS))
+        refused_at = time.monotonic()
+        output = driver.communicate(timeout=120)[0]
+        stopped_after = time.monotonic() - refused_at
+    finally:
+        driver.kill()
+        with engine.begin() as connection:
+            connection.execute(text("DROP TRIGGER IF EXISTS refuse_beats ON automl_jobs"))
+        engine.dispose()
+    assert driver.returncode == 75, output
+    assert GIVE_UP_SECONDS - 5 < stopped_after < STALE_AFTER.total_seconds() - 10, stopped_after
+    assert "heartbeat failed (heartbeats refused by the test)" in output, output
+    job = store.get(job_id)
+    assert job.state == "running" and not job.error  # nothing written: the job is resumable
+    study = optuna.load_study(study_name=job_id, storage=pg_url)
+    assert {t.state for t in study.trials} == {TrialState.RUNNING}  # nothing told either
+
+    from datetime import timedelta
+
+    taken = store.claim("second-runner", stale_after=timedelta(0))
+    assert taken is not None and taken.id == job_id
+    second = subprocess.run([sys.executable, "-m", "automl.jobs.stored", job_id], env=env,
+                            capture_output=True,
+                            text=True, timeout=600)
+    assert store.get(job_id).state == "succeeded", second.stdout + second.stderr
+    study = optuna.load_study(study_name=job_id, storage=pg_url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(sorted(t.intermediate_values) == list(range(1, 31)) for t in study.trials)
