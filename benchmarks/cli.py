@@ -179,6 +179,35 @@ def api(
 
 
 @app.command()
+def soak(
+    trials: Annotated[int, typer.Option(min=10)] = 200,
+    images: Annotated[int, typer.Option(min=100)] = 10_000,
+    url: Annotated[str | None, typer.Option(
+        help="PostgreSQL URL; default $AUTOML_TEST_DATABASE_URL or the local test database")] = None,
+    at: Annotated[str, typer.Option(help="finished-trial marks to measure at")] = "10,50,100,200",
+) -> None:
+    """Disk, memory and latency of a many-trial job through `automl serve` + `automl runner`."""
+    from benchmarks.soak import run
+    from benchmarks.storage_load import DEFAULT_URL
+
+    marks = tuple(int(m) for m in at.split(",") if m.strip())
+    rows = run(url or os.environ.get("AUTOML_TEST_DATABASE_URL") or DEFAULT_URL, trials, images,
+               marks)
+    table = Table("trials", "run (MB)", "TMPDIR", "artifacts", "cache", "db", "RSS driver",
+                  "runner", "serve", "overhead/trial (s)", "GET job p95 (ms)", "GET trials p95",
+                  "ask p95", "report+prune p95",
+                  title=f"soak: {trials} trials, {images:,} images, 2 at a time, "
+                        f"{os.cpu_count()} CPU cores (MB unless noted)")
+    for r in rows:
+        table.add_row(str(r.finished), f"{r.run_mb:.1f}", f"{r.tmp_mb:.1f}",
+                      f"{r.artifacts_mb:.1f}", f"{r.cache_mb:.1f}", f"{r.database_mb:.1f}",
+                      f"{r.driver_rss_mb:.0f}", f"{r.runner_rss_mb:.0f}", f"{r.serve_rss_mb:.0f}",
+                      f"{r.overhead_s:.2f}", f"{r.get_job_p95_ms:.0f}", f"{r.get_trials_p95_ms:.0f}",
+                      f"{r.ask_p95_ms:.0f}", f"{r.report_prune_p95_ms:.1f}")
+    Console(width=200).print(table)
+
+
+@app.command()
 def storage(
     url: Annotated[str | None, typer.Option(
         help="Optuna storage (PostgreSQL); default $AUTOML_TEST_DATABASE_URL or the local test "

@@ -5,6 +5,7 @@ of one client's database, without restarting the server every other test uses)."
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import socket
 import threading
@@ -48,6 +49,21 @@ DIGITS_JOB: dict[str, Any] = {
     },
 }
 
+
+
+@functools.cache
+def _storage(url: str) -> Any:
+    from storage.optuna_storage import optuna_storage
+
+    return optuna_storage(url)
+
+
+def load_study(url: str, name: str) -> Any:
+    """The study, through one storage per URL: `optuna.load_study(storage=URL)` builds a new
+    engine and connection pool each call, and a polling test ran PostgreSQL out of connections."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=_storage(url))
 
 
 def trial_folders() -> set[Path]:

@@ -81,11 +81,11 @@ def runner(
     """Claim queued jobs and run them on the Ray cluster, each in its own process."""
     import logging
 
+    settings = settings_from(storage, artifacts, ray_address)
+    own_ray_auth(settings.ray_address)  # before anything imports Ray: its children inherit it
     from automl.jobs.runner import Runner
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    settings = settings_from(storage, artifacts, ray_address)
-    own_ray_auth(settings.ray_address)
     worker = Runner(settings, max_jobs=max_jobs, health_file=health_file)
     try:
         worker.run(until_idle=until_idle)

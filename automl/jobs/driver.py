@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import ray
 from optuna.trial import TrialState
+from ray import tune
 
 from automl.jobs.local_ray import connect_local_ray
 from automl.jobs.outcome import (
@@ -34,7 +35,8 @@ from automl.search.spec import JobSpec
 from automl.search.strategy import Strategy, portfolio_for
 from automl.settings import Settings
 from automl.tune.bridge import LISTENERS, Events, StudyLink
-from automl.tune.experiment import no_missing_metrics_warning, run_experiment
+from automl.tune.experiment import no_missing_metrics_warning, retention_for, run_experiment
+from automl.tune.retention import folders_of, kept_checkpoint_folder
 from storage.optuna_storage import optuna_storage, retry
 from workers.tune_adapter import remove_orphaned_trial_folders
 
@@ -117,6 +119,7 @@ def run_job(
                                   timings=timings)
             publishing = time.monotonic()
             results = [grid[i] for i in range(len(grid))]
+            retention_for(spec, link).apply(folders_of(results))  # what Tune ended, and leftovers
             best, result = best_with_checkpoint(study, results, spec.objective.maximize)
             if best is None or result is None:
                 complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -124,8 +127,7 @@ def run_job(
                          else "no complete trial left a checkpoint")
                 outcome = JobOutcome(job_id, "failed", counts, error=error)
             else:
-                checkpoint = result.get_best_checkpoint(spec.objective.metric, spec.objective.mode)
-                assert checkpoint is not None
+                checkpoint = kept_checkpoint(result, spec)
                 test = publish_best(study, settings.artifacts_path, checkpoint, best,
                                     spec.objective.metric, score_on_test(checkpoint, spec), counts)
                 outcome = JobOutcome(job_id, "succeeded", counts, best.number, best.value, test)
@@ -139,6 +141,16 @@ def run_job(
     outcome.elapsed = time.monotonic() - started
     outcome.timings = timings
     return outcome
+
+
+def kept_checkpoint(result: tune.Result, spec: JobSpec) -> tune.Checkpoint:
+    """The trial's best checkpoint: the one Ray names, or (with equal scores) the one retention
+    kept in its place."""
+    named = result.get_best_checkpoint(spec.objective.metric, spec.objective.mode)
+    assert named is not None
+    folder = kept_checkpoint_folder(Path(named.path))
+    assert folder is not None, f"trial {result.path} has no checkpoint left"
+    return named if folder == Path(named.path) else tune.Checkpoint(str(folder))
 
 
 def replay_history(study: optuna.Study, events: Events) -> None:

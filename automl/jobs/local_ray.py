@@ -91,6 +91,9 @@ def main() -> None:
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ray's default for a cluster ray.init starts, said explicitly: the drivers that connect to
+    # it must say the same (they inherit it from the process that started this one)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     try:

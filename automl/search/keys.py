@@ -21,6 +21,7 @@ TEST_METRICS = "test_metrics"  # its scores on the test split
 RAY_TRIAL_ID = "ray_trial_id"  # the Ray Tune trial running it
 CONFIG = "config"  # the whole trial configuration the engine ran (params + fixed settings)
 ORPHANED = "orphaned"  # asked after Ray last saved its state: the next suggestion adopts it
+DRIVER_MS = "driver_ms"  # the driver's time on it: ask, and each epoch's report + should_prune
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,13 @@ class ResourcesSpec(_Strict):
     gpu: float = Field(0.0, ge=0, le=64, description="GPUs per trial; fractions share a GPU")
 
 
+class CheckpointsSpec(_Strict):
+    keep_trials: int = Field(
+        3, ge=1, le=1000,
+        description="complete trials whose best checkpoint is kept (the best ones)",
+    )
+
+
 class StrategySpec(_Strict):
     sampler: Literal["tpe", "random", "gp", "cmaes"] = DEFAULT_SAMPLER  # type: ignore[assignment]
     pruner: Literal["hyperband", "sha", "median", "none"] = DEFAULT_PRUNER  # type: ignore[assignment]
@@ -122,6 +129,7 @@ class JobSpec(_Strict):
         2, ge=0, le=20, description="retries of a failed trial (a dead worker, an error)"
     )
     strategy: StrategySpec = StrategySpec()
+    checkpoints: CheckpointsSpec = CheckpointsSpec()
     space: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")

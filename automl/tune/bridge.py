@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -63,6 +63,9 @@ class _Known:
     number: int
     finished: bool = False
     trial: optuna.Trial | None = None  # the handle from ask(); rebuilt after a restart
+    # the driver's own time on this trial: its ask, and each epoch's report + should_prune
+    ask_ms: float | None = None
+    report_ms: list[float] = field(default_factory=list)
 
 
 class StudyLink:
@@ -124,8 +127,9 @@ class StudyLink:
         if listener is not None:
             listener.on_event(kind, number, value, epoch)
 
-    def remember(self, ray_id: str, trial: optuna.Trial) -> None:
-        self._known[ray_id] = _Known(trial_id(trial), trial.number, trial=trial)
+    def remember(self, ray_id: str, trial: optuna.Trial) -> _Known:
+        known = self._known[ray_id] = _Known(trial_id(trial), trial.number, trial=trial)
+        return known
 
     def trial(self, known: _Known) -> optuna.Trial:
         if known.trial is None:
@@ -155,6 +159,9 @@ class StudyLink:
         def once() -> None:
             if self.frozen(known).state.is_finished():
                 return
+            if known.ask_ms is not None or known.report_ms:  # while it still takes attributes
+                self.storage.set_trial_user_attr(known.trial_id, keys.DRIVER_MS, {
+                    "ask": known.ask_ms, "report_and_prune": [round(t, 2) for t in known.report_ms]})
             self.study.tell(known.number, value, state=state, skip_if_finished=True)
 
         self.call(once, f"tell trial {known.number}")
@@ -214,6 +221,7 @@ class OptunaSearcher(Searcher):
             # start nothing more; not None ("none yet"), on which Tune, with no trial running,
             # waits up to 10 minutes before its stopper is polled again
             return Searcher.FINISHED  # type: ignore[return-value]
+        started = time.perf_counter()
         study = self.link.study
         trial = self.link.adopt() or self.link.call(
             lambda: self.link.strategy.ask(study), "ask the study for a trial"
@@ -223,7 +231,7 @@ class OptunaSearcher(Searcher):
                   **self.fixed}
         self.link.call(lambda: trial.set_user_attr(keys.RAY_TRIAL_ID, trial_id), "tag a trial")
         self.link.call(lambda: trial.set_user_attr(keys.CONFIG, config), "record a trial config")
-        self.link.remember(trial_id, trial)
+        self.link.remember(trial_id, trial).ask_ms = round((time.perf_counter() - started) * 1e3, 2)
         self.link.emit("start", trial.number)
         return config
 
@@ -272,13 +280,15 @@ class OptunaPruningScheduler(FIFOScheduler):
         value, epoch = result.get(self.objective), result.get("epoch")
         if value is None or epoch is None:
             return TrialScheduler.CONTINUE
+        started = time.perf_counter()
         handle = self.link.trial(known)
         # an epoch redone by a retried trial is already reported: Optuna keeps the first value
         self.link.call(lambda: handle.report(float(value), int(epoch)), "report an epoch")
         self.link.emit("report", known.number, float(value), int(epoch))
-        if int(epoch) >= self.link.strategy.max_epochs:
-            return TrialScheduler.CONTINUE  # its last epoch: nothing left to save by pruning
-        if self.link.call(handle.should_prune, "ask the pruner"):
+        last = int(epoch) >= self.link.strategy.max_epochs  # nothing left to save by pruning
+        prune = not last and self.link.call(handle.should_prune, "ask the pruner")
+        known.report_ms.append((time.perf_counter() - started) * 1e3)
+        if prune:
             self.link.tell(known, TrialState.PRUNED)
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE

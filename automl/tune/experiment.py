@@ -26,6 +26,7 @@ from automl.search.keys import TrialCounts
 from automl.search.spec import JobSpec
 from automl.settings import Settings
 from automl.tune.bridge import StudyLink, bridge
+from automl.tune.retention import Retention
 from automl.tune.stopper import JobStopper
 from storage.optuna_storage import retry
 from workers.tune_adapter import run_tune_trial
@@ -112,10 +113,15 @@ def _fit(
                 num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
             ),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[JsonLoggerCallback()],
+            callbacks=[JsonLoggerCallback(), retention_for(spec, link)],
         ),
     )
     return tuner.fit()
+
+
+def retention_for(spec: JobSpec, link: StudyLink) -> Retention:
+    return Retention(link, spec.checkpoints.keep_trials, spec.objective.metric,
+                     spec.objective.maximize)
 
 
 def heal_checkpoints(trials: list[RayTrial]) -> None:
@@ -125,6 +131,8 @@ def heal_checkpoints(trials: list[RayTrial]) -> None:
     it, takes the deleted one's place: the trial resumes from where it really was."""
     for trial in trials:
         named = trial.checkpoint
+        if trial.status in (RayTrial.TERMINATED, RayTrial.ERROR):
+            continue  # never resumed; retention may have removed what Ray's state names
         if named is None or trial.path is None or Path(named.path).exists():
             continue
         newest = max(Path(trial.path).glob("checkpoint_*"), default=None)

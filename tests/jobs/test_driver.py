@@ -22,7 +22,7 @@ from automl.jobs.outcome import JobOutcome
 from automl.search.spec import parse_spec
 from automl.settings import Settings
 from storage.optuna_storage import optuna_storage
-from tests.support import DIGITS_JOB, serve_onnx, trial_folders
+from tests.support import DIGITS_JOB, load_study, serve_onnx, trial_folders
 from workers.predict import evaluate_checkpoint, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
@@ -50,7 +50,7 @@ def run(tmp: Path, database_url: str | None = None, **changes: Any) -> Ran:
 
 @pytest.fixture(scope="module")
 def sqlite_job(tmp_path_factory: pytest.TempPathFactory) -> Ran:
-    return run(tmp_path_factory.mktemp("sqlite"))
+    return run(tmp_path_factory.mktemp("sqlite"), checkpoints={"keep_trials": 2})
 
 
 def test_job_succeeds_with_pruned_and_complete_trials(sqlite_job: Ran) -> None:
@@ -69,6 +69,28 @@ def test_trials_leave_nothing_in_tmpdir(sqlite_job: Ran) -> None:
     each of these tiny models and gigabytes for a large one."""
     assert {t.state for t in sqlite_job.study.trials} >= {TrialState.COMPLETE, TrialState.PRUNED}
     assert sqlite_job.left_in_tmpdir == set()
+
+
+def test_a_finished_job_keeps_checkpoints_of_its_best_trials_only(sqlite_job: Ran) -> None:
+    """Ray Tune kept every trial's best and latest checkpoint, optimizer state and all, forever.
+    Now a pruned trial's go when it ends, and of the complete trials the `keep_trials` best (2
+    here) keep one each: their best epoch's model, without the optimizer state."""
+    run_dir = sqlite_job.settings.runs_path / sqlite_job.outcome.job_id
+    checkpoints = {ray_trial.trial_id: sorted(Path(ray_trial.path).glob("checkpoint_*"))
+                   for ray_trial in tune.ExperimentAnalysis(str(run_dir)).trials}
+    by_number = {t.number: checkpoints[t.user_attrs["ray_trial_id"]] for t in sqlite_job.study.trials}
+    complete = sorted((t for t in sqlite_job.study.trials if t.state == TrialState.COMPLETE),
+                      key=lambda t: -float(t.value or 0))
+    assert len(complete) > 2, "the job must have more complete trials than it keeps"
+    kept = {number for number, folders in by_number.items() if folders}
+    assert kept == {t.number for t in complete[:2]}
+    for number in kept:
+        (folder,) = by_number[number]  # one checkpoint: the best epoch's
+        assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "config.json"}
+        assert not (folder / "optimizer.safetensors").exists()
+    pruned = [t.number for t in sqlite_job.study.trials if t.state == TrialState.PRUNED]
+    assert pruned and all(not by_number[n] for n in pruned)
+    assert sqlite_job.outcome.best_trial in kept
 
 
 def test_pruned_trials_stopped_early_and_were_never_complete(sqlite_job: Ran) -> None:
@@ -372,7 +394,7 @@ def test_no_trial_starts_once_the_job_is_cancelled(tmp_path: Path) -> None:
     finally:
         JobStopper.register("cancel-race", None)
     assert searcher.suggest("ray-trial-2") is not None
-    assert len(optuna.load_study(study_name="cancel-race", storage=url).trials) == 1
+    assert len(load_study(url, "cancel-race").trials) == 1
 
 
 def test_failures_stop_the_job_only_before_any_epoch() -> None:

@@ -25,8 +25,7 @@ from automl.jobs.outcome import JobOutcome
 from automl.search.keys import BEST_TRIAL as BEST_TRIAL_ATTR
 from automl.search.spec import parse_spec
 from automl.settings import Settings
-from storage.optuna_storage import optuna_storage
-from tests.support import DIGITS_JOB, trial_folders
+from tests.support import DIGITS_JOB, load_study, trial_folders
 
 pytestmark = pytest.mark.slow
 AUTOML = str(Path(sys.executable).with_name("automl"))
@@ -53,7 +52,7 @@ def reported_epochs(url: str, study_name: str) -> dict[int, int]:
     if not Path(url.removeprefix("sqlite:///")).exists():
         return {}  # the job has not created its database yet
     try:  # optuna_storage: the job may be creating Optuna's tables at this very moment
-        study = optuna.load_study(study_name=study_name, storage=optuna_storage(url))
+        study = load_study(url, study_name)
     except KeyError:
         return {}
     return {t.number: len(t.intermediate_values) for t in study.get_trials(deepcopy=False)}
@@ -93,7 +92,7 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint(tmp_path: Path) -
     runner.join(timeout=600)
     outcome = result["out"]
     assert outcome.state == "succeeded", outcome.error
-    study = optuna.load_study(study_name=job_id, storage=settings.storage_url)
+    study = load_study(settings.storage_url, job_id)
     assert len(study.trials) == 3
     ray_dir = settings.runs_path / job_id
     assert_every_trial_counted_once(study, ray_dir, epochs=4)
@@ -120,7 +119,7 @@ def test_a_killed_driver_resumes_the_job(tmp_path: Path) -> None:
     # the two races a kill can land in, made here for certain:
     # 1. a trial asked after Ray last saved its state, so Ray will not resume it (as the
     #    searcher leaves it: asked, tagged, no epoch);
-    killed = optuna.load_study(study_name="faults-driver", storage=settings.storage_url)
+    killed = load_study(settings.storage_url, "faults-driver")
     lost = killed.ask()
     lost.set_user_attr("ray_trial_id", "asked-after-the-last-snapshot")
     # 2. a trial's next checkpoint written and the one Ray's state names deleted, the state
@@ -135,7 +134,7 @@ def test_a_killed_driver_resumes_the_job(tmp_path: Path) -> None:
                             timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "job faults-driver succeeded" in second.stdout
-    study = optuna.load_study(study_name="faults-driver", storage=settings.storage_url)
+    study = load_study(settings.storage_url, "faults-driver")
     assert_every_trial_counted_once(study, settings.runs_path / "faults-driver", epochs=4)
     # the budget is met exactly: no trial lost, none run twice, and the orphan was run (under
     # its own number), not failed and replaced by a fifth trial
@@ -169,7 +168,7 @@ def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) 
     # the command that resumes it, as it is: not a JOB_FILE placeholder
     assert f"resume it with `automl run {job} --job-id faults-ctrl-c`" in " ".join(
         listed.stdout.split()), listed.stdout
-    interrupted = optuna.load_study(study_name="faults-ctrl-c", storage=settings.storage_url)
+    interrupted = load_study(settings.storage_url, "faults-ctrl-c")
     assert BEST_TRIAL_ATTR not in interrupted.user_attrs  # nothing published as the result
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=600)
@@ -179,7 +178,7 @@ def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) 
     # the view counts the trials from before the interrupt, and ends with none running (a
     # trial asked just before Ctrl-C that Ray did not save is run again under its number)
     assert "complete 4" in final_view and "running 0" in final_view, final_view
-    study = optuna.load_study(study_name="faults-ctrl-c", storage=settings.storage_url)
+    study = load_study(settings.storage_url, "faults-ctrl-c")
     assert_every_trial_counted_once(study, settings.runs_path / "faults-ctrl-c", epochs=4)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
 
@@ -194,13 +193,13 @@ def test_a_job_whose_ray_state_is_gone_runs_only_the_trials_left(tmp_path: Path)
     short = {**STEADY_JOB, "budget": {"n_trials": 2, "max_epochs": 2}}
     assert run_job(parse_spec(short), job_id, settings).state == "succeeded"
     shutil.rmtree(settings.runs_path / job_id)  # Ray's state, as on a machine that never had it
-    study = optuna.load_study(study_name=job_id, storage=settings.storage_url)
+    study = load_study(settings.storage_url, job_id)
     running = study.ask()  # the trial the lost driver was running
     running.set_user_attr("ray_trial_id", "known-only-to-the-lost-driver")
     longer = {**short, "budget": {"n_trials": 4, "max_epochs": 2}}
     outcome = run_job(parse_spec(longer), job_id, settings)
     assert outcome.state == "succeeded", outcome.error
-    study = optuna.load_study(study_name=job_id, storage=settings.storage_url)
+    study = load_study(settings.storage_url, job_id)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     assert sorted(study.trials[running.number].intermediate_values) == [1, 2]
     shutil.rmtree(settings.runs_path / job_id)  # the budget is spent, and the checkpoints gone
@@ -221,5 +220,5 @@ def test_a_cancel_seen_with_no_trial_running_ends_the_job(tmp_path: Path) -> Non
     runner.join(timeout=180)
     assert not runner.is_alive(), "the cancelled job is still waiting"
     assert result["out"].state == "cancelled"
-    study = optuna.load_study(study_name="faults-cancel-idle", storage=settings.storage_url)
+    study = load_study(settings.storage_url, "faults-cancel-idle")
     assert study.trials == []

@@ -10,15 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from automl.jobs.local_ray import descendants
+from automl.settings import Settings
 from storage.jobs import JobStore
-from tests.support import TINY_SPACE, proxy_to, wait_for
+from tests.support import TINY_SPACE, load_study, proxy_to, wait_for
 
 pytestmark = pytest.mark.slow
 AUTOML = str(Path(sys.executable).with_name("automl"))
@@ -48,9 +48,8 @@ def submit(env: dict[str, str], home: Path, spec: dict[str, Any]) -> str:
     path = home / f"{spec['name']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
-    done = subprocess.run([AUTOML, "submit", str(path), "--storage", env["AUTOML_DATABASE_URL"]],
-                          env={**env, "AUTOML_API_URL": ""}, capture_output=True, text=True,
-                          timeout=120, check=True)
+    done = subprocess.run([AUTOML, "submit", str(path)], env={**env, "AUTOML_API_URL": ""},
+                          capture_output=True, text=True, timeout=120, check=True)
     return done.stdout.split()[-1]
 
 
@@ -62,7 +61,7 @@ def drivers(job_id: str) -> list[int]:
 
 def epochs_reported(url: str, job_id: str) -> int:
     try:
-        study = optuna.load_study(study_name=job_id, storage=url)
+        study = load_study(url, job_id)
     except KeyError:
         return 0
     return sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))
@@ -123,7 +122,7 @@ def test_a_killed_driver_is_restarted_then_given_up_then_resumed(pg_url: str, tm
         assert failed.error is not None and "was killed by SIGKILL" in failed.error
         assert f"automl resume {job_id}" in failed.error, failed.error
         assert failed.n_running == 0
-        study = optuna.load_study(study_name=job_id, storage=pg_url)
+        study = load_study(pg_url, job_id)
         assert not [t for t in study.trials if t.state == TrialState.RUNNING]
         assert runner.poll() is None  # the runner lives on
 
@@ -135,7 +134,7 @@ def test_a_killed_driver_is_restarted_then_given_up_then_resumed(pg_url: str, tm
     finally:
         runner.terminate()
         runner.communicate(timeout=60)
-    study = optuna.load_study(study_name=job_id, storage=pg_url)
+    study = load_study(pg_url, job_id)
     assert len(study.trials) == 3  # the budget, not a trial more
     for trial in study.trials:
         assert trial.state in (TrialState.COMPLETE, TrialState.FAIL), trial.state
@@ -145,20 +144,24 @@ def test_a_killed_driver_is_restarted_then_given_up_then_resumed(pg_url: str, tm
     assert kinds.count("restarted") == 1 and "requeued" in kinds
 
 
-def test_a_runner_killed_with_sigkill_takes_its_own_ray_along(tmp_path: Path) -> None:
-    """A runner with no Ray address starts its own Ray; killed with SIGKILL, nothing of that
-    Ray may outlive it (Ray's own agents ignore SIGTERM and were left running forever)."""
-    env = {k: v for k, v in os.environ.items() if k != "AUTOML_RAY_ADDRESS"}
+def test_a_runner_runs_jobs_on_its_own_ray_which_its_sigkill_takes_along(tmp_path: Path) -> None:
+    """A runner with no Ray address starts its own Ray, and its jobs' drivers connect to it (as
+    the shell that started the runner would: no Ray settings of the test's own). Killed with
+    SIGKILL, nothing of that Ray may outlive the runner (Ray's own agents ignore SIGTERM and
+    were left running forever)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOML_", "RAY_"))}
     env["AUTOML_HOME"] = str(tmp_path / "automl-data")
+    job_id = submit(env, tmp_path, job_spec("own-ray", budget={"n_trials": 1, "max_epochs": 1}))
     alive = tmp_path / "runner.alive"
     runner = subprocess.Popen([AUTOML, "runner", "--health-file", str(alive)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = JobStore(Settings(home=tmp_path / "automl-data").storage_url)
 
     def agents() -> list[int]:
         return [pid for pid in descendants(runner.pid) if b"Agent" in _cmdline(pid)]
 
     try:
-        wait_for(alive.exists, 120, "the runner's loop")
+        wait_for(lambda: store.get(job_id).state == "succeeded", 240, "the job on the runner's Ray")
         wait_for(lambda: len(agents()) >= 2, 60, "Ray's agents")
         tree = descendants(runner.pid)
     finally:
@@ -231,7 +234,7 @@ def test_a_driver_whose_heartbeat_fails_stops_before_another_runner_may_take_ove
     assert "heartbeat failed (heartbeats refused by the test)" in output, output
     job = store.get(job_id)
     assert job.state == "running" and not job.error  # nothing written: the job is resumable
-    study = optuna.load_study(study_name=job_id, storage=pg_url)
+    study = load_study(pg_url, job_id)
     assert {t.state for t in study.trials} == {TrialState.RUNNING}  # nothing told either
 
     from datetime import timedelta
@@ -242,6 +245,6 @@ def test_a_driver_whose_heartbeat_fails_stops_before_another_runner_may_take_ove
                             capture_output=True,
                             text=True, timeout=600)
     assert store.get(job_id).state == "succeeded", second.stdout + second.stderr
-    study = optuna.load_study(study_name=job_id, storage=pg_url)
+    study = load_study(pg_url, job_id)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert all(sorted(t.intermediate_values) == list(range(1, 31)) for t in study.trials)

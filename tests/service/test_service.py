@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
 from automl.settings import Settings
 from storage.jobs import JobStore
+from tests.support import load_study
 from workers.datasets import load_index
 from workers.predict import evaluate_checkpoint, load_checkpoint
 
@@ -248,7 +248,7 @@ def test_two_runners_three_jobs_each_runs_once(service: Service) -> None:
         claims = [e for e in store.events(job_id) if e.kind in ("claimed", "resumed")]
         assert [e.kind for e in claims] == ["claimed"], [(e.kind, e.message) for e in claims]
         claimed_by[job_id] = claims[0].message
-        study = optuna.load_study(study_name=job_id, storage=service.database_url)
+        study = load_study(service.database_url, job_id)
         assert len(study.trials) == 1
     assert len(set(claimed_by.values())) == 2  # both runners worked
 
@@ -264,7 +264,7 @@ def test_cancel_mid_job(service: Service) -> None:
     output, _ = runner.communicate(timeout=300)
     job = service.job(job_id)
     assert job["state"] == "cancelled", output
-    study = optuna.load_study(study_name=job_id, storage=service.database_url)
+    study = load_study(service.database_url, job_id)
     assert 1 <= len(study.trials) < 40
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
 
@@ -287,7 +287,7 @@ def test_database_restart_mid_job_loses_no_trial(pg_url: str, tmp_path: Path) ->
 
     def reported() -> int:
         try:
-            study = optuna.load_study(study_name="pgrestart", storage=pg_url)
+            study = load_study(pg_url, "pgrestart")
         except KeyError:
             return 0
         return sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))
@@ -299,7 +299,7 @@ def test_database_restart_mid_job_loses_no_trial(pg_url: str, tmp_path: Path) ->
     thread.join(timeout=600)
     outcome = result["out"]
     assert outcome.state == "succeeded", outcome.error
-    study = optuna.load_study(study_name="pgrestart", storage=pg_url)
+    study = load_study(pg_url, "pgrestart")
     assert len(study.trials) == 4
     for trial in study.trials:
         assert trial.state == TrialState.COMPLETE, (trial.number, trial.state)
