@@ -146,10 +146,12 @@ def train(
     on_step: StepHook | None = None,
     acceleration: Acceleration | None = None,
     keep_best: bool = True,
+    notes: dict[str, Any] | None = None,
 ) -> TrialSummary:
     """Run (or resume) one trial; `workdir/latest` holds its checkpoint after each epoch, and
     `workdir/best` its best epoch's model (unless `keep_best` is off: under Ray Tune, which keeps
-    the best of the checkpoints it was handed, nothing reads it)."""
+    the best of the checkpoints it was handed, nothing reads it). `notes` go into every
+    checkpoint's metrics.json beside the epoch's metrics (a configuration's costs)."""
     device = device or pick_device()
     acceleration = acceleration or Acceleration.for_device(device, config)
     _seed_everything(config.seed)
@@ -168,6 +170,7 @@ def train(
         state = ckpt.load_trainer_state(resume, optimizer)
         schedule.fast_forward(state.objective_history)
     run = _Run(config, data, model, optimizer, schedule, device, acceleration, frozen)
+    run.notes = dict(notes or {})
     summary_stop = "budget"
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
@@ -188,7 +191,8 @@ def train(
         latest = run.save(workdir / "latest", metrics, state)
         if improved and keep_best:
             ckpt.write_checkpoint(
-                workdir / "best", model, run.checkpoint_config(), _with_history(metrics, state)
+                workdir / "best", model, run.checkpoint_config(),
+                {**_with_history(metrics, state), **run.notes}
             )
         if callback is not None and callback(EpochResult(epoch, metrics, latest, improved)):
             summary_stop = "callback"
@@ -227,6 +231,7 @@ class _Run:
         self.optimizer, self.schedule, self.device = optimizer, schedule, device
         self.acceleration = acceleration
         self.frozen_stages = frozen_stages
+        self.notes: dict[str, Any] = {}
         prep = data.preprocessing
         labels, split = data.index.labels, data.index.split_indices
         self.train_set = CachedImages(
@@ -327,7 +332,7 @@ class _Run:
             target,
             self.model,
             self.checkpoint_config(),
-            _with_history(metrics, state),
+            {**_with_history(metrics, state), **self.notes},
             optimizer=self.optimizer,
             state=state,
         )

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from workers.augment import normalize
+from workers.checkpoint import read_metrics
+from workers.costs import LatencyTarget, onnx_latency
 from workers.decoded_cache import stored_size
 from workers.errors import UserError
 from workers.predict import LoadedModel, load_checkpoint
@@ -45,6 +47,8 @@ class Exported:
     img_size: int
     classes: list[str]
     max_difference: float  # onnxruntime vs PyTorch, on probabilities
+    latency_ms: float  # of the written file, on the target the job measured its trials for
+    target: LatencyTarget
 
 
 class _Serving(torch.nn.Module):
@@ -61,11 +65,16 @@ class _Serving(torch.nn.Module):
 
 
 def export_onnx(checkpoint: Path, out: Path, opset: int | None = None) -> Exported:
-    """Write `out` (.onnx) from a checkpoint directory, checked against PyTorch first."""
-    return export_model(load_checkpoint(checkpoint, torch.device("cpu")), out, opset)
+    """Write `out` (.onnx) from a checkpoint directory, checked against PyTorch first; its
+    latency is measured on the deployment target the job measured its trials for (the default
+    target for a checkpoint of a job that set none)."""
+    target = read_metrics(checkpoint).get("latency_target")
+    return export_model(load_checkpoint(checkpoint, torch.device("cpu")), out, opset,
+                        LatencyTarget(**target) if target else LatencyTarget())
 
 
-def export_model(loaded: LoadedModel, out: Path, opset: int | None = None) -> Exported:
+def export_model(loaded: LoadedModel, out: Path, opset: int | None = None,
+                 target: LatencyTarget | None = None) -> Exported:
     """`export_onnx` for a model already loaded (tests pass models no checkpoint holds)."""
     serving = _Serving(loaded).eval()
     size = loaded.preprocessing.img_size
@@ -81,6 +90,8 @@ def export_model(loaded: LoadedModel, out: Path, opset: int | None = None) -> Ex
                 f"(allowed {TOLERANCE:g}); try another --opset, or report the backbone "
                 f"{loaded.config.backbone!r}"
             )
+        target = target or LatencyTarget()
+        latency = onnx_latency(partial, size, target)
         os.replace(partial, out)
     except ExportError:
         raise
@@ -92,7 +103,7 @@ def export_model(loaded: LoadedModel, out: Path, opset: int | None = None) -> Ex
         ) from error
     finally:
         partial.unlink(missing_ok=True)
-    return Exported(out, used, size, loaded.classes, difference)
+    return Exported(out, used, size, loaded.classes, difference, latency, target)
 
 
 def _export(serving: _Serving, size: int, path: Path, opset: int | None) -> None:

@@ -19,16 +19,31 @@ import ray
 from ray import tune
 
 from workers.config import TrialConfig
+from workers.costs import COSTS_REQUEST, COSTS_RESULT, LatencyTarget, broken_limits, measure_costs
 from workers.engine import EpochResult, train
 
 TRIAL_FOLDER = "automl-trial-"
 
 
 def run_tune_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: config is the flat trial config the searcher suggested."""
+    """Ray Tune function trainable: config is the flat trial config the searcher suggested,
+    with, in a deployment-aware job, a request for the configuration's costs: they are
+    measured (or taken from the job's earlier measurement) and reported before anything
+    trains, and a configuration over a limit ends there."""
+    config = dict(config)
+    request = config.pop(COSTS_REQUEST, None)
     trial_config = TrialConfig.from_dict(config)
     remove_orphaned_trial_folders()
     node = ray.get_runtime_context().get_node_id()  # which machine ran it, for the user
+    checkpoint = tune.get_checkpoint()
+    notes: dict[str, Any] = {}
+    if request is not None:
+        costs = request.get("known") or _measure(trial_config, request)
+        if checkpoint is None:  # a retried trial reported them before it died
+            tune.report({COSTS_RESULT: request["key"], **costs, "node_id": node})
+        if broken_limits(costs, request.get("limits", {})):
+            return  # never trains: the driver records the limit it broke
+        notes = {"costs": costs, "latency_target": request.get("target")}
 
     def report(result: EpochResult) -> bool:
         metrics = {**result.report, "node_id": node}
@@ -37,13 +52,18 @@ def run_tune_trial(config: dict[str, Any]) -> None:
 
     with tempfile.TemporaryDirectory(prefix=f"{TRIAL_FOLDER}{os.getpid()}-") as scratch:
         workdir = Path(scratch)
-        checkpoint = tune.get_checkpoint()
         if checkpoint is None:
-            train(trial_config, workdir, callback=report, keep_best=False)
+            train(trial_config, workdir, callback=report, keep_best=False, notes=notes)
             return
         with checkpoint.as_directory() as resume_from:  # a retry after a worker died
             train(trial_config, workdir, callback=report, resume=Path(resume_from),
-                  keep_best=False)
+                  keep_best=False, notes=notes)
+
+
+def _measure(config: TrialConfig, request: dict[str, Any]) -> dict[str, float]:
+    target = LatencyTarget(**request["target"]) if "latency_ms" in request["costs"] else None
+    costs = measure_costs(config.backbone, config.img_size, request["num_classes"], target)
+    return {name: value for name, value in costs.to_dict().items() if value is not None}
 
 
 def remove_orphaned_trial_folders(root: Path | None = None) -> list[Path]:

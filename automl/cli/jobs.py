@@ -24,7 +24,7 @@ from automl.cli.common import (
     settings_from,
     storage_flags,
 )
-from automl.cli.render import LiveView, jobs_table, print_outcome, status_panel
+from automl.cli.render import LiveView, jobs_table, pareto_table, print_outcome, status_panel
 
 
 def run(
@@ -167,9 +167,32 @@ def resume(
               "--watch)", highlight=False, soft_wrap=True)
 
 
+def pareto(
+    job: Annotated[str, typer.Argument(help="job id")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object a member")] = False,
+    api: ApiOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """A Pareto-front job's front: each member's metric, costs, backbone and image size (and,
+    once the job has ended, its test scores). Pull one with `automl pull JOB --trial N`."""
+    import json
+
+    view = backend(api, storage).pareto(job)
+    if as_json:
+        for member in view.members:
+            print(json.dumps(member.model_dump()))
+        return
+    console = out if out.is_terminal else Console(width=1000)
+    console.print(pareto_table(view))
+    note = "test scores from the end of the job" if view.final else "the front so far (no test scores yet)"
+    console.print(f"{len(view.members)} member(s); {note}", highlight=False)
+
+
 def pull(
     job: Annotated[str, typer.Argument(help="job id")],
-    folder: Annotated[Path, typer.Option("--out", help="directory to write the best checkpoint into")],
+    folder: Annotated[Path, typer.Option("--out", help="directory to write the checkpoint into")],
+    trial: Annotated[int | None, typer.Option(
+        min=0, help="a kept trial instead of the published best (a Pareto-front member)")] = None,
     api: ApiOpt = None,
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
@@ -178,7 +201,7 @@ def pull(
     if folder.exists() and not folder.is_dir():
         fail(f"--out {folder} is a file; give a directory (created if missing)")
     try:
-        written = backend(api, storage, artifacts).pull(job, folder)
+        written = backend(api, storage, artifacts).pull(job, folder, trial)
     except OSError as error:
         fail(f"cannot write to --out {folder}: {error.strerror or error}")
     files = ", ".join(sorted(p.name for p in written.iterdir() if not p.name.startswith(".")))

@@ -13,7 +13,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-STYLES = {"running": "cyan", "complete": "green", "pruned": "yellow", "failed": "red"}
+STYLES = {"running": "cyan", "complete": "green", "pruned": "yellow", "failed": "red",
+          "over_limit": "magenta"}  # over a cost limit: never trained
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _fmt(value: float | None) -> str:
 
 if TYPE_CHECKING:
     from automl.jobs.outcome import JobOutcome
-    from automl.service.views import JobPage, JobView
+    from automl.service.views import JobPage, JobView, ParetoView
 
 
 def status_panel(view: JobView) -> Text:
@@ -154,6 +155,20 @@ def jobs_table(page: JobPage) -> Table:
             "-" if best.value is None else f"{best.value:.4f} (trial {best.trial})",
             job.created_at.strftime("%Y-%m-%d %H:%M") if job.created_at else "",
         )
+    return table
+
+
+def pareto_table(view: ParetoView) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    columns = ["trial", view.metric, *view.costs, "backbone", "img_size", "test accuracy"]
+    for name in columns:
+        table.add_column(name, no_wrap=True)
+    for m in view.members:
+        test = m.test_metrics.get("test_accuracy")
+        table.add_row(str(m.trial), f"{m.metric:.4f}",
+                      *(f"{m.costs.get(c, float('nan')):.4g}" for c in view.costs),
+                      m.backbone or "-", str(m.img_size or "default"),
+                      "-" if test is None else f"{test:.4f}")
     return table
 
 

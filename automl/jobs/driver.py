@@ -17,17 +17,24 @@ from pathlib import Path
 import optuna
 import ray
 from optuna.trial import TrialState
-from ray import tune
 
 from automl.jobs.local_ray import connect_local_ray
 from automl.jobs.outcome import (
     JobOutcome,
     best_with_checkpoint,
     finish_leftovers,
+    kept_checkpoint,
+    score_front,
     score_on_test,
     why_nothing_completed,
 )
-from automl.jobs.preflight import check_dataset, check_pretrained_weights, check_resources
+from automl.jobs.preflight import (
+    check_dataset,
+    check_limits,
+    check_pretrained_weights,
+    check_resources,
+    feasible_portfolio,
+)
 from automl.jobs.publish import publish_best
 from automl.search import keys
 from automl.search.keys import state_name
@@ -36,27 +43,17 @@ from automl.search.strategy import Strategy, portfolio_for
 from automl.settings import Settings
 from automl.tune.bridge import LISTENERS, Events, StudyLink
 from automl.tune.experiment import no_missing_metrics_warning, retention_for, run_experiment
-from automl.tune.retention import folders_of, kept_checkpoint_folder
+from automl.tune.retention import folders_of
 from storage.optuna_storage import optuna_storage, retry
 from workers.tune_adapter import remove_orphaned_trial_folders
 
 log = logging.getLogger(__name__)
 
 
-def strategy_for(spec: JobSpec, n_images: int) -> Strategy:
-    """The job's strategy; its warm-start portfolio is the one for a dataset of `n_images`."""
-    s = spec.strategy
-    return Strategy(
-        space=spec.search_space(),
-        direction="maximize" if spec.objective.maximize else "minimize",
-        sampler=s.sampler,
-        pruner=s.pruner,
-        seed=s.seed,
-        warm_start=s.warm_start,
-        sampler_options=dict(s.sampler_options),
-        pruner_options=dict(s.pruner_options),
-        portfolio=portfolio_for(n_images),
-    )
+def strategy_for(spec: JobSpec, n_images: int, n_classes: int = 2) -> Strategy:
+    """The job's strategy; its warm-start portfolio is the one for a dataset of `n_images`,
+    without the members whose size alone breaks the job's limits."""
+    return spec.strategy_object(feasible_portfolio(spec, portfolio_for(n_images), n_classes))
 
 
 def ensure_ray(address: str | None) -> None:
@@ -87,14 +84,15 @@ def run_job(
 ) -> JobOutcome:
     started = time.monotonic()
     # before anything is stored: an impossible job leaves no trace
-    n_images = check_dataset(spec, dataset_roots)
+    dataset = check_dataset(spec, dataset_roots)
     check_pretrained_weights(spec)
+    check_limits(spec, dataset.classes)
     ray_started = time.monotonic()
     ensure_ray(settings.ray_address)
     timings = {"ray_start": time.monotonic() - ray_started}
     check_resources(spec)
     storage = optuna_storage(settings.storage_url, retry_seconds=connect_seconds)
-    strategy = strategy_for(spec, n_images)
+    strategy = strategy_for(spec, dataset.images, dataset.classes)
     study = retry(
         lambda: strategy.create_study(
             storage,
@@ -111,9 +109,9 @@ def run_job(
     link.attach(storage, study)
     try:
         with no_missing_metrics_warning():
-            grid = run_experiment(spec, job_id, settings, link, cancelled)
+            grid = run_experiment(spec, job_id, settings, link, cancelled, dataset.classes)
             timings["database"] = link.db_seconds
-            counts = finish_leftovers(study, spec.objective.maximize, events)
+            counts = finish_leftovers(link, events)
             if cancelled is not None and cancelled():
                 return JobOutcome(job_id, "cancelled", counts, elapsed=time.monotonic() - started,
                                   timings=timings)
@@ -130,7 +128,11 @@ def run_job(
                 checkpoint = kept_checkpoint(result, spec)
                 test = publish_best(study, settings.artifacts_path, checkpoint, best,
                                     spec.objective.metric, score_on_test(checkpoint, spec), counts)
-                outcome = JobOutcome(job_id, "succeeded", counts, best.number, best.value, test)
+                if spec.objective.front_costs:
+                    front = score_front(study, results, spec, best.number, test)
+                    retry(lambda: study.set_user_attr(keys.FRONT, front), what="record the front")
+                outcome = JobOutcome(job_id, "succeeded", counts, best.number, best.values[0],
+                                     test)
             timings["publish"] = time.monotonic() - publishing
     finally:
         LISTENERS.pop(job_id, None)
@@ -143,16 +145,6 @@ def run_job(
     return outcome
 
 
-def kept_checkpoint(result: tune.Result, spec: JobSpec) -> tune.Checkpoint:
-    """The trial's best checkpoint: the one Ray names, or (with equal scores) the one retention
-    kept in its place."""
-    named = result.get_best_checkpoint(spec.objective.metric, spec.objective.mode)
-    assert named is not None
-    folder = kept_checkpoint_folder(Path(named.path))
-    assert folder is not None, f"trial {result.path} has no checkpoint left"
-    return named if folder == Path(named.path) else tune.Checkpoint(str(folder))
-
-
 def replay_history(study: optuna.Study, events: Events) -> None:
     """A resumed job's view starts where the job left off, not from nothing."""
     started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -161,4 +153,5 @@ def replay_history(study: optuna.Study, events: Events) -> None:
         for epoch, value in sorted(trial.intermediate_values.items()):
             events.on_event("report", trial.number, value, epoch)
         if trial.state.is_finished():
-            events.on_event(state_name(trial.state), trial.number, trial.value)
+            events.on_event(state_name(trial.state), trial.number,
+                            trial.values[0] if trial.values else None)

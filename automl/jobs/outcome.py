@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -16,7 +17,8 @@ from ray import tune
 from automl.search import keys
 from automl.search.keys import TrialCounts, state_name
 from automl.search.spec import JobSpec
-from automl.tune.bridge import Events, best_of
+from automl.tune.bridge import Events, StudyLink
+from automl.tune.retention import kept_checkpoint_folder
 from automl.tune.stopper import FAIL_FAST_TRIALS, JobStopper
 from storage.optuna_storage import retry
 from workers.tune_adapter import can_evaluate_here, evaluate_on_split
@@ -37,26 +39,26 @@ class JobOutcome:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, database, ...
 
 
-def finish_leftovers(
-    study: optuna.Study, maximize: bool, events: Events | None = None
-) -> TrialCounts:
+def finish_leftovers(link: StudyLink, events: Events | None = None) -> TrialCounts:
     """Trials still RUNNING after Tune returned were stopped by the budget, the target or a cancel:
     those with results are told COMPLETE with their best epoch, the others FAIL. Returns the
     final counts."""
+    study = link.study
     running = retry(
         lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="list trials"
     )
     for frozen in running:
-        value = best_of(frozen.intermediate_values, maximize)
-        state = TrialState.FAIL if value is None else TrialState.COMPLETE
+        values = link.values_of(frozen)
+        state = TrialState.FAIL if values is None else TrialState.COMPLETE
 
         def tell(number: int = frozen.number, state: TrialState = state,
-                 value: float | None = value) -> None:
-            study.tell(number, value, state=state, skip_if_finished=True)
+                 values: float | list[float] | None = values) -> None:
+            study.tell(number, values, state=state, skip_if_finished=True)
 
         retry(tell, what="finish a trial")
         if events is not None:
-            events.on_event(state_name(state), frozen.number, value)
+            events.on_event(state_name(state), frozen.number,
+                            values[0] if isinstance(values, list) else values)
     return retry(lambda: TrialCounts.of(t.state for t in study.get_trials(deepcopy=False)),
                  what="count trials")
 
@@ -67,15 +69,59 @@ def best_with_checkpoint(
     """The best complete trial whose checkpoint this Tune run holds. Only a job whose Ray state
     was lost (its trials' checkpoints with it) can have a better trial without one."""
     by_ray_id = {(r.metrics or {}).get("trial_id"): r for r in results if r.best_checkpoints}
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    for trial in sorted(complete, key=lambda t: float(t.value or 0.0), reverse=maximize):
+    ranked = ranked_complete(study, maximize)
+    for trial in ranked:
         result = by_ray_id.get(trial.user_attrs.get(keys.RAY_TRIAL_ID))
         if result is not None:
-            if trial.number != study.best_trial.number:
+            if trial.number != ranked[0].number:
                 log.warning("trial %d scored best, but its checkpoint went with Ray's state: "
-                            "publishing trial %d", study.best_trial.number, trial.number)
+                            "publishing trial %d", ranked[0].number, trial.number)
             return trial, result
     return None, None
+
+
+def ranked_complete(study: optuna.Study, maximize: bool) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials, best validation metric first (on a Pareto front: its first value)."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.values]
+    return sorted(complete, key=lambda t: float(t.values[0]), reverse=maximize)
+
+
+def kept_checkpoint(result: tune.Result, spec: JobSpec) -> tune.Checkpoint:
+    """The trial's best checkpoint: the one Ray names, or (with equal scores) the one retention
+    kept in its place."""
+    named = result.get_best_checkpoint(spec.objective.metric, spec.objective.mode)
+    assert named is not None
+    folder = kept_checkpoint_folder(Path(named.path))
+    assert folder is not None, f"trial {result.path} has no checkpoint left"
+    return named if folder == Path(named.path) else tune.Checkpoint(str(folder))
+
+
+def score_front(
+    study: optuna.Study, results: list[tune.Result], spec: JobSpec, published: int,
+    published_test: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Every member of a Pareto front scored once on the test split (the published one was
+    already): what `automl pareto` shows and `automl pull --trial` pulls."""
+    by_ray_id = {(r.metrics or {}).get("trial_id"): r for r in results if r.best_checkpoints}
+    members = sorted(study.best_trials, key=lambda t: float(t.values[0]),
+                     reverse=spec.objective.maximize)
+    front = []
+    for trial in members:
+        result = by_ray_id.get(trial.user_attrs.get(keys.RAY_TRIAL_ID))
+        if trial.number == published:
+            test = published_test
+        elif result is not None:
+            scored = score_on_test(kept_checkpoint(result, spec), spec)
+            test = {k: v for k, v in scored.items() if isinstance(v, int | float)}
+        else:  # its checkpoint went with a lost Ray state
+            test = {}
+        config = trial.user_attrs.get(keys.CONFIG, {})
+        front.append({"trial": trial.number, "values": list(trial.values),
+                      "costs": trial.user_attrs.get(keys.COSTS, {}),
+                      "backbone": config.get("backbone"), "img_size": config.get("img_size"),
+                      "test_metrics": test})
+    return front
 
 
 def score_on_test(checkpoint: tune.Checkpoint, spec: JobSpec) -> dict[str, Any]:

@@ -4,19 +4,26 @@ download, and whether any Ray node can host one trial. A job refused here leaves
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import ray
 
 from automl.errors import JobError
 from automl.search.spec import JobSpec
 from workers.config import DataConfig
+from workers.costs import broken_limits, measure_costs, static_costs
 from workers.datasets import DatasetError, load_index, verify_images
 from workers.model import hub_unreachable, uncached_hub_weights
 
 
-def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> int:
+class DatasetSize(NamedTuple):
+    images: int
+    classes: int
+
+
+def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
     """Index and verify the dataset once, on the driver, before anything is stored or started;
-    returns its number of images. With `roots` (a service's dataset roots), every image must
+    returns its numbers of images and classes. With `roots` (a service's dataset roots), every image must
     lie under one of them once symlinks are resolved: a folder under a root may still link
     anywhere."""
     try:
@@ -38,7 +45,7 @@ def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> int:
         verify_images(index.paths)
     except DatasetError as error:
         raise JobError(f"dataset: {error}") from error
-    return len(index.paths)
+    return DatasetSize(len(index.paths), len(index.classes))
 
 
 def check_pretrained_weights(spec: JobSpec) -> None:
@@ -79,3 +86,71 @@ def check_resources(spec: JobSpec) -> None:
             f"has {biggest_cpu:g} CPU and {biggest_gpu:g} GPU; lower `resources` in the job spec "
             "or point --ray-address at a cluster that has them"
         )
+
+
+def _static_costs(backbone: str, img_size: int | None, n_classes: int) -> tuple[float, float, int]:
+    key = (backbone, img_size, n_classes)
+    if key not in _STATIC:
+        _STATIC[key] = static_costs(backbone, img_size, n_classes)
+    return _STATIC[key]
+
+
+_STATIC: dict[tuple[str, int | None, int], tuple[float, float, int]] = {}
+STATIC = ("params_m", "macs_g")  # known without running the model (meta device)
+
+
+def check_limits(spec: JobSpec, n_classes: int) -> None:
+    """Refuse a job whose limits no configuration of its space can meet: the smallest choice
+    already breaks one (by parameters and MACs, counted; by latency, measured for the choice
+    with the fewest MACs, here, on the target)."""
+    limits = spec.objective.limits
+    if not limits:
+        return
+    space = spec.search_space()
+    size = space.smallest_img_size()
+    candidates = []
+    for backbone in space.backbones():
+        params_m, macs_g, side = _static_costs(backbone, size, n_classes)
+        candidates.append((backbone, side, {"params_m": params_m, "macs_g": macs_g}))
+    static = {name: limit for name, limit in limits.items() if name in STATIC}
+    fitting = [c for c in candidates if not broken_limits(c[2], static)]
+    if not fitting:
+        smallest = {name: min(candidates, key=lambda c: c[2][name]) for name in static}
+        said = "; ".join(f"the smallest {name}, {c[0]} at {c[1]} px, has {c[2][name]:.3g} "
+                         f"(objective.limits.{name}: {static[name]:g})"
+                         for name, c in smallest.items())
+        raise JobError(f"no configuration of the space meets the limits: {said}; raise the "
+                       "limit or add smaller backbones to space.backbone")
+    if "latency_ms" in limits:
+        backbone, side, _ = min(fitting, key=lambda c: c[2]["macs_g"])
+        target = spec.objective.latency.target()
+        latency = measure_costs(backbone, side, n_classes, target).latency_ms
+        assert latency is not None
+        if latency > limits["latency_ms"]:
+            raise JobError(
+                f"no configuration of the space meets objective.limits.latency_ms "
+                f"({limits['latency_ms']:g}): the one with the fewest MACs, {backbone} at {side} "
+                f"px, takes {latency:.3g} ms on the target ({target.key()}); raise the limit, "
+                "add smaller backbones or smaller space.img_size choices")
+
+
+def feasible_portfolio(
+    spec: JobSpec, portfolio: tuple[dict[str, Any], ...], n_classes: int
+) -> tuple[dict[str, Any], ...]:
+    """The warm-start members whose parameters and MACs fit the job's limits: a member over a
+    limit would only cost a trial."""
+    static = {name: limit for name, limit in spec.objective.limits.items() if name in STATIC}
+    if not static:
+        return portfolio
+    space = spec.search_space()
+    size = space.smallest_img_size()
+    kept = []
+    for member in portfolio:
+        if "backbone" not in space.admits(member):  # the space samples another one instead
+            kept.append(member)
+            continue
+        params_m, macs_g, _ = _static_costs(member["backbone"], member.get("img_size", size),
+                                            n_classes)
+        if not broken_limits({"params_m": params_m, "macs_g": macs_g}, static):
+            kept.append(member)
+    return tuple(kept)

@@ -14,6 +14,7 @@ import logging
 import mimetypes
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from automl.search import keys
 from automl.search.keys import TrialCounts
 from storage.artifacts import ArtifactStore, artifact_store
 from storage.optuna_storage import retry
+from workers.checkpoint import copy_model_files
 from workers.tune_adapter import copy_checkpoint
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ def publish_best(
             trial_number=trial.number,
             config=trial.user_attrs.get(keys.CONFIG, {}),
             classes=classes,
-            val_value=float(trial.value or 0.0),
+            val_value=float(trial.values[0]),
             objective=objective,
             test_metrics=test,
             counts=counts,
@@ -119,10 +121,8 @@ def pull(
     if missing:
         raise PullError(f"job {job_id!r}: the artifact store lacks {sorted(missing)}")
     store = artifact_store(artifacts, create=False)  # a wrong path must not become a store
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=out))
-    try:
+
+    def fill(staging: Path) -> None:
         for meta in metas:
             if Path(meta.filename).name != meta.filename or meta.filename in ("", ".", ".."):
                 # not a name Optuna's upload writes (it keeps the file's own name): one set in
@@ -142,6 +142,42 @@ def pull(
                     f"artifact store {_where(artifacts)}; point --artifacts (or AUTOML_ARTIFACTS) at "
                     "the store the job wrote to"
                 ) from error
+
+    return _all_or_nothing(out, fill)
+
+
+def kept_checkpoint_of(run_folder: Path, ray_trial_id: str) -> Path | None:
+    """The checkpoint retention kept for a trial of a job's Ray Tune run, if any."""
+    for trial_folder in run_folder.glob("run_tune_trial_*"):
+        result = trial_folder / "result.json"  # Ray's log of the trial: its id on every line
+        if not result.is_file():
+            continue
+        with result.open() as lines:
+            first = lines.readline()
+        if first and json.loads(first).get("trial_id") == ray_trial_id:
+            kept = sorted(trial_folder.glob("checkpoint_*"))
+            return kept[-1] if kept else None
+    return None
+
+
+def pull_checkpoint(folder: Path, out: Path, test: dict[str, Any] | None) -> Path:
+    """A kept checkpoint's model files (and its test scores, if it has them) into `out`."""
+
+    def fill(staging: Path) -> None:
+        copy_model_files(folder, staging)
+        if test:
+            (staging / "test_metrics.json").write_text(json.dumps(test, indent=2, sort_keys=True))
+
+    return _all_or_nothing(out, fill)
+
+
+def _all_or_nothing(out: Path, fill: Callable[[Path], None]) -> Path:
+    """`fill` a staging folder inside `out`, then move its files in: all of them or none."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=out))
+    try:
+        fill(staging)
         for path in staging.iterdir():
             path.replace(out / path.name)
     except BaseException:

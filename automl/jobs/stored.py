@@ -53,11 +53,7 @@ def read_progress(storage: optuna.storages.BaseStorage, job_id: str) -> Progress
             ("pruned", TrialState.PRUNED), ("failed", TrialState.FAIL))})
     except KeyError:  # not created yet, or deleted under the job
         return None
-    try:
-        best = storage.get_best_trial(study_id)
-        best_trial, best_value = best.number, best.value
-    except ValueError:  # nothing complete yet
-        best_trial, best_value = None, None
+    best_trial, best_value = _best(storage, study_id)
     return Progress(
         n_running=counts.running,
         n_complete=counts.complete,
@@ -67,6 +63,24 @@ def read_progress(storage: optuna.storages.BaseStorage, job_id: str) -> Progress
         best_value=best_value,
         study_id=study_id,
     )
+
+
+def _best(storage: optuna.storages.BaseStorage, study_id: int) -> tuple[int | None, float | None]:
+    """The complete trial with the best validation metric (a Pareto front's first value)."""
+    directions = storage.get_study_directions(study_id)
+    if len(directions) == 1:
+        try:
+            best = storage.get_best_trial(study_id)
+        except ValueError:  # nothing complete yet
+            return None, None
+        return best.number, best.value
+    complete = [t for t in storage.get_all_trials(study_id, deepcopy=False,
+                                                  states=(TrialState.COMPLETE,)) if t.values]
+    if not complete:
+        return None, None
+    pick = max if directions[0] == optuna.study.StudyDirection.MAXIMIZE else min
+    best = pick(complete, key=lambda t: t.values[0])
+    return best.number, best.values[0]
 
 
 class _Heartbeat(threading.Thread):

@@ -22,6 +22,12 @@ RAY_TRIAL_ID = "ray_trial_id"  # the Ray Tune trial running it
 CONFIG = "config"  # the whole trial configuration the engine ran (params + fixed settings)
 ORPHANED = "orphaned"  # asked after Ray last saved its state: the next suggestion adopts it
 DRIVER_MS = "driver_ms"  # the driver's time on it: ask, and each epoch's report + should_prune
+COSTS = "costs"  # params_m, macs_g, latency_ms of its configuration, measured before it trained
+OVER_LIMIT = "over_limit"  # the limits its costs broke (it never trained): {cost: [value, limit]}
+
+# study user attributes, deployment-aware jobs
+MEASURED_COSTS = "measured_costs"  # costs by "backbone@img_size@target", measured once a job
+FRONT = "pareto_front"  # the front's members once the job ends: number, values, test scores
 
 
 @dataclass(frozen=True)

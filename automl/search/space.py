@@ -214,6 +214,16 @@ class SearchSpace:
     def backbones(self) -> tuple[str, ...]:
         return _values(self.overrides.get("backbone", Choices(DEFAULT_BACKBONES)))
 
+    def smallest_img_size(self) -> int | None:
+        """The smallest image side a trial may get; None: each backbone's own."""
+        param = self.overrides.get("img_size")
+        if param is None:
+            return None
+        if isinstance(param, Range):
+            return int(param.low)
+        sizes = [v for v in _values(param) if v is not None]
+        return min(sizes) if sizes else None
+
     def pretrained(self) -> tuple[bool | str, ...]:
         """What trials may load weights from: True (the model hub), a file, or False (none)."""
         return _values(self.overrides.get("pretrained", Fixed(True)))

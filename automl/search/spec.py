@@ -28,6 +28,7 @@ from automl.errors import SpecError
 from automl.search.space import SearchSpace, SpaceError
 from automl.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, Strategy
 from workers.config import OBJECTIVES
+from workers.costs import COSTS, LatencyTarget
 
 Duration = float | str
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -56,16 +57,76 @@ class DatasetSpec(_Strict):
         return self
 
 
+class LatencySpec(_Strict):
+    """The deployment target a configuration's latency is measured on (by the trial's worker)."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch: int = Field(1, ge=1, le=256)
+    threads: int = Field(1, ge=1, le=256)
+    runtime: Literal["onnxruntime", "torch"] = "onnxruntime"
+
+    def target(self) -> LatencyTarget:
+        return LatencyTarget(self.device, self.batch, self.threads, self.runtime)
+
+
 class ObjectiveSpec(_Strict):
+    """One validation metric (`metric`), or a Pareto front of it against costs (`metrics`),
+    optionally under hard `limits` on costs: the best model that fits its deployment target."""
+
     metric: Literal[OBJECTIVES] = "val_accuracy"  # type: ignore[valid-type]
     direction: Literal["maximize", "minimize"] | None = None
+    metrics: list[str] | None = Field(
+        None, description="a Pareto front: one validation metric and at least one cost")
+    limits: dict[str, float] = Field(
+        default_factory=dict, description="upper bounds on costs: latency_ms, params_m, macs_g")
+    latency: LatencySpec = LatencySpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_of_the_front(cls, payload: Any) -> Any:
+        """With `metrics`, `metric` is the validation metric among them (said or not)."""
+        if isinstance(payload, dict) and isinstance(payload.get("metrics"), list) \
+                and "metric" not in payload:
+            scored = [m for m in payload["metrics"] if m in OBJECTIVES]
+            if scored:
+                return {**payload, "metric": scored[0]}
+        return payload
 
     @model_validator(mode="after")
-    def _direction_matches(self) -> ObjectiveSpec:
+    def _consistent(self) -> ObjectiveSpec:
         natural = "minimize" if self.metric == "val_loss" else "maximize"
         if self.direction is not None and self.direction != natural:
             raise ValueError(f"{self.metric} can only be {natural}d; drop `direction` or fix it")
+        for name, limit in self.limits.items():
+            if name in OBJECTIVES:
+                raise ValueError(
+                    f"objective.limits.{name}: a limit is an upper bound on a cost, and {name} "
+                    f"is what the search {natural}s: it contradicts the objective; use "
+                    "budget.target to stop at a value")
+            if name not in COSTS:
+                raise ValueError(f"objective.limits.{name}: unknown cost; limits take "
+                                 f"{', '.join(COSTS)}")
+            if not limit > 0:
+                raise ValueError(f"objective.limits.{name}={limit}: a limit must be above 0")
+        if self.metrics is not None:
+            self._check_front(self.metrics)
         return self
+
+    def _check_front(self, metrics: list[str]) -> None:
+        twice = sorted({m for m in metrics if metrics.count(m) > 1})
+        if twice:
+            raise ValueError(f"objective.metrics: {', '.join(twice)} named twice")
+        unknown = [m for m in metrics if m not in OBJECTIVES and m not in COSTS]
+        if unknown:
+            raise ValueError(f"objective.metrics: unknown {', '.join(unknown)}; a front takes "
+                             f"one of {', '.join(OBJECTIVES)} and costs {', '.join(COSTS)}")
+        scored = [m for m in metrics if m in OBJECTIVES]
+        if len(scored) != 1 or len(metrics) < 2:
+            raise ValueError("objective.metrics: a Pareto front is one validation metric and at "
+                             f"least one cost, e.g. [val_accuracy, latency_ms]; got {metrics}")
+        if scored[0] != self.metric:
+            raise ValueError(f"objective.metric={self.metric} is not the validation metric of "
+                             f"objective.metrics ({scored[0]}); drop one")
 
     @property
     def maximize(self) -> bool:
@@ -74,6 +135,22 @@ class ObjectiveSpec(_Strict):
     @property
     def mode(self) -> Literal["max", "min"]:
         return "max" if self.maximize else "min"
+
+    @property
+    def front_costs(self) -> list[str]:
+        """The costs a Pareto front trades the metric against (none: one objective)."""
+        return [m for m in self.metrics or [] if m in COSTS]
+
+    @property
+    def directions(self) -> list[Literal["maximize", "minimize"]]:
+        """The study's: the metric's, then each front cost's (minimized)."""
+        minimized: list[Literal["maximize", "minimize"]] = ["minimize"] * len(self.front_costs)
+        return ["maximize" if self.maximize else "minimize", *minimized]
+
+    @property
+    def costs_needed(self) -> list[str]:
+        """The costs a trial must know before it trains: its limits' and its front's."""
+        return sorted(set(self.limits) | set(self.front_costs))
 
 
 class BudgetSpec(_Strict):
@@ -110,7 +187,7 @@ class CheckpointsSpec(_Strict):
 
 
 class StrategySpec(_Strict):
-    sampler: Literal["tpe", "random", "gp", "cmaes"] = DEFAULT_SAMPLER  # type: ignore[assignment]
+    sampler: Literal["tpe", "random", "gp", "cmaes", "nsga2"] = DEFAULT_SAMPLER  # type: ignore[assignment]
     pruner: Literal["hyperband", "sha", "median", "none"] = DEFAULT_PRUNER  # type: ignore[assignment]
     seed: int | None = None
     warm_start: bool = Field(True, description="try the strategy's portfolio of strong configs first")
@@ -161,9 +238,15 @@ class JobSpec(_Strict):
     def _strategy_is_buildable(self) -> JobSpec:
         """Options go to Optuna's sampler and pruner as keywords: build them now, not on Ray."""
         s = self.strategy
-        strategy = Strategy(self.search_space(), sampler=s.sampler, pruner=s.pruner,
-                            sampler_options=dict(s.sampler_options),
-                            pruner_options=dict(s.pruner_options))
+        if self.objective.front_costs:
+            if s.pruner in ("hyperband", "median"):
+                raise ValueError(f"strategy.pruner: {s.pruner} cannot prune a Pareto front "
+                                 "(Optuna's pruners take one objective); use sha (successive "
+                                 "halving by Pareto rank) or none")
+            if s.sampler == "cmaes":
+                raise ValueError("strategy.sampler: cmaes optimizes one objective; for a Pareto "
+                                 "front use random, tpe, gp or nsga2")
+        strategy = self.strategy_object()
         for field, build in (("sampler", strategy.make_sampler), ("pruner", strategy.make_pruner)):
             try:
                 with warnings.catch_warnings():  # Optuna's experimental-feature notices
@@ -179,6 +262,24 @@ class JobSpec(_Strict):
                 "trial; lower it or raise max_epochs"
             )
         return self
+
+    def strategy_object(self, portfolio: tuple[dict[str, Any], ...] = ()) -> Strategy:
+        """The strategy this spec asks for (the job's driver adds the portfolio for its data)."""
+        s, o = self.strategy, self.objective
+        return Strategy(
+            space=self.search_space(),
+            direction="maximize" if o.maximize else "minimize",
+            metric=o.metric,
+            sampler=s.sampler,
+            pruner=s.pruner,
+            seed=s.seed,
+            warm_start=s.warm_start,
+            sampler_options=dict(s.sampler_options),
+            pruner_options=dict(s.pruner_options),
+            portfolio=portfolio,
+            front_costs=tuple(o.front_costs),
+            limits=dict(o.limits),
+        )
 
     def search_space(self) -> SearchSpace:
         if self._space is None:  # a copy (model_copy) keeps it; only construct() skips it
@@ -360,7 +461,9 @@ def format_errors(error: ValidationError) -> str:
         elif item["type"] == "string_type" and isinstance(item["input"], bool | int | float):
             message += (f", got {item['input']!r} (YAML reads an unquoted yes/no/on/off/true/false "
                         "or number as that type: put the value in quotes)")
-        if not item["loc"] and re.match(r"[a-z_.]+[:=]", message):  # names its field itself
+        names_itself = re.match(r"[a-z_.]+[:=]", message) and (
+            not item["loc"] or message.startswith(f"{field}."))
+        if names_itself:
             lines.append(f"  {message}")
         else:
             lines.append(f"  {field}: {message}")

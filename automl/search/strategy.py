@@ -15,13 +15,16 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
+from automl.search import keys
 from automl.search._optuna import (
     FastHyperbandPruner,
     FastSuccessiveHalvingPruner,
     storage_of,
     study_id,
+    trial_id,
     with_groups_once,
 )
+from automl.search.pareto import ParetoSuccessiveHalvingPruner
 from automl.search.portfolio import PORTFOLIOS
 from automl.search.space import SearchSpace
 
@@ -49,6 +52,7 @@ def portfolio_for(n_images: int) -> tuple[dict[str, Any], ...]:
 class Strategy:
     space: SearchSpace
     direction: Literal["maximize", "minimize"] = "maximize"
+    metric: str = "val_accuracy"
     sampler: str = DEFAULT_SAMPLER
     pruner: str = DEFAULT_PRUNER
     seed: int | None = None
@@ -56,31 +60,57 @@ class Strategy:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     pruner_options: dict[str, Any] = field(default_factory=dict)
     portfolio: tuple[dict[str, Any], ...] = ()
+    # deployment-aware jobs: the costs a Pareto front trades the metric against (minimized),
+    # and hard upper bounds on costs
+    front_costs: tuple[str, ...] = ()
+    limits: dict[str, float] = field(default_factory=dict)
     _portfolio_done: bool = field(default=False, init=False, repr=False)
 
     @property
     def max_epochs(self) -> int:
         return self.space.max_epochs
 
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+    @property
+    def directions(self) -> list[Literal["maximize", "minimize"]]:
+        minimized: list[Literal["maximize", "minimize"]] = ["minimize"] * len(self.front_costs)
+        return [self.direction, *minimized]
+
+    @property
+    def metric_names(self) -> list[str]:
+        """What the dashboard names the study's values (not "Objective 0")."""
+        return [self.metric, *self.front_costs]
+
     def make_sampler(self, offset: int = 0) -> BaseSampler:
         """`offset` reseeds a reloaded study so a restarted driver does not replay old draws."""
         seed = None if self.seed is None else self.seed + offset
         options = dict(self.sampler_options)
-        if self.sampler == "random":
+        constraints = LimitConstraints(self.limits) if self.limits else None
+        if self.sampler == "random":  # learns nothing, so nothing to learn the limits from
             return optuna.samplers.RandomSampler(seed=seed, **options)
+        if self.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints,
+                                                 **options)
         if self.sampler == "gp":
-            return optuna.samplers.GPSampler(seed=seed, **options)
+            return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints, **options)
         if self.sampler == "cmaes":
             options.setdefault("warn_independent_sampling", False)
             return optuna.samplers.CmaEsSampler(seed=seed, **options)
         options.setdefault("multivariate", True)
         options.setdefault("group", True)
         options.setdefault("constant_liar", True)
-        sampler = optuna.samplers.TPESampler(seed=seed, **options)
+        sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, **options)
         return with_groups_once(sampler) if options["group"] else sampler
 
     def make_pruner(self) -> BasePruner:
         options = dict(self.pruner_options)
+        if self.front_costs and self.pruner == "sha":  # Optuna's pruners cannot rank a front
+            options.setdefault("min_resource", 2)
+            options.setdefault("reduction_factor", 3)
+            return ParetoSuccessiveHalvingPruner(self.front_costs, self.maximize, **options)
         if self.pruner == "hyperband":
             options.setdefault("min_resource", 1)
             options.setdefault("max_resource", self.max_epochs)
@@ -109,10 +139,11 @@ class Strategy:
             study = optuna.create_study(
                 storage=storage,
                 study_name=name,
-                direction=self.direction,
+                directions=self.directions,
                 sampler=self.make_sampler(),
                 pruner=self.make_pruner(),
             )
+            study.set_metric_names(self.metric_names)
             for key, value in (attrs or {}).items():
                 study.set_user_attr(key, value)
             return study
@@ -146,3 +177,48 @@ class Strategy:
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         return self.space.sample(trial)
 
+    def report(self, study: optuna.Study, trial: optuna.Trial, epoch: int, value: float,
+               last: bool = False) -> bool:
+        """Record an epoch's value; whether the trial is to be pruned (never after its last
+        epoch: nothing is left to save). A redone epoch (a retried trial) keeps its first value.
+
+        Optuna refuses `report` and `should_prune` in a multi-objective study; its storage takes
+        the epoch's value for any trial (where the dashboard draws the curve from), and the
+        Pareto pruner judges the trial from it."""
+        if not self.front_costs:
+            trial.report(value, epoch)
+            return not last and trial.should_prune()
+        storage = storage_of(study)
+        number = trial_id(trial)
+        if epoch not in storage.get_trial(number).intermediate_values:
+            storage.set_trial_intermediate_value(number, epoch, value)
+        return not last and study.pruner.prune(study, storage.get_trial(number))
+
+    def final_values(self, intermediate: dict[int, float], costs: dict[str, float]
+                     ) -> float | list[float] | None:
+        """What a finished trial is told: its best epoch's value, and on a Pareto front its costs
+        after it (in the front's order); None if it has neither."""
+        finite = [v for v in intermediate.values() if not math.isnan(v)]
+        if not finite:
+            return None
+        value = max(finite) if self.maximize else min(finite)
+        if not self.front_costs:
+            return value
+        if any(costs.get(name) is None for name in self.front_costs):
+            return None
+        return [value, *(float(costs[name]) for name in self.front_costs)]
+
+
+
+class LimitConstraints:
+    """Optuna's `constraints_func` for cost limits: a trial's costs minus the limits (feasible
+    when none is above 0), read from the trial's `costs` (measured before it trained). TPE, GP
+    and NSGA-II keep away from the region of the space whose trials broke a limit."""
+
+    def __init__(self, limits: dict[str, float]) -> None:
+        self.limits = dict(limits)
+
+    def __call__(self, trial: optuna.trial.FrozenTrial) -> list[float]:
+        costs = trial.user_attrs.get(keys.COSTS) or {}
+        return [float(costs[name]) - limit if costs.get(name) is not None else 0.0
+                for name, limit in sorted(self.limits.items())]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from automl.search.spec import JobSpec
-from automl.service.views import BestView, JobPage, JobView, TrialPage
+from automl.service.views import BestView, JobPage, JobView, ParetoView, TrialPage
 from automl.settings import Settings
 
 
@@ -27,8 +27,11 @@ class Backend(Protocol):
 
     def best(self, job_id: str) -> BestView: ...
 
-    def pull(self, job_id: str, out: Path) -> Path:
-        """The best checkpoint and its reports into `out`; all files or none."""
+    def pareto(self, job_id: str) -> ParetoView: ...
+
+    def pull(self, job_id: str, out: Path, trial: int | None = None) -> Path:
+        """The best checkpoint and its reports (or a kept trial's) into `out`; all files or
+        none."""
         ...
 
 

@@ -12,7 +12,7 @@ import httpx
 
 from automl.errors import ApiError
 from automl.search.spec import JobSpec
-from automl.service.views import BestView, JobPage, JobView, TrialPage
+from automl.service.views import BestView, JobPage, JobView, ParetoView, TrialPage
 
 
 class ApiClient:
@@ -46,9 +46,14 @@ class ApiClient:
     def best(self, job_id: str) -> BestView:
         return BestView.model_validate(self._json("GET", f"/jobs/{job_id}/best"))
 
-    def pull(self, job_id: str, out: Path) -> Path:
-        """Download the best checkpoint archive and unpack it into `out`."""
-        response = self._request("GET", f"/jobs/{job_id}/best/checkpoint")
+    def pareto(self, job_id: str) -> ParetoView:
+        return ParetoView.model_validate(self._json("GET", f"/jobs/{job_id}/pareto"))
+
+    def pull(self, job_id: str, out: Path, trial: int | None = None) -> Path:
+        """Download the best checkpoint archive (or `trial`'s) and unpack it into `out`."""
+        route = (f"/jobs/{job_id}/best/checkpoint" if trial is None
+                 else f"/jobs/{job_id}/trials/{trial}/checkpoint")
+        response = self._request("GET", route)
         out.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
             tar.extractall(out, filter="data")  # refuses absolute paths, links out, devices

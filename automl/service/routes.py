@@ -14,7 +14,7 @@ from fastapi.security import HTTPBearer
 
 from automl.search.spec import JOB_ID_PATTERN, JobSpec, require_under_roots
 from automl.service.service import JobService
-from automl.service.views import BestView, JobPage, JobState, JobView, TrialPage
+from automl.service.views import BestView, JobPage, JobState, JobView, ParetoView, TrialPage
 
 # module level: route annotations are resolved in the module's namespace (PEP 563).
 # It declares the scheme in the OpenAPI document; RequestGuard enforces it.
@@ -94,7 +94,27 @@ def best(job_id: JobId, service: Service) -> BestView:
 @jobs.get("/{job_id}/best/checkpoint", response_class=FileResponse,
           responses={200: {"content": {"application/gzip": {}}}})
 def checkpoint(job_id: JobId, service: Service, background: BackgroundTasks) -> FileResponse:
+    return _archive(service, job_id, None, background)
+
+
+@jobs.get("/{job_id}/trials/{number}/checkpoint", response_class=FileResponse,
+          responses={200: {"content": {"application/gzip": {}}}})
+def trial_checkpoint(job_id: JobId, number: Annotated[int, PathParam(ge=0, le=MAX_OFFSET)],
+                     service: Service, background: BackgroundTasks) -> FileResponse:
+    """A kept trial's checkpoint (a Pareto-front member, one of the best `keep_trials`)."""
+    return _archive(service, job_id, number, background)
+
+
+@jobs.get("/{job_id}/pareto", response_model=ParetoView)
+def pareto(job_id: JobId, service: Service) -> ParetoView:
+    """The Pareto front of the metric against the job's costs: scored on the test split once
+    the job has ended, the front so far until then."""
+    return service.pareto(job_id)
+
+
+def _archive(service: JobService, job_id: str, trial: int | None,
+             background: BackgroundTasks) -> FileResponse:
     folder = Path(tempfile.mkdtemp(prefix="automl-archive-"))
     background.add_task(shutil.rmtree, folder, True)
-    archive = service.checkpoint_archive(job_id, folder)
+    archive = service.checkpoint_archive(job_id, folder, trial)
     return FileResponse(archive, media_type="application/gzip", filename=archive.name)

@@ -11,11 +11,21 @@ from pathlib import Path
 import optuna
 
 from automl.errors import JobConflict, NotReady, PullError, UnknownJob
-from automl.jobs.publish import pull
+from automl.jobs.publish import kept_checkpoint_of, pull, pull_checkpoint
 from automl.search import keys
 from automl.search.keys import state_name
 from automl.search.spec import JobSpec, new_job_id
-from automl.service.views import Best, BestView, Counts, JobPage, JobView, TrialPage, TrialView
+from automl.service.views import (
+    Best,
+    BestView,
+    Counts,
+    FrontMember,
+    JobPage,
+    JobView,
+    ParetoView,
+    TrialPage,
+    TrialView,
+)
 from automl.settings import Settings
 from storage.jobs import JobStore
 from storage.models import Job
@@ -88,27 +98,86 @@ class JobService:
         trial = self.studies.get_trial(
             self.studies.get_trial_id_from_study_id_trial_number(study_id, number))
         return BestView(job=job_id, trial=number, objective=job.spec["objective"]["metric"],
-                        value=trial.value, config=trial.user_attrs.get(keys.CONFIG, {}),
+                        value=trial.values[0] if trial.values else None,
+                        config=trial.user_attrs.get(keys.CONFIG, {}),
                         test_metrics=study.user_attrs.get(keys.TEST_METRICS, {}))
 
-    def pull(self, job_id: str, out: Path) -> Path:
-        """A job that has not succeeded has nothing to pull; a study with no job row (written by
-        other means) is looked up by its study alone."""
+    def pull(self, job_id: str, out: Path, trial: int | None = None) -> Path:
+        """The published best, or `trial`'s kept checkpoint (a Pareto-front member, one of the
+        best `keep_trials`). A job that has not succeeded has no published best; a study with
+        no job row (written by other means) is looked up by its study alone."""
         job = self.store.find(job_id)
+        if trial is not None:
+            return self._pull_trial(job_id, trial, out)
         if job is not None and job.state != "succeeded":
             raise NotReady(f"job {job_id} is {job.state}: it has no published best trial yet")
         return pull(self.studies, self.settings.artifacts_path, job_id, out)
 
-    def checkpoint_archive(self, job_id: str, folder: Path) -> Path:
-        """The best checkpoint and its reports as `JOB.tar.gz` in `folder`."""
-        self.best(job_id)
+    def _pull_trial(self, job_id: str, number: int, out: Path) -> Path:
+        study = self._study(job_id)
+        if study is None:
+            self._job(job_id)  # unknown, or not started yet
+            raise NotReady(f"job {job_id} has no trials yet")
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        frozen = trials.get(number)
+        if frozen is None:
+            raise PullError(f"job {job_id} has no trial {number}")
+        front = {m["trial"]: m for m in study.user_attrs.get(keys.FRONT, [])}
+        folder = kept_checkpoint_of(self.settings.runs_path / job_id,
+                                    str(frozen.user_attrs.get(keys.RAY_TRIAL_ID)))
+        if folder is None:
+            kept = sorted(n for n, t in trials.items() if t.state.name == "COMPLETE"
+                          and kept_checkpoint_of(self.settings.runs_path / job_id,
+                                                 str(t.user_attrs.get(keys.RAY_TRIAL_ID))))
+            raise PullError(
+                f"trial {number} of job {job_id} has no checkpoint kept (only the best "
+                f"checkpoints.keep_trials complete trials, and a Pareto front, keep one); "
+                f"trials with one: {', '.join(map(str, kept)) or 'none'}")
+        test = front.get(number, {}).get("test_metrics")
+        return pull_checkpoint(folder, out, test)
+
+    def pareto(self, job_id: str) -> ParetoView:
+        """From the job row's spec, or the study's own (a study written by `run_job`)."""
+        job, study = self.store.find(job_id), self._study(job_id)
+        if job is None and study is None:
+            raise UnknownJob(job_id)
+        spec = job.spec if job is not None else study.user_attrs.get(keys.SPEC, {})  # type: ignore[union-attr]
+        objective = spec.get("objective", {})
+        metric = objective.get("metric", "val_accuracy")
+        costs = [m for m in objective.get("metrics") or [] if m != metric]
+        if not costs:
+            raise JobConflict(f"job {job_id} optimizes {metric} alone; a Pareto front needs "
+                              "objective.metrics, e.g. [val_accuracy, latency_ms]")
+        if study is None:
+            return ParetoView(job=job_id, metric=metric, costs=costs, final=False, members=[])
+        final = study.user_attrs.get(keys.FRONT)
+        if final is None:  # the front so far
+            maximize = metric != "val_loss"
+            final_members = [
+                {"trial": t.number, "values": list(t.values), "costs": t.user_attrs.get(keys.COSTS, {}),
+                 "backbone": t.user_attrs.get(keys.CONFIG, {}).get("backbone"),
+                 "img_size": t.user_attrs.get(keys.CONFIG, {}).get("img_size"), "test_metrics": {}}
+                for t in sorted(study.best_trials, key=lambda t: t.values[0], reverse=maximize)]
+        else:
+            final_members = final
+        members = [FrontMember(trial=m["trial"], metric=m["values"][0], costs=m["costs"],
+                               backbone=m["backbone"], img_size=m["img_size"],
+                               test_metrics=m["test_metrics"]) for m in final_members]
+        return ParetoView(job=job_id, metric=metric, costs=costs, final=final is not None,
+                          members=members)
+
+    def checkpoint_archive(self, job_id: str, folder: Path, trial: int | None = None) -> Path:
+        """The best checkpoint and its reports (or `trial`'s kept one) as a `.tar.gz` in
+        `folder`."""
+        if trial is None:
+            self.best(job_id)
+        name = job_id if trial is None else f"{job_id}-trial-{trial}"
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                files = pull(self.studies, self.settings.artifacts_path, job_id,
-                             Path(tmp) / job_id)
+                files = self.pull(job_id, Path(tmp) / name, trial)
             except PullError as error:
                 raise NotReady(str(error)) from error
-            archive = folder / f"{job_id}.tar.gz"
+            archive = folder / f"{name}.tar.gz"
             with tarfile.open(archive, "w:gz") as tar:
                 for path in sorted(files.iterdir()):
                     tar.add(path, arcname=path.name)
@@ -149,10 +218,11 @@ class JobService:
 
 def _trial_view(t: optuna.trial.FrozenTrial) -> TrialView:
     return TrialView(
-        number=t.number, state=state_name(t.state), value=t.value,
+        number=t.number, state=state_name(t.state), value=t.values[0] if t.values else None,
         epochs=len(t.intermediate_values),
         intermediate_values={str(k): v for k, v in sorted(t.intermediate_values.items())},
         params=t.params, config=t.user_attrs.get(keys.CONFIG, {}),
         started_at=t.datetime_start, finished_at=t.datetime_complete,
+        costs=t.user_attrs.get(keys.COSTS), over_limit=t.user_attrs.get(keys.OVER_LIMIT),
     )
 

@@ -53,13 +53,15 @@ class JobPage(BaseModel):
 class TrialView(BaseModel):
     number: int
     state: TrialState
-    value: float | None
+    value: float | None  # the validation metric (a Pareto front's costs are in `costs`)
     epochs: int
     intermediate_values: dict[str, float]
     params: dict[str, Any]
     config: dict[str, Any]
     started_at: datetime | None
     finished_at: datetime | None
+    costs: dict[str, float] | None = None  # measured before it trained (deployment-aware jobs)
+    over_limit: dict[str, list[float]] | None = None  # {cost: [value, limit]}: it never trained
 
 
 class TrialPage(BaseModel):
@@ -76,3 +78,20 @@ class BestView(BaseModel):
     value: float | None
     config: dict[str, Any]
     test_metrics: dict[str, Any]
+
+
+class FrontMember(BaseModel):
+    trial: int
+    metric: float
+    costs: dict[str, float]
+    backbone: str | None
+    img_size: int | None
+    test_metrics: dict[str, Any]
+
+
+class ParetoView(BaseModel):
+    job: str
+    metric: str
+    costs: list[str]
+    final: bool  # scored on the test split once the job ended; until then, the front so far
+    members: list[FrontMember]

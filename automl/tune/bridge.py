@@ -38,9 +38,17 @@ from automl.search.keys import state_name
 from automl.search.strategy import Strategy
 from automl.tune.stopper import JobStopper
 from storage.optuna_storage import optuna_storage, retry
+from workers.costs import COSTS, COSTS_REQUEST, COSTS_RESULT, broken_limits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def cost_key(config: dict[str, Any], request: dict[str, Any]) -> str:
+    """What a configuration's costs depend on: backbone, image size and the latency target."""
+    target = request.get("target") or {}
+    return (f"{config['backbone']}@{config.get('img_size') or 'default'}@"
+            + "-".join(f"{k}={v}" for k, v in sorted(target.items())))
 
 
 class Events(Protocol):
@@ -81,6 +89,7 @@ class StudyLink:
         self._study: optuna.Study | None = None
         self._known: dict[str, _Known] = {}
         self._orphans_left = True  # until a suggestion finds none: none are marked after start
+        self._costs: dict[str, dict[str, float]] | None = None  # measured, by cost_key
         self.db_seconds = 0.0  # time spent in database calls, for the overhead report
 
     def __getstate__(self) -> dict[str, Any]:
@@ -131,6 +140,36 @@ class StudyLink:
         known = self._known[ray_id] = _Known(trial_id(trial), trial.number, trial=trial)
         return known
 
+    def known_costs(self, key: str) -> dict[str, float] | None:
+        """Costs measured earlier in this job for a cost key (backbone, image size, target)."""
+        if self._costs is None:
+            self._costs = dict(self.call(lambda: self.study.user_attrs, "read the study")
+                               .get(keys.MEASURED_COSTS, {}))
+        return self._costs.get(key)
+
+    def record_costs(self, known: _Known, key: str, costs: dict[str, float]) -> dict[str, list[float]]:
+        """Puts a trial's costs on it (the dashboard and the API show them), remembers them for
+        the job, and returns the limits they break: {cost: [value, limit]}."""
+        broken = broken_limits(costs, self.strategy.limits)
+        storage = self.storage
+        self.call(lambda: storage.set_trial_user_attr(known.trial_id, keys.COSTS, costs),
+                  "record a trial's costs")
+        if broken:
+            self.call(lambda: storage.set_trial_user_attr(known.trial_id, keys.OVER_LIMIT, broken),
+                      "record the limits a trial broke")
+        if self.known_costs(key) is None:
+            assert self._costs is not None
+            self._costs[key] = costs
+            measured = dict(self._costs)
+            self.call(lambda: self.study.set_user_attr(keys.MEASURED_COSTS, measured),
+                      "remember measured costs")
+        return broken
+
+    def values_of(self, frozen: optuna.trial.FrozenTrial) -> float | list[float] | None:
+        """What a finished trial is told (`Strategy.final_values`)."""
+        return self.strategy.final_values(frozen.intermediate_values,
+                                          frozen.user_attrs.get(keys.COSTS) or {})
+
     def trial(self, known: _Known) -> optuna.Trial:
         if known.trial is None:
             known.trial = self.call(lambda: optuna.Trial(self.study, known.trial_id), "reopen a trial")
@@ -151,7 +190,8 @@ class StudyLink:
     def frozen(self, known: _Known) -> optuna.trial.FrozenTrial:
         return self.call(lambda: self.storage.get_trial(known.trial_id), "read a trial")
 
-    def tell(self, known: _Known, state: TrialState, value: float | None = None) -> None:
+    def tell(self, known: _Known, state: TrialState,
+             value: float | list[float] | None = None) -> None:
         """Finish a trial once; a retry after the database came back finds it already told."""
         if known.finished:
             return
@@ -166,7 +206,7 @@ class StudyLink:
 
         self.call(once, f"tell trial {known.number}")
         known.finished = True
-        self.emit(state_name(state), known.number, value)
+        self.emit(state_name(state), known.number, value[0] if isinstance(value, list) else value)
 
     def mark_orphans(self, ray_trial_ids: set[str]) -> list[int]:
         """Mark the RUNNING trials whose Ray trial is not among `ray_trial_ids` (what Ray's saved
@@ -229,6 +269,10 @@ class OptunaSearcher(Searcher):
         # an adopted trial's sampled values come back as they were (Optuna keeps a trial's params)
         config = {**self.link.call(lambda: self.link.strategy.suggest(trial), "sample a trial"),
                   **self.fixed}
+        request = config.get(COSTS_REQUEST)
+        if request is not None:  # a deployment-aware job: costs first, known ones from the job
+            key = cost_key(config, request)
+            config[COSTS_REQUEST] = {**request, "key": key, "known": self.link.known_costs(key)}
         self.link.call(lambda: trial.set_user_attr(keys.RAY_TRIAL_ID, trial_id), "tag a trial")
         self.link.call(lambda: trial.set_user_attr(keys.CONFIG, config), "record a trial config")
         self.link.remember(trial_id, trial).ask_ms = round((time.perf_counter() - started) * 1e3, 2)
@@ -245,12 +289,12 @@ class OptunaSearcher(Searcher):
         if frozen.state.is_finished():
             known.finished = True
             return
-        value = best_of(frozen.intermediate_values, self.mode == "max")
-        if error or value is None:
+        values = self.link.values_of(frozen)
+        if error or values is None:
             self.link.tell(known, TrialState.FAIL)
             JobStopper.trial_failed(self.link.study_name)
         else:
-            self.link.tell(known, TrialState.COMPLETE, value)
+            self.link.tell(known, TrialState.COMPLETE, values)
 
     # Ray checkpoints searchers; ours keeps its state in the study, so there is nothing to save.
     def save(self, checkpoint_path: str) -> None:
@@ -277,16 +321,23 @@ class OptunaPruningScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE
         if known.finished:
             return TrialScheduler.STOP  # pruned before a driver restart: stays stopped
+        if COSTS_RESULT in result:  # measured before training: over a limit, it never trains
+            costs = {name: float(result[name]) for name in COSTS if result.get(name) is not None}
+            if self.link.record_costs(known, str(result[COSTS_RESULT]), costs):
+                self.link.tell(known, TrialState.PRUNED)
+                self.link.emit("over_limit", known.number)
+                return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE
         value, epoch = result.get(self.objective), result.get("epoch")
         if value is None or epoch is None:
             return TrialScheduler.CONTINUE
         started = time.perf_counter()
-        handle = self.link.trial(known)
-        # an epoch redone by a retried trial is already reported: Optuna keeps the first value
-        self.link.call(lambda: handle.report(float(value), int(epoch)), "report an epoch")
+        handle, study = self.link.trial(known), self.link.study
+        last = int(epoch) >= self.link.strategy.max_epochs
+        prune = self.link.call(
+            lambda: self.link.strategy.report(study, handle, int(epoch), float(value), last),
+            "report an epoch and ask the pruner")
         self.link.emit("report", known.number, float(value), int(epoch))
-        last = int(epoch) >= self.link.strategy.max_epochs  # nothing left to save by pruning
-        prune = not last and self.link.call(handle.should_prune, "ask the pruner")
         known.report_ms.append((time.perf_counter() - started) * 1e3)
         if prune:
             self.link.tell(known, TrialState.PRUNED)

@@ -26,9 +26,10 @@ from automl.search.keys import TrialCounts
 from automl.search.spec import JobSpec
 from automl.settings import Settings
 from automl.tune.bridge import StudyLink, bridge
-from automl.tune.retention import Retention
+from automl.tune.retention import Retention, front_members
 from automl.tune.stopper import JobStopper
 from storage.optuna_storage import retry
+from workers.costs import COSTS_REQUEST
 from workers.tune_adapter import run_tune_trial
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def run_experiment(
     spec: JobSpec, job_id: str, settings: Settings, link: StudyLink,
-    cancelled: Callable[[], bool] | None,
+    cancelled: Callable[[], bool] | None, n_classes: int,
 ) -> tune.ResultGrid:
     """Run (or resume) the job's trials until the budget, the target, the time limit or a
     cancel ends them."""
@@ -47,7 +48,7 @@ def run_experiment(
     path = settings.runs_path / job_id
     JobStopper.register(job_id, cancelled)
     with short_trial_errors(path):
-        return _fit(spec, job_id, settings, link, path, trainable)
+        return _fit(spec, job_id, settings, link, path, trainable, n_classes)
 
 
 def _quiet_and_parallel(spec: JobSpec) -> None:
@@ -65,10 +66,13 @@ def _quiet_and_parallel(spec: JobSpec) -> None:
     # repeats it, and TensorBoard's writer threads could deadlock the driver's exit after a
     # Ctrl-C (seen: `automl run` hanging in tensorboardX's atexit join); nothing reads either.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # A deployment-aware trial's first result is its costs, which has no validation metric yet.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
 
 def _fit(
-    spec: JobSpec, job_id: str, settings: Settings, link: StudyLink, path: Path, trainable: Any
+    spec: JobSpec, job_id: str, settings: Settings, link: StudyLink, path: Path, trainable: Any,
+    n_classes: int,
 ) -> tune.ResultGrid:
     restorable = tune.Tuner.can_restore(str(path))
     saved = tune.ExperimentAnalysis(str(path)).trials if restorable else []
@@ -92,7 +96,7 @@ def _fit(
             f"{path} is gone, and the checkpoints with it; run the job again under a new id"
         )
     metric, mode = spec.objective.metric, spec.objective.mode
-    searcher, scheduler = bridge(link, metric, mode, spec.trial_settings())
+    searcher, scheduler = bridge(link, metric, mode, trial_settings(spec, n_classes))
     started_at = float(link.study.user_attrs.get(keys.STARTED_AT, time.time()))
     deadline = None if spec.budget.time_limit is None else started_at + spec.budget.time_limit
     tuner = tune.Tuner(
@@ -119,9 +123,23 @@ def _fit(
     return tuner.fit()
 
 
+def trial_settings(spec: JobSpec, n_classes: int) -> dict[str, Any]:
+    """What every trial of the job is given beside what the space samples: the dataset and
+    epochs, and in a deployment-aware job what to measure its costs for (`workers.costs`)."""
+    fixed = spec.trial_settings()
+    objective = spec.objective
+    if objective.costs_needed:
+        fixed[COSTS_REQUEST] = {"costs": objective.costs_needed, "limits": dict(objective.limits),
+                                "target": objective.latency.model_dump(),
+                                "num_classes": n_classes}
+    return fixed
+
+
 def retention_for(spec: JobSpec, link: StudyLink) -> Retention:
+    """Keeps the best `keep_trials`, and on a Pareto front every member of it."""
     return Retention(link, spec.checkpoints.keep_trials, spec.objective.metric,
-                     spec.objective.maximize)
+                     spec.objective.maximize,
+                     also_keep=front_members if spec.objective.front_costs else None)
 
 
 def heal_checkpoints(trials: list[RayTrial]) -> None:

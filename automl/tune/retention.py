@@ -132,3 +132,8 @@ def kept_checkpoint_folder(named: Path) -> Path | None:
 
 def folders_of(results: Iterable[tune.Result]) -> dict[str, Path]:
     return {str((r.metrics or {}).get("trial_id")): Path(r.path) for r in results if r.path}
+
+
+def front_members(study: optuna.Study) -> set[int]:
+    """A Pareto-front job's front (Optuna's best trials: non-dominated, feasible first)."""
+    return {t.number for t in study.best_trials}

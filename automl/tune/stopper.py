@@ -59,7 +59,8 @@ class JobStopper(Stopper):
         return failed is not None and failed >= FAIL_FAST_TRIALS
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        self._failed[self.job_id] = None  # an epoch got through: later failures are configs'
+        if "epoch" in result:  # an epoch got through: later failures are configurations' own
+            self._failed[self.job_id] = None
         value = result.get(self.metric)
         if self.target is not None and value is not None and self._reaches(float(value)):
             self.reason = self.reason or "target"

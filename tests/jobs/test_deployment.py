@@ -1,0 +1,109 @@
+"""Deployment-aware jobs on digits: limits on a configuration's costs, and a Pareto front of
+accuracy against latency, pruned by Pareto rank. The three test backbones differ in size:
+test_resnet 0.37 M parameters, test_convnext 0.21 M, test_efficientnet 0.10 M."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from automl.errors import JobError
+from automl.jobs.driver import run_job
+from automl.search import keys
+from automl.search.spec import parse_spec
+from automl.settings import Settings
+from storage.optuna_storage import optuna_storage
+from tests.support import DIGITS_JOB
+from workers.checkpoint import read_metrics
+from workers.predict import load_checkpoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+AUTOML = str(Path(sys.executable).with_name("automl"))
+BACKBONES = ["test_resnet.r160_in1k", "test_convnext.r160_in1k", "test_efficientnet.r160_in1k"]
+
+
+def job(name: str, objective: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return {**DIGITS_JOB, "name": name, "objective": objective,
+            "space": {**DIGITS_JOB["space"], "backbone": BACKBONES, "freeze_stages": 0},
+            **changes}
+
+
+def study_of(settings: Settings, job_id: str) -> optuna.Study:
+    return optuna.load_study(study_name=job_id, storage=optuna_storage(settings.storage_url))
+
+
+def test_a_params_limit_never_trains_a_backbone_over_it(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "automl-data")
+    spec = parse_spec(job("limits", {"limits": {"params_m": 0.25}},
+                          budget={"n_trials": 6, "max_epochs": 2}))
+    outcome = run_job(spec, "limits-1", settings)
+    assert outcome.state == "succeeded", outcome.error
+    study = study_of(settings, "limits-1")
+    over = [t for t in study.trials if t.user_attrs[keys.CONFIG]["backbone"] == BACKBONES[0]]
+    assert over, "the sampler must have picked the backbone over the limit"
+    for trial in over:  # recorded with the value and the limit it broke, never trained
+        assert trial.state == TrialState.PRUNED and trial.intermediate_values == {}
+        assert trial.user_attrs[keys.OVER_LIMIT] == {"params_m": [pytest.approx(0.3737, abs=1e-3),
+                                                                  0.25]}
+    assert all(t.user_attrs[keys.COSTS]["params_m"] > 0 for t in study.trials)
+    best = study.trials[outcome.best_trial or 0]
+    assert best.user_attrs[keys.CONFIG]["backbone"] != BACKBONES[0]
+    pulled = tmp_path / "model"
+    done = subprocess.run([AUTOML, "pull", "limits-1", "--out", str(pulled), "--storage",
+                           settings.storage_url, "--artifacts", settings.artifacts_path],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert read_metrics(pulled)["costs"]["params_m"] <= 0.25  # what was published fits
+
+
+def test_a_limit_no_choice_meets_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "automl-data")
+    spec = parse_spec(job("nofit", {"limits": {"params_m": 0.05}}))
+    with pytest.raises(JobError, match=r"no configuration of the space meets the limits: the "
+                                       r"smallest params_m, test_efficientnet.r160_in1k at 32 px"):
+        run_job(spec, "nofit-1", settings)
+    assert optuna.get_all_study_names(optuna_storage(settings.storage_url)) == []
+
+
+def test_a_two_objective_job_prunes_and_yields_a_front_you_can_pull(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "automl-data")
+    spec = parse_spec(job(
+        "front", {"metrics": ["val_accuracy", "latency_ms"]},
+        budget={"n_trials": 10, "max_epochs": 3},
+        strategy={"seed": 0, "warm_start": False, "pruner_options": {"min_resource": 1}},
+    ))
+    outcome = run_job(spec, "front-1", settings)
+    assert outcome.state == "succeeded", outcome.error
+    study = study_of(settings, "front-1")
+    assert study.metric_names == ["val_accuracy", "latency_ms"]  # the dashboard's names
+    assert len(study.directions) == 2
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t.intermediate_values for t in pruned)  # cut by rank, after an epoch
+    for trial in study.trials:  # each trial's curve is where the dashboard draws it from
+        if trial.state == TrialState.COMPLETE:
+            assert sorted(trial.intermediate_values) == [1, 2, 3]
+            assert trial.values[1] == trial.user_attrs[keys.COSTS]["latency_ms"]
+    front = study.user_attrs[keys.FRONT]
+    assert front and {m["trial"] for m in front} == {t.number for t in study.best_trials}
+    assert all("test_accuracy" in m["test_metrics"] for m in front)  # scored on test, once
+
+    # from the folder holding automl-data, as a user of the embedded default runs them
+    listed = subprocess.run([AUTOML, "pareto", "front-1", "--json"], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    members = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [m["trial"] for m in members] == [m["trial"] for m in front]
+    other = members[-1]["trial"]  # the fastest end of the front, not the published best
+    pulled = tmp_path / "fast"
+    done = subprocess.run([AUTOML, "pull", "front-1", "--trial", str(other), "--out", str(pulled)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(pulled).config.backbone == members[-1]["backbone"]
+    assert json.loads((pulled / "test_metrics.json").read_text()) == members[-1]["test_metrics"]

@@ -1,0 +1,170 @@
+"""What a configuration costs where it will be deployed: parameters, MACs, latency.
+
+They depend on the backbone and the input size only, not on what a trial learns, so a job knows
+them before a trial trains and can refuse one over a limit at no GPU time.
+
+- `params_m`: parameters of the model with the job's head, in millions;
+- `macs_g`: multiply-accumulates of one image's forward pass, in billions, by torch's own
+  `FlopCounterMode` (two FLOPs a MAC for matmuls and convolutions), on the meta device: no
+  memory, no compute, a fraction of a second even for a 300-M-parameter model;
+- `latency_ms`: the median of timed forwards of `batch` images on the target after warm-up, with
+  onnxruntime (the graph `automl export` writes: uint8 in, normalization inside) or torch, on
+  `threads` threads. This one runs the model for real, on the machine that measures it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from workers.config import ConfigError, TrialConfig
+from workers.model import create_backbone, preprocessing
+
+COSTS = ("params_m", "macs_g", "latency_ms")  # what a limit or a Pareto front may name
+COSTS_REQUEST = "measure_costs"  # the trial config's entry asking the trial for its costs
+COSTS_RESULT = "costs_of"  # the first result of such a trial: its costs, under its cost key
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """Where the model will serve: what its latency is measured on."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch: int = 1
+    threads: int = 1
+    runtime: Literal["onnxruntime", "torch"] = "onnxruntime"
+
+    def key(self) -> str:
+        return f"{self.device}-b{self.batch}-t{self.threads}-{self.runtime}"
+
+
+@dataclass(frozen=True)
+class Costs:
+    params_m: float
+    macs_g: float
+    latency_ms: float | None = None  # None: not measured (no limit or front asks for it)
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+    def get(self, name: str) -> float | None:
+        value: float | None = getattr(self, name)
+        return value
+
+
+def static_costs(backbone: str, img_size: int | None, num_classes: int) -> tuple[float, float, int]:
+    """(params_m, macs_g, the image side they are for), counted on the meta device."""
+    config = TrialConfig(backbone=backbone, img_size=img_size, pretrained=False)
+    with torch.device("meta"):
+        model = create_backbone(config, num_classes).eval()
+        side = img_size or preprocessing(model, None).img_size
+        params = sum(p.numel() for p in model.parameters())
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            model(torch.zeros(1, 3, side, side))
+    return params / 1e6, counter.get_total_flops() / 2 / 1e9, side
+
+
+def measure_costs(
+    backbone: str, img_size: int | None, num_classes: int, target: LatencyTarget | None
+) -> Costs:
+    """Parameters and MACs always; latency when a target is given (it runs the model)."""
+    params_m, macs_g, side = static_costs(backbone, img_size, num_classes)
+    if target is None:
+        return Costs(round(params_m, 4), round(macs_g, 4))
+    config = TrialConfig(backbone=backbone, img_size=img_size, pretrained=False)
+    model = create_backbone(config, num_classes).eval()
+    latency = model_latency(model, side, target)
+    return Costs(round(params_m, 4), round(macs_g, 4), round(latency, 3))
+
+
+def model_latency(model: torch.nn.Module, side: int, target: LatencyTarget,
+                  warmup: int = 3, runs: int = 10) -> float:
+    """Milliseconds per forward of `target.batch` images, the median of `runs`."""
+    if target.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("objective.latency.device is cuda, but the machine measuring latency "
+                          "has no GPU; measure on cpu, or give the trials a GPU (resources.gpu)")
+    if target.runtime == "onnxruntime":
+        with tempfile.TemporaryDirectory(prefix="automl-latency-") as folder:
+            path = Path(folder) / "model.onnx"
+            _export_for_timing(model, side, path)
+            return onnx_latency(path, side, target, warmup, runs)
+    return _torch_latency(model, side, target, warmup, runs)
+
+
+def onnx_latency(path: Path, side: int, target: LatencyTarget, warmup: int = 3,
+                 runs: int = 10) -> float:
+    """Milliseconds per forward of an exported classifier (uint8 input named `image`)."""
+    import numpy as np
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = target.threads
+    options.inter_op_num_threads = 1
+    providers = (["CUDAExecutionProvider"] if target.device == "cuda" else []) + [
+        "CPUExecutionProvider"]
+    session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+    name = session.get_inputs()[0].name
+    kind = session.get_inputs()[0].type
+    dtype = np.uint8 if "uint8" in kind else np.float32
+    batch = np.random.default_rng(0).integers(0, 256, (target.batch, 3, side, side)).astype(dtype)
+    return _median_ms(lambda: session.run(None, {name: batch}), warmup, runs)
+
+
+def _torch_latency(model: torch.nn.Module, side: int, target: LatencyTarget, warmup: int,
+                   runs: int) -> float:
+    device = torch.device(target.device)
+    model = model.to(device)
+    batch = torch.rand(target.batch, 3, side, side, device=device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(target.threads)
+    try:
+        with torch.inference_mode():
+            def forward() -> Any:
+                out = model(batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                return out
+
+            return _median_ms(forward, warmup, runs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _export_for_timing(model: torch.nn.Module, side: int, path: Path) -> None:
+    """The TorchScript-based exporter: it traces one forward pass, seconds for any backbone (the
+    latency of the graph, not its exactness, is what is measured here; `automl export` checks
+    its file against PyTorch)."""
+    import contextlib
+    import io
+    import warnings
+
+    example = torch.rand(1, 3, side, side)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": {0: "batch"}})
+
+
+def _median_ms(call: Any, warmup: int, runs: int) -> float:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return float(statistics.median(times))
+
+
+def broken_limits(costs: Mapping[str, float | None], limits: Mapping[str, float]) -> dict[str, list[float]]:
+    """The limits `costs` break: {cost: [value, limit]}."""
+    return {name: [float(value), limit] for name, limit in limits.items()
+            if (value := costs.get(name)) is not None and value > limit}
