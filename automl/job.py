@@ -46,7 +46,8 @@ from automl.strategy import Strategy, portfolio_for
 from storage.artifacts import artifact_store
 from storage.optuna_storage import optuna_storage, retry
 from workers.config import DataConfig
-from workers.datasets import DatasetError, load_index, verify_images
+from workers.datasets import DatasetError, load_index
+from workers.decoded_cache import verify_once
 from workers.model import hub_unreachable, uncached_hub_weights
 from workers.tune_adapter import (
     can_evaluate_here,
@@ -117,9 +118,11 @@ def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> int:
             val_fraction=spec.dataset.val_fraction,
             test_fraction=spec.dataset.test_fraction,
             split_seed=spec.dataset.split_seed,
+            image_column=spec.dataset.image_column,
+            label_column=spec.dataset.label_column,
         ))
         if roots:
-            outside = sum(1 for p in index.paths
+            outside = sum(1 for p in index.files
                           if not any(p.resolve().is_relative_to(root) for root in roots))
             if outside:
                 raise DatasetError(
@@ -127,10 +130,10 @@ def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> int:
                     f"({':'.join(map(str, roots))}) through symlinks; this service reads only "
                     "under them"
                 )
-        verify_images(index.paths)
+        verify_once(index.images)  # skipped for files verified or decoded on this machine
     except DatasetError as error:
         raise JobError(f"dataset: {error}") from error
-    return len(index.paths)
+    return len(index)
 
 
 def check_pretrained_weights(spec: JobSpec) -> None:

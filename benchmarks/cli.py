@@ -69,6 +69,46 @@ def cache(
               f"{mean['cache']:.2f}s with it ({mean['no cache'] / max(mean['cache'], 1e-9):.0f}x)")
 
 
+@app.command("cache-scale")
+def cache_scale(
+    images: Annotated[int, typer.Option(min=16, help="generated once under --data-dir, reused")] = 100_000,
+    img_size: Annotated[int, typer.Option(min=8)] = 224,
+    crop_pct: Annotated[float, typer.Option(min=0.5, max=1.0)] = 0.875,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="where the generated JPEGs live between runs; default $AUTOML_BENCH_DIR or "
+             "~/.cache/automl/bench")] = None,
+    keep: Annotated[bool, typer.Option(help="keep the decoded cache it builds")] = False,
+) -> None:
+    """The decoded cache at a real dataset's size: build time and memory, disk, and what a second
+    job on the same dataset pays (it must reuse the cache, not rebuild)."""
+    from benchmarks.decoded_cache import scale
+
+    r = scale(images, img_size, crop_pct, data_dir, keep)
+    b, s = r.build, r.second
+    rate = r.n_images / b["build_s"]
+    table = Table("", "value", title=f"decoded-image cache: {r.n_images:,} JPEGs (200-800 px sides, "
+                  f"any aspect) -> {r.size} px squares, {r.cores} CPU cores")
+    if r.generated_s is not None:
+        table.add_row("generating the JPEGs (once, then reused)", f"{r.generated_s:.0f} s")
+    table.add_row("first job: index the folder", f"{b['index_s']:.2f} s")
+    table.add_row("first job: verify every image (driver)", f"{b['verify_s']:.1f} s")
+    table.add_row("build (decode + resize + write)", f"{b['build_s']:.0f} s")
+    table.add_row("  images/s", f"{rate:.0f}")
+    table.add_row("  images per CPU-second (per core)", f"{r.n_images / b['build_cpu_s']:.0f}")
+    table.add_row("  CPU load average (1 min) at its end", f"{b['load_1min']:.1f}")
+    table.add_row("disk used", f"{b['disk_bytes'] / 1e9:.2f} GB ({b['disk_bytes'] / r.n_images / 1e3:.0f} KB "
+                  "an image)")
+    table.add_row("build process RSS: after imports / peak",
+                  f"{b['baseline_rss_bytes'] / 1e6:.0f} / {b['peak_rss_bytes'] / 1e6:.0f} MB")
+    table.add_row("second job: index the folder", f"{s['index_s']:.2f} s")
+    table.add_row("second job: verify (driver; known files skip)", f"{s['verify_s']:.2f} s")
+    table.add_row("second job: fingerprint (each trial)", f"{s['fingerprint_s']:.2f} s")
+    table.add_row("second job: fingerprint + open the memory map (each trial)", f"{s['open_s']:.2f} s")
+    table.add_row("second job: rebuilt the cache?", "yes" if s["rebuilt"] else "no")
+    table.add_row("  (verifying every image again would cost)", f"{s['full_verify_s']:.1f} s")
+    out.print(table)
+
+
 @app.command()
 def gpu(
     steps: Annotated[int, typer.Option(min=5)] = 30,

@@ -81,7 +81,7 @@ def prepare_data(
 ) -> PreparedData:
     index = index or load_index(config.data)
     size = stored_size(prep.img_size, prep.crop_pct)
-    pixels = load_decoded(index.paths, size, prep.interpolation)
+    pixels = load_decoded(index.images, size, prep.interpolation)
     return PreparedData(index, pixels, prep)
 
 
