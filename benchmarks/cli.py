@@ -110,6 +110,41 @@ def cache_scale(
 
 
 @app.command()
+def loader(
+    images: Annotated[int, typer.Option(min=64, help="generated once, reused")] = 2000,
+    img_size: Annotated[int, typer.Option(min=8)] = 224,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    batches: Annotated[int, typer.Option(min=1, help="timed batches per policy")] = 6,
+    data_dir: Annotated[Path | None, typer.Option(help="as for cache-scale")] = None,
+) -> None:
+    """Images/s per loader worker for each augmentation policy (memory-mapped cache -> policy ->
+    batches), CPU path vs GPU path, and the CPU cores one GPU needs to stay fed."""
+    from benchmarks.loader import cores_needed, run
+
+    rows = run(images, img_size, batch_size=batch_size, batches=batches, data_dir=data_dir)
+    table = Table("policy", "CPU path: per worker, img/s (per CPU-s)", "cores at 2,600 img/s",
+                  "cores at 10,000", "GPU path: per worker, img/s (per CPU-s)", "cores at 10,000",
+                  "device part on this CPU, img/s (per CPU-s)",
+                  title=f"training loader at {img_size} px, batches of {batch_size}, "
+                        f"{len(os.sched_getaffinity(0))} CPU cores shared with other users")
+    for row in rows:
+        cells = [row.policy, f"{row.cpu_path.wall:,.0f} ({row.cpu_path.per_cpu_second:,.0f})",
+                 f"{cores_needed(row.cpu_path.per_cpu_second, 2600):.1f}",
+                 f"{cores_needed(row.cpu_path.per_cpu_second, 10_000):.1f}", "", "", ""]
+        if row.gpu_path is not None and row.device_part is not None:
+            cells[4:] = [f"{row.gpu_path.wall:,.0f} ({row.gpu_path.per_cpu_second:,.0f})",
+                         f"{cores_needed(row.gpu_path.per_cpu_second, 10_000):.1f}",
+                         f"{row.device_part.wall:,.0f} ({row.device_part.per_cpu_second:,.0f})"]
+        table.add_row(*cells)
+    out.print(table)
+    out.print("cores = training rate / a worker's images per CPU-second + 1 for the trial's own "
+              "process. 2,600 img/s: timm's resnet50 bf16 on one A100; 10,000: a small backbone, "
+              "or a larger one on an H100/H200. The device part ran on this machine's CPU (no GPU "
+              "here), so its rate says nothing of a GPU's; `none` is a slice in the loader on "
+              "both paths.")
+
+
+@app.command()
 def gpu(
     steps: Annotated[int, typer.Option(min=5)] = 30,
     share: Annotated[bool, typer.Option(help="also run four small trials on one device")] = True,
