@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from workers.config import TrialConfig
+from workers.config import DataConfig, TrialConfig
 from workers.datasets import load_index
 from workers.decoded_cache import stored_size
 from workers.digits import default_cache_dir
@@ -158,15 +158,20 @@ def scale(
     crop_pct: float = 0.875,
     data_dir: Path | None = None,
     keep: bool = False,
+    parquet: bool = False,
 ) -> ScaleResult:
     """Build the cache of `n_images` varied JPEGs at timm's default stored side, then open it
-    as a second job would. Each job runs in a fresh process, so its peak RSS is its own."""
+    as a second job would. Each job runs in a fresh process, so its peak RSS is its own.
+    `parquet`: the same JPEGs as bytes in one Hub-style parquet file (see `parquet_fixture`)."""
     import multiprocessing
     import shutil
 
     started = time.perf_counter()
     done_before = (_fixture_path(n_images, data_dir) / ".complete").exists()
     root = varied_jpegs(n_images, data_dir)
+    if parquet:
+        done_before = done_before and _parquet_path(root).exists()
+        root = parquet_fixture(root)
     generated = None if done_before else time.perf_counter() - started
     size = stored_size(img_size, crop_pct)
     cache = root.parent / f"cache-{root.name}-{size}"
@@ -183,12 +188,47 @@ def scale(
     return ScaleResult(n_images, size, generated, len(os.sched_getaffinity(0)), build, second)
 
 
+def parquet_fixture(folder: Path, rows_per_group: int = 10_000) -> Path:
+    """The ImageFolder's JPEGs as one parquet file in the Hub's format ({bytes, path} structs,
+    ClassLabel names in the schema metadata), in row groups of `rows_per_group`: 770 MB each,
+    the big-row-group case a reader must stream rather than load whole."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = _parquet_path(folder)
+    if target.exists():
+        return target.parent
+    index = load_index(DataConfig(source=str(folder)))
+    features = {"image": {"_type": "Image"},
+                "label": {"names": list(index.classes), "_type": "ClassLabel"}}
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("image", image_type), ("label", pa.int64())]).with_metadata(
+        {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    )
+    partial = target.with_suffix(".partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(partial, schema) as writer:
+        for start in range(0, len(index), rows_per_group):
+            paths = index.paths[start : start + rows_per_group]
+            images = [{"bytes": p.read_bytes(), "path": p.name} for p in paths]
+            labels = index.labels[start : start + rows_per_group]
+            writer.write_table(pa.table({"image": pa.array(images, image_type), "label": labels},
+                                        schema=schema), row_group_size=rows_per_group)
+    os.replace(partial, target)
+    return target.parent
+
+
+def _parquet_path(folder: Path) -> Path:
+    return folder.parent / f"{folder.name}-parquet" / "train-00000-of-00001.parquet"
+
+
 def _fixture_path(n_images: int, data_dir: Path | None) -> Path:
     return (data_dir or bench_dir()) / f"jpegs-v{BENCH_DATA_VERSION}-{n_images}"
 
 
 def _build_job(root: Path, size: int, cache: Path) -> dict[str, float]:
-    from workers.config import DataConfig
     from workers.decoded_cache import load_decoded, verify_once
 
     baseline = _rss()
@@ -218,7 +258,6 @@ def _build_job(root: Path, size: int, cache: Path) -> dict[str, float]:
 def _second_job(root: Path, size: int, cache: Path) -> dict[str, float]:
     """What a job on the same dataset pays before its first step: the driver's index and image
     check, and each trial's fingerprint and memory-map (no decoding: the file is reused)."""
-    from workers.config import DataConfig
     from workers.datasets import verify_images
     from workers.decoded_cache import decoded_path, load_decoded, verify_once
 

@@ -81,7 +81,7 @@ class PreparedData:
 def prepare_data(
     config: TrialConfig, prep: Preprocessing, index: DatasetIndex | None = None
 ) -> PreparedData:
-    index = index or load_index(config.data)
+    index = index if index is not None else load_index(config.data)
     size = stored_size(prep.img_size, prep.crop_pct)
     pixels = load_decoded(index.images, size, prep.interpolation)
     return PreparedData(index, pixels, prep)
