@@ -50,8 +50,15 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_seed: int = 0
+    # parquet/arrow tables only; None: chosen from the table's metadata and column names
+    image_column: str | None = None
+    label_column: str | None = None
 
     def validate(self) -> None:
+        for name in ("image_column", "label_column"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ConfigError(f"{name} is empty; name a column, or leave it out to choose one")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

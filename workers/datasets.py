@@ -1,8 +1,9 @@
 """Finding a dataset's images and labels, and splitting them.
 
-Three sources: an ImageFolder tree (one folder per class, or `train/ val/ [test/]` folders each
-holding class folders), a CSV manifest with `path,label` columns, and `builtin:digits`.
-Every user mistake found here raises `DatasetError` with the path and the fix.
+Four sources: an ImageFolder tree (one folder per class, or `train/ val/ [test/]` folders each
+holding class folders), a CSV manifest with `path,label` columns, `builtin:digits`, and tables
+as the Hugging Face hub ships image datasets (parquet shards, `save_to_disk` folders; see
+workers/tables.py). Every user mistake found here raises `DatasetError` with the path and the fix.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -18,6 +20,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from workers.config import DataConfig
 from workers.digits import ensure_digits
 from workers.errors import UserError
+
+if TYPE_CHECKING:
+    from workers.tables import EncodedImage, StoredImages
 
 SPLITS = ("train", "val", "test")
 
@@ -28,12 +33,30 @@ class DatasetError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class DatasetIndex:
-    """All images of a dataset, their labels, and which split each belongs to."""
+    """All images of a dataset, their labels, and which split each belongs to.
+
+    An image is a file (`paths`), or a row of a parquet/arrow table holding its encoded bytes
+    (`stored`; `paths` is then empty). `images` is whichever of the two the decoder reads.
+    """
 
     classes: tuple[str, ...]
     paths: tuple[Path, ...]
-    labels: np.ndarray  # int64, one per path
-    split_indices: dict[str, np.ndarray]  # "train"/"val"/"test" -> indices into paths
+    labels: np.ndarray  # int64, one per image
+    split_indices: dict[str, np.ndarray]  # "train"/"val"/"test" -> indices into the images
+    stored: StoredImages | None = None
+    tables: tuple[Path, ...] = ()  # the parquet/arrow files a table dataset was indexed from
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def images(self) -> tuple[Path, ...] | StoredImages:
+        return self.stored if self.stored is not None else self.paths
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file the dataset reads: its image files and its tables."""
+        return self.tables + self.paths
 
     def split_labels(self, split: str) -> np.ndarray:
         return self.labels[self.split_indices[split]]
@@ -41,7 +64,18 @@ class DatasetIndex:
 
 def load_index(data: DataConfig) -> DatasetIndex:
     """Index `data.source` and split it (stratified by seed unless the user gave split folders)."""
+    from workers.tables import is_table_source, load_table_index
+
     source = data.source
+    path = Path(source).expanduser()
+    if path.exists() and is_table_source(path):
+        return load_table_index(path, data)
+    if data.image_column is not None or data.label_column is not None:
+        setting = "image_column" if data.image_column is not None else "label_column"
+        raise DatasetError(
+            f"{setting} names a column of parquet or arrow files; {source!r} is not one, so "
+            f"remove {setting} (an ImageFolder's labels are its folders, a CSV's its label column)"
+        )
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
         if name != "digits":
@@ -51,16 +85,16 @@ def load_index(data: DataConfig) -> DatasetIndex:
         root = ensure_digits()
         classes, paths, labels = _scan_class_folders(root)
         return _with_split(classes, paths, labels, data)
-    path = Path(source).expanduser()
     if not path.exists():
         raise DatasetError(
-            f"dataset {source!r} does not exist; give an ImageFolder directory, "
-            "a CSV manifest (path,label) or builtin:digits"
+            f"dataset {source!r} does not exist; give an ImageFolder directory, a CSV manifest "
+            "(path,label), parquet files, a save_to_disk folder or builtin:digits"
         )
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DatasetError(
-                f"dataset file {path} is not a .csv manifest with path,label columns"
+                f"dataset file {path} is not a .csv manifest with path,label columns, "
+                "nor a .parquet or .arrow table"
             )
         classes, paths, labels = _read_manifest(path)
         return _with_split(classes, paths, labels, data)
@@ -70,31 +104,64 @@ def load_index(data: DataConfig) -> DatasetIndex:
     return _with_split(classes, paths, labels, data)
 
 
-def verify_images(paths: tuple[Path, ...] | list[Path], workers: int = 8) -> None:
-    """Check every image file parses (PIL's verify: headers and structure, no full decode).
+def verify_images(images: Sequence[Path] | StoredImages, workers: int = 8) -> None:
+    """Check every image parses (PIL's verify: headers and structure, no full decode).
 
     A job runs this once on its driver before any trial starts: one corrupt file would otherwise
-    fail every trial of the search, each after its retries.
+    fail every trial of the search, each after its retries. Images held in parquet/arrow tables
+    (`DatasetIndex.images`) are read a batch of rows at a time and named by file and row.
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    if isinstance(images, Sequence):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            bad = [b for b in pool.map(_broken_file, images) if b is not None]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise DatasetError(
+                f"cannot decode image {'; '.join(bad[:3])}{more}; replace or remove the file(s)"
+            )
+        return
+    rows: list[str] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for batch in images.encoded(256):
+            rows += [b for b in pool.map(_broken_row, batch) if b is not None]
+    if rows:
+        more = f"; and {len(rows) - 3} more rows" if len(rows) > 3 else ""
+        raise DatasetError(f"{'; '.join(rows[:3])}{more}; replace or remove those rows")
+
+
+def _broken_file(path: Path) -> str | None:
     from PIL import Image
 
-    def broken(path: Path) -> str | None:
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except Exception as error:  # PIL raises many types for damaged files
-            return f"{path} ({type(error).__name__}: {error})"
-        return None
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:  # PIL raises many types for damaged files
+        return f"{path} ({type(error).__name__}: {error})"
+    return None
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        bad = [b for b in pool.map(broken, paths) if b is not None]
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise DatasetError(
-            f"cannot decode image {'; '.join(bad[:3])}{more}; replace or remove the file(s)"
-        )
+
+def _broken_row(row: EncodedImage) -> str | None:
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(row.data)) as image:
+            image.verify()
+    except Exception as error:  # PIL raises many types for damaged files
+        return f"{row.where}: cannot decode image ({decode_error(error)})"
+    return None
+
+
+def decode_error(error: Exception) -> str:
+    """PIL's complaint, without the in-memory file object it names for images held as bytes."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image format PIL reads"
+    return f"{type(error).__name__}: {error}"
 
 
 def image_files(paths: Sequence[Path]) -> list[Path]:

@@ -7,6 +7,7 @@ imports Ray, Optuna or a database, so the same loop runs, and is benchmarked, on
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -25,6 +26,7 @@ from workers.augment import batch_mixer, eval_transform, normalize, train_transf
 from workers.config import ConfigError, TrialConfig
 from workers.datasets import DatasetIndex, load_index
 from workers.decoded_cache import load_decoded, stored_size
+from workers.device_augment import DEVICE_POLICIES, DeviceAugment
 from workers.metrics import Evaluator
 from workers.model import Preprocessing, create_backbone, freeze_stages, preprocessing
 from workers.optim import EpochSchedule, create_optimizer
@@ -79,21 +81,22 @@ class PreparedData:
 def prepare_data(
     config: TrialConfig, prep: Preprocessing, index: DatasetIndex | None = None
 ) -> PreparedData:
-    index = index or load_index(config.data)
+    index = index if index is not None else load_index(config.data)
     size = stored_size(prep.img_size, prep.crop_pct)
-    pixels = load_decoded(index.paths, size, prep.interpolation)
+    pixels = load_decoded(index.images, size, prep.interpolation)
     return PreparedData(index, pixels, prep)
 
 
 class CachedImages(Dataset[tuple[torch.Tensor, int]]):
-    """uint8 CHW tensors straight from the decoded cache, through a transform."""
+    """uint8 CHW tensors straight from the decoded cache, through a transform (None: the whole
+    stored square, for a policy that runs on the device)."""
 
     def __init__(
         self,
         pixels: np.ndarray,
         labels: np.ndarray,
         indices: np.ndarray,
-        transform: Callable[[torch.Tensor], torch.Tensor],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None,
     ) -> None:
         self.pixels, self.labels, self.indices, self.transform = pixels, labels, indices, transform
 
@@ -103,7 +106,28 @@ class CachedImages(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
         index = int(self.indices[item])
         image = torch.from_numpy(np.array(self.pixels[index]))
+        if self.transform is None:
+            return image, int(self.labels[index])
         return self.transform(image), int(self.labels[index])
+
+
+class CachedSquares(CachedImages):
+    """The whole stored squares, a batch per read: all a loader worker does when the policy runs
+    on the device. One gather from the memory map per batch rather than a copy, a tensor and a
+    stack per image, so one worker feeds thousands of images/s (`automl bench loader`)."""
+
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+        super().__init__(pixels, labels, indices, None)
+
+    def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.indices[np.asarray(items, dtype=np.int64)]
+        images = torch.from_numpy(np.take(self.pixels, rows, axis=0))
+        return images, torch.from_numpy(self.labels[rows].astype(np.int64))
+
+
+def whole_batch(batch: Any) -> Any:
+    """The collate function for `CachedSquares`: its batches come stacked already."""
+    return batch
 
 
 def pick_device() -> torch.device:
@@ -114,16 +138,19 @@ def pick_device() -> torch.device:
 class Acceleration:
     """How a trial uses its device: what timm's own training benchmark does on a GPU.
 
-    On a GPU that is bf16 autocast and channels-last memory, pinned host memory, and loader
-    workers that feed batches ahead of the model. On a CPU none of it pays (the model wants every
-    core, and cached images need no decoding), so `for_device` turns it off there. Tests turn it
-    on there instead, to run the GPU code path on machines that have no GPU, like CI.
+    On a GPU that is bf16 autocast and channels-last memory, pinned host memory, loader workers
+    that feed batches ahead of the model, and the augmentation policy run on the device
+    (workers/device_augment.py): the CPU policies manage a few hundred images/s per core, and a
+    GPU trains thousands. On a CPU none of it pays (the model wants every core, and cached images
+    need no decoding), so `for_device` turns it off there. Tests turn it on there instead, to run
+    the GPU code path on machines that have no GPU, like CI.
     """
 
     autocast: bool = False
     channels_last: bool = False
     pin_memory: bool = False
     loader_workers: int = 0
+    augment_on_device: bool = False
 
     @classmethod
     def for_device(cls, device: torch.device, config: TrialConfig) -> Acceleration:
@@ -132,7 +159,13 @@ class Acceleration:
         workers = config.num_workers
         if workers is None:
             workers = min(8, max(1, len(os.sched_getaffinity(0)) - 1))
-        return cls(autocast=config.amp, channels_last=True, pin_memory=True, loader_workers=workers)
+        return cls(
+            autocast=config.amp,
+            channels_last=True,
+            pin_memory=True,
+            loader_workers=workers,
+            augment_on_device=True,
+        )
 
 
 def train(
@@ -234,8 +267,18 @@ class _Run:
         self.notes: dict[str, Any] = {}
         prep = data.preprocessing
         labels, split = data.index.labels, data.index.split_indices
-        self.train_set = CachedImages(
-            data.pixels, labels, split["train"], train_transform(config, prep.img_size)
+        # `none` is the eval crop, a slice either way: it stays in the loader
+        self.device_augment = (
+            DeviceAugment(config, prep.img_size)
+            if acceleration.augment_on_device and config.augment in DEVICE_POLICIES
+            else None
+        )
+        self.train_set = (
+            CachedSquares(data.pixels, labels, split["train"])
+            if self.device_augment
+            else CachedImages(
+                data.pixels, labels, split["train"], train_transform(config, prep.img_size)
+            )
         )
         self.val_set = CachedImages(
             data.pixels, labels, split["val"], eval_transform(prep.img_size)
@@ -262,11 +305,18 @@ class _Run:
             pin_memory=self.acceleration.pin_memory,
             generator=generator,
             persistent_workers=False,
+            collate_fn=whole_batch if isinstance(dataset, CachedSquares) else None,
         )
 
-    def batches(self, loader: DataLoader[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, loader: DataLoader[Any], epoch: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        augment = None
+        if self.device_augment is not None:  # the epoch's own draws, as the loader's shuffle
+            rng = np.random.default_rng([self.config.seed, epoch])
+            augment = functools.partial(self.device_augment, rng=rng)
         return device_batches(
-            loader, self.device, self.data.preprocessing, self.acceleration.channels_last
+            loader, self.device, self.data.preprocessing, self.acceleration.channels_last, augment
         )
 
     def epoch(self, epoch: int, on_step: StepHook | None) -> dict[str, Any]:
@@ -288,7 +338,7 @@ class _Run:
         self.model.train()
         loader = self.loader(self.train_set, train=True, epoch=epoch)
         total, seen = torch.zeros((), device=self.device), 0
-        for step, (images, targets) in enumerate(self.batches(loader)):
+        for step, (images, targets) in enumerate(self.batches(loader, epoch)):
             soft_targets = targets
             if self.mixer is not None:
                 images, soft_targets = self.mixer(images, targets)
@@ -339,11 +389,19 @@ class _Run:
 
 
 def device_batches(
-    loader: DataLoader[Any], device: torch.device, prep: Preprocessing, channels_last: bool
+    loader: DataLoader[Any],
+    device: torch.device,
+    prep: Preprocessing,
+    channels_last: bool,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Move uint8 batches to the device, then normalize there (cheaper than on the CPU)."""
+    """Move uint8 batches to the device, augment them there when the policy runs on the device,
+    then normalize there (cheaper than on the CPU)."""
     for images, targets in loader:
-        images = normalize(images.to(device, non_blocking=True), prep.mean, prep.std)
+        images = images.to(device, non_blocking=True)
+        if augment is not None:
+            images = augment(images)
+        images = normalize(images, prep.mean, prep.std)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         yield images, targets.to(device, non_blocking=True)

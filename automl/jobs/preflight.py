@@ -12,7 +12,8 @@ from automl.errors import JobError
 from automl.search.spec import JobSpec
 from workers.config import DataConfig
 from workers.costs import broken_limits, measure_costs, static_costs
-from workers.datasets import DatasetError, load_index, verify_images
+from workers.datasets import DatasetError, load_index
+from workers.decoded_cache import verify_once
 from workers.model import hub_unreachable, uncached_hub_weights
 
 
@@ -32,9 +33,11 @@ def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
             val_fraction=spec.dataset.val_fraction,
             test_fraction=spec.dataset.test_fraction,
             split_seed=spec.dataset.split_seed,
+            image_column=spec.dataset.image_column,
+            label_column=spec.dataset.label_column,
         ))
         if roots:
-            outside = sum(1 for p in index.paths
+            outside = sum(1 for p in index.files
                           if not any(p.resolve().is_relative_to(root) for root in roots))
             if outside:
                 raise DatasetError(
@@ -42,10 +45,10 @@ def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
                     f"({':'.join(map(str, roots))}) through symlinks; this service reads only "
                     "under them"
                 )
-        verify_images(index.paths)
+        verify_once(index.images)  # skipped for files verified or decoded on this machine
     except DatasetError as error:
         raise JobError(f"dataset: {error}") from error
-    return DatasetSize(len(index.paths), len(index.classes))
+    return DatasetSize(len(index), len(index.classes))
 
 
 def check_pretrained_weights(spec: JobSpec) -> None:

@@ -73,6 +73,8 @@ NOT_IN_SPACE = {
     "val_fraction": "dataset.val_fraction",
     "test_fraction": "dataset.test_fraction",
     "split_seed": "dataset.split_seed",
+    "image_column": "dataset.image_column",
+    "label_column": "dataset.label_column",
 }
 
 

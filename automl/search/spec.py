@@ -45,10 +45,13 @@ class _Strict(BaseModel):
 
 
 class DatasetSpec(_Strict):
-    source: str = Field(description="ImageFolder directory, CSV manifest, or builtin:digits")
+    source: str = Field(description="ImageFolder directory, CSV manifest, parquet file or folder "
+                        "of shards, save_to_disk folder, or builtin:digits")
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     split_seed: int = 0
+    image_column: str | None = Field(None, min_length=1, description="parquet/arrow tables only")
+    label_column: str | None = Field(None, min_length=1, description="parquet/arrow tables only")
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> DatasetSpec:
@@ -293,6 +296,9 @@ class JobSpec(_Strict):
             "val_fraction": self.dataset.val_fraction,
             "test_fraction": self.dataset.test_fraction,
             "split_seed": self.dataset.split_seed,
+            **{key: value for key, value in (("image_column", self.dataset.image_column),
+                                             ("label_column", self.dataset.label_column))
+               if value is not None},
             "objective": self.objective.metric,
             "epochs": self.budget.max_epochs,
         }

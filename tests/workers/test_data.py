@@ -17,7 +17,13 @@ from automl.cli import app
 from tests.conftest import write_images
 from workers.config import ConfigError, DataConfig, TrialConfig
 from workers.datasets import DatasetError, load_index
-from workers.decoded_cache import load_decoded
+from workers.decoded_cache import (
+    cache_budget,
+    check_cache_budget,
+    decoded_bytes,
+    load_decoded,
+    verify_once,
+)
 from workers.engine import train
 from workers.model import create_backbone
 
@@ -238,3 +244,64 @@ def test_one_space_spans_vits_and_convnets() -> None:
     with pytest.warns(UserWarning, match="dla46x_c has no drop_path_rate"):
         dla = create_backbone(TrialConfig(backbone="dla46x_c", drop_path_rate=0.1), 10)
     assert dla(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_the_cache_size_is_known_before_decoding(color_folder: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a job's preflight is told it needs is what the cache then writes, to the byte."""
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "cache"))
+    paths = sorted(color_folder.rglob("*.png"))
+    load_decoded(paths, 24)
+    written = next((tmp_path / "cache" / "decoded").glob("*.npy")).stat().st_size
+    assert written == decoded_bytes(len(paths), 24)
+    assert decoded_bytes(100_000, [256, 248]) == 100_000 * 3 * (256**2 + 248**2) + 2 * 128
+
+
+def test_a_dataset_over_the_cache_budget_is_refused_before_a_byte_is_written(
+    color_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(cache))
+    monkeypatch.setenv("AUTOML_CACHE_MAX_GB", "0.00004")  # 40 KB; 24 images at 24 px are 41 KB
+    paths = sorted(color_folder.rglob("*.png"))
+    with pytest.raises(DatasetError) as caught:
+        load_decoded(paths, 24)
+    message = str(caught.value)
+    assert "needs 0.0 GB for 24 images at 24x24 px" in message
+    assert "budget of 0.0 GB (AUTOML_CACHE_MAX_GB=0.00004" in message
+    for fix in ("raise AUTOML_CACHE_MAX_GB", "free disk", "AUTOML_CACHE_DIR", "smaller img_size"):
+        assert fix in message
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 0]
+    with pytest.raises(DatasetError, match="for 1,000,000 images at 256x256 px"):
+        check_cache_budget(1_000_000, 256, cache)  # what a driver's preflight calls
+
+
+def test_the_budget_counts_what_other_datasets_already_hold(
+    color_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AUTOML_CACHE_MAX_GB", "0.00005")  # room for one 41 KB dataset, not two
+    load_decoded(sorted((color_folder / "red").glob("*.png")) * 2, 24)
+    with pytest.raises(DatasetError, match=r"less 0\.0 GB other cached datasets hold"):
+        load_decoded(sorted((color_folder / "blue").glob("*.png")) * 2, 24)
+    monkeypatch.setenv("AUTOML_CACHE_MAX_GB", "lots")
+    with pytest.raises(DatasetError, match="AUTOML_CACHE_MAX_GB='lots' is not a size in GB"):
+        check_cache_budget(1, 24)
+
+
+def test_without_a_budget_the_free_disk_less_a_margin_is_the_limit(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUTOML_CACHE_MAX_GB", raising=False)
+    budget = cache_budget(tmp_path / "not-yet-created")
+    assert "free disk on" in budget.reason and "safety margin" in budget.reason
+    with pytest.raises(DatasetError, match="free disk on"):
+        check_cache_budget(10**9, 1024, tmp_path)  # 3 PB
+
+
+def test_a_file_changed_after_verification_is_verified_again(color_folder: Path) -> None:
+    paths = sorted(color_folder.rglob("*.png"))
+    verify_once(paths)
+    verify_once(paths)  # known files: nothing to read
+    paths[0].write_bytes(b"\x89PNG\r\n\x1a\nbroken now")
+    with pytest.raises(DatasetError, match=f"cannot decode image {paths[0]}"):
+        verify_once(paths)
