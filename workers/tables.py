@@ -114,6 +114,12 @@ def load_table_index(path: Path, data: DataConfig) -> DatasetIndex:
         for column, setting in ((image, "image_column"), (label, "label_column")):
             if schema.get_field_index(column) < 0:
                 raise DatasetError(_missing_column(shard.path, column, setting, schema))
+            if schema.field(column).type != first.field(column).type:
+                raise DatasetError(
+                    f"{shard.path}: column {column!r} holds {schema.field(column).type} where "
+                    f"{shards[0].path} holds {first.field(column).type}; every shard of a "
+                    "dataset needs the same columns"
+                )
     raw = [_read_labels(shard, label, names) for shard in shards]
     classes, labels = _class_ids(raw, names, path)
     if len(classes) < 2:

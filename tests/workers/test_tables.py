@@ -266,3 +266,12 @@ except DatasetError as error:
     assert result.returncode == 0, result.stderr
     assert "(24, 3, 24, 24)" in result.stdout
     assert "reading one needs pyarrow; install it" in result.stdout
+
+
+def test_shards_that_disagree_on_a_column_are_named(tmp_path: Path) -> None:
+    pq.write_table(hub_table(alternating(12), ["red", "blue"]), tmp_path / "train-0.parquet")
+    other = hub_table(alternating(12), ["red", "blue"])
+    other = other.set_column(1, "label", pa.array(["red", "blue"] * 6))
+    pq.write_table(other, tmp_path / "train-1.parquet")
+    with pytest.raises(DatasetError, match=r"train-1\.parquet: column 'label' holds string where"):
+        load_index(DataConfig(source=str(tmp_path)))
