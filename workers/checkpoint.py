@@ -1,10 +1,16 @@
 """Checkpoints: a directory of safetensors and JSON, never a pickle.
 
+A trial's own checkpoints (what the engine writes each epoch, `automl-checkpoint/1`):
+
     model.safetensors      the model's weights
     config.json            trial config, timm name, class names, preprocessing
     metrics.json           the epoch's metrics and the per-epoch history
     optimizer.safetensors  optimizer tensors (resume only)
     trainer.json           epoch, objective history, early-stopping state, optimizer scalars
+
+What `automl pull` writes is a timm / Hugging Face Hub model folder instead (`workers/hub.py`,
+`automl-checkpoint/2`: timm's config.json and weights, our metadata in automl.json). Readers
+take either (`read_info`).
 
 A checkpoint is written to a sibling temp directory and renamed into place, so a reader (Ray Tune
 persisting it, a user pulling it, a crash mid-write) never sees half of one.
@@ -72,6 +78,28 @@ def write_checkpoint(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+HUB_FORMAT = "automl-checkpoint/2"
+HUB_META = "automl.json"  # our metadata beside timm's files: trial config, metrics, costs, job
+
+
+def read_info(checkpoint: Path) -> dict[str, Any]:
+    """What a reader needs of either layout: `trial` (config), `classes`, `preprocessing`,
+    `frozen_stages` (of the saved weights' modules) and `metrics`."""
+    meta = checkpoint / HUB_META
+    if not meta.is_file():
+        return {**read_config(checkpoint), "metrics": read_metrics(checkpoint)}
+    try:
+        info: dict[str, Any] = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{meta} is damaged ({error}); pull the checkpoint again") from None
+    if info.get("format") != HUB_FORMAT:
+        raise CheckpointError(f"{meta}: not an automl model folder (format {info.get('format')!r})")
+    # a Hub folder's weights are timm's own modules: no stage is frozen in them
+    return {"trial": info["trial_config"], "classes": info["classes"],
+            "preprocessing": info["preprocessing"], "frozen_stages": 0,
+            "metrics": info.get("metrics", {})}
 
 
 def read_config(checkpoint: Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from workers.augment import normalize
-from workers.checkpoint import read_metrics
+from workers.checkpoint import read_info
 from workers.costs import LatencyTarget, onnx_latency
 from workers.decoded_cache import stored_size
 from workers.errors import UserError
@@ -68,7 +68,7 @@ def export_onnx(checkpoint: Path, out: Path, opset: int | None = None) -> Export
     """Write `out` (.onnx) from a checkpoint directory, checked against PyTorch first; its
     latency is measured on the deployment target the job measured its trials for (the default
     target for a checkpoint of a job that set none)."""
-    target = read_metrics(checkpoint).get("latency_target")
+    target = read_info(checkpoint)["metrics"].get("latency_target")
     return export_model(load_checkpoint(checkpoint, torch.device("cpu")), out, opset,
                         LatencyTarget(**target) if target else LatencyTarget())
 

@@ -48,7 +48,8 @@ class Prediction:
 
 
 def load_checkpoint(path: Path, device: torch.device | None = None) -> LoadedModel:
-    saved = ckpt.read_config(path)
+    """A trial's checkpoint, or a model folder `automl pull` wrote (timm's layout)."""
+    saved = ckpt.read_info(path)
     config = TrialConfig.from_dict(saved["trial"]).replace(pretrained=False)
     classes = list(saved["classes"])
     model = create_backbone(config, len(classes))

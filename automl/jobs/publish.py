@@ -25,17 +25,16 @@ from optuna_dashboard import save_note
 from ray import tune
 
 from automl.errors import PullError
-from automl.jobs.report import write_confusion_png, write_model_card
+from automl.jobs.report import model_card_body, write_confusion_png, write_hub_card
 from automl.search import keys
 from automl.search.keys import TrialCounts
 from storage.artifacts import ArtifactStore, artifact_store
 from storage.optuna_storage import retry
-from workers.checkpoint import copy_model_files
-from workers.tune_adapter import copy_checkpoint
+from workers.hub import write_hub_folder
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILES = ("model.safetensors", "config.json", "metrics.json")
+CHECKPOINT_FILES = ("model.safetensors", "config.json")  # and automl.json, or metrics.json (v1)
 
 
 def publish_best(
@@ -47,34 +46,48 @@ def publish_best(
     test: dict[str, Any],
     counts: TrialCounts,
 ) -> dict[str, Any]:
-    """Publish the best trial: its model files, its test report, confusion matrix and model card
-    as the study's artifacts, the card as its dashboard note, and which trial it is. Returns the
-    test scores (the scalars of `test`)."""
-    classes = test.pop("classes")
+    """Publish the best trial as a timm / Hugging Face Hub model folder (timm's config.json and
+    weights, automl.json, the model card README.md, the test split's confusion matrix) in the
+    study's artifacts, the card as its dashboard note, and which trial it is. Returns the test
+    scores (the scalars of `test`)."""
     with tempfile.TemporaryDirectory(prefix="automl-publish-") as tmp:
-        folder = copy_checkpoint(checkpoint, Path(tmp))
-        (folder / "test_metrics.json").write_text(json.dumps(test, indent=2, sort_keys=True))
-        if "test_confusion_matrix" in test:
-            write_confusion_png(test["test_confusion_matrix"], classes, folder / "confusion_matrix.png")
-        write_model_card(
-            folder / "model_card.md",
-            job_id=study.study_name,
-            trial_number=trial.number,
-            config=trial.user_attrs.get(keys.CONFIG, {}),
-            classes=classes,
-            val_value=float(trial.values[0]),
-            objective=objective,
-            test_metrics=test,
-            counts=counts,
-        )
+        folder = Path(tmp)
+        with checkpoint.as_directory() as directory:
+            scalars, body = write_model_folder(Path(directory), folder, study.study_name, trial,
+                                               objective, test, counts)
         store = artifact_store(artifacts)
         retry(lambda: publish(study, store, folder), what="publish the best checkpoint")
-        card = (folder / "model_card.md").read_text()
-        retry(lambda: save_note(study, card), what="write the model card note")
-    scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
+        retry(lambda: save_note(study, body), what="write the model card note")
     retry(lambda: study.set_user_attr(keys.TEST_METRICS, scalars), what="record test metrics")
     retry(lambda: study.set_user_attr(keys.BEST_TRIAL, trial.number), what="record the best trial")
     return scalars
+
+
+def write_model_folder(
+    checkpoint: Path, out: Path, job_id: str, trial: optuna.trial.FrozenTrial, objective: str,
+    test: dict[str, Any], counts: TrialCounts,
+) -> tuple[dict[str, Any], str]:
+    """A trial's checkpoint as the folder users pull: timm's layout, our metadata, the card,
+    and (with test scores that have one) the confusion matrix. Returns the test scores and the
+    card's text."""
+    test = dict(test)
+    classes = test.pop("classes", None)
+    scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
+    config = trial.user_attrs.get(keys.CONFIG, {})
+    write_hub_folder(checkpoint, out, {"job": job_id, "trial": trial.number,
+                                       "objective": objective, "test_metrics": scalars,
+                                       "costs": trial.user_attrs.get(keys.COSTS)})
+    if classes is not None and "test_confusion_matrix" in test:
+        write_confusion_png(test["test_confusion_matrix"], classes, out / "confusion_matrix.png")
+    body = model_card_body(
+        job_id=job_id, trial_number=trial.number, config=config,
+        classes=classes or json.loads((out / "automl.json").read_text())["classes"],
+        val_value=float(trial.values[0]) if trial.values else float("nan"),
+        objective=objective, test_metrics=scalars, counts=counts,
+        costs=trial.user_attrs.get(keys.COSTS),
+    )
+    write_hub_card(out / "README.md", body, job_id=job_id, config=config, test_metrics=scalars)
+    return scalars, body
 
 
 def publish(study: optuna.Study, store: ArtifactStore, folder: Path) -> list[str]:
@@ -117,9 +130,11 @@ def pull(
 ) -> Path:
     """Write the best trial's checkpoint (and reports) into `out`; all files or none."""
     metas = get_all_artifact_meta(published_study(storage, job_id))
-    missing = set(CHECKPOINT_FILES) - {m.filename for m in metas}
-    if missing:
-        raise PullError(f"job {job_id!r}: the artifact store lacks {sorted(missing)}")
+    names = {m.filename for m in metas}
+    missing = set(CHECKPOINT_FILES) - names
+    if missing or not names & {"automl.json", "metrics.json"}:  # a model folder, or a v1 one
+        raise PullError(f"job {job_id!r}: the artifact store lacks "
+                        f"{sorted(missing) or ['automl.json']}")
     store = artifact_store(artifacts, create=False)  # a wrong path must not become a store
 
     def fill(staging: Path) -> None:
@@ -160,13 +175,15 @@ def kept_checkpoint_of(run_folder: Path, ray_trial_id: str) -> Path | None:
     return None
 
 
-def pull_checkpoint(folder: Path, out: Path, test: dict[str, Any] | None) -> Path:
-    """A kept checkpoint's model files (and its test scores, if it has them) into `out`."""
+def pull_checkpoint(
+    checkpoint: Path, out: Path, job_id: str, trial: optuna.trial.FrozenTrial, objective: str,
+    test: dict[str, Any] | None, counts: TrialCounts,
+) -> Path:
+    """A kept trial's checkpoint as the same model folder the published best is (its test
+    scores when it has them: a Pareto-front member's)."""
 
     def fill(staging: Path) -> None:
-        copy_model_files(folder, staging)
-        if test:
-            (staging / "test_metrics.json").write_text(json.dumps(test, indent=2, sort_keys=True))
+        write_model_folder(checkpoint, staging, job_id, trial, objective, test or {}, counts)
 
     return _all_or_nothing(out, fill)
 

@@ -28,8 +28,7 @@ def write_confusion_png(matrix: list[list[int]], classes: list[str], path: Path)
     return path
 
 
-def write_model_card(
-    path: Path,
+def model_card_body(
     *,
     job_id: str,
     trial_number: int,
@@ -39,13 +38,17 @@ def write_model_card(
     objective: str,
     test_metrics: dict[str, Any],
     counts: TrialCounts,
-) -> Path:
+    costs: dict[str, float] | None = None,
+) -> str:
+    """The card's text (also the study's note in optuna-dashboard)."""
     scalars = {k: v for k, v in test_metrics.items() if isinstance(v, int | float)}
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                      for k, v in sorted(scalars.items()))
+    cost_rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted((costs or {}).items()))
+    cost_section = (f"\n## Costs (measured before it trained)\n\n| cost | value |\n| --- | --- |\n"
+                    f"{cost_rows}\n") if costs else ""
     settings = json.dumps(config, indent=2, sort_keys=True)
-    path.write_text(
-        f"""# Model card: {job_id}, trial {trial_number}
+    return f"""# Model card: {job_id}, trial {trial_number}
 
 Backbone `{config.get("backbone")}` fine-tuned by automl; best of {counts.complete}
 completed trials ({counts.pruned} pruned, {counts.failed} failed).
@@ -59,7 +62,7 @@ completed trials ({counts.pruned} pruned, {counts.failed} failed).
 | metric | value |
 | --- | --- |
 {rows}
-
+{cost_section}
 ## Trial configuration
 
 ```json
@@ -72,6 +75,37 @@ completed trials ({counts.pruned} pruned, {counts.failed} failed).
 automl pull {job_id} --out model/
 automl predict --checkpoint model/ image.jpg
 ```
+
+or with timm alone:
+
+```python
+import timm
+model = timm.create_model("local-dir:model/", pretrained=True).eval()
+transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
+```
 """
+
+
+def write_hub_card(path: Path, body: str, *, job_id: str, config: dict[str, Any],
+                   test_metrics: dict[str, Any]) -> Path:
+    """README.md as the Hugging Face Hub reads a model card: YAML front matter (timm, tags,
+    the test scores as model-index results), then the card's text."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    source = str(config.get("source", "images"))
+    dataset = "digits" if source == "builtin:digits" else Path(source).name or "images"
+    results = [EvalResult(task_type="image-classification", dataset_type="imagefolder",
+                          dataset_name=dataset, dataset_split="test",
+                          metric_type=name.removeprefix("test_"), metric_value=float(value))
+               for name, value in sorted(test_metrics.items())
+               if name.startswith("test_") and name != "test_images" and isinstance(value, int | float)]
+    backbone = str(config.get("backbone", ""))
+    data = ModelCardData(
+        library_name="timm", pipeline_tag="image-classification", model_name=job_id,
+        tags=["image-classification", "timm", "automl", backbone.split(".")[0]],
+        base_model=f"timm/{backbone}" if config.get("pretrained") is True else None,
+        eval_results=results or None,
     )
+    card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + body)
+    path.write_text(str(card))
     return path

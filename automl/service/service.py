@@ -13,7 +13,7 @@ import optuna
 from automl.errors import JobConflict, NotReady, PullError, UnknownJob
 from automl.jobs.publish import kept_checkpoint_of, pull, pull_checkpoint
 from automl.search import keys
-from automl.search.keys import state_name
+from automl.search.keys import TrialCounts, state_name
 from automl.search.spec import JobSpec, new_job_id
 from automl.service.views import (
     Best,
@@ -134,7 +134,10 @@ class JobService:
                 f"checkpoints.keep_trials complete trials, and a Pareto front, keep one); "
                 f"trials with one: {', '.join(map(str, kept)) or 'none'}")
         test = front.get(number, {}).get("test_metrics")
-        return pull_checkpoint(folder, out, test)
+        objective = study.user_attrs.get(keys.SPEC, {}).get("objective", {}).get("metric",
+                                                                              "val_accuracy")
+        counts = TrialCounts.of(t.state for t in trials.values())
+        return pull_checkpoint(folder, out, job_id, frozen, objective, test, counts)
 
     def pareto(self, job_id: str) -> ParetoView:
         """From the job row's spec, or the study's own (a study written by `run_job`)."""

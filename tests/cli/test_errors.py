@@ -162,7 +162,8 @@ def test_pull_writes_nothing_outside_its_folder(tmp_path: Path) -> None:
     store = FileSystemArtifactStore(str(tmp_path / "artifacts"))
     files = tmp_path / "files"
     files.mkdir()
-    for name in CHECKPOINT_FILES:
+    names = [*CHECKPOINT_FILES, "automl.json"]
+    for name in names:
         (files / name).write_text(name)
     publish(study, store, files)
     meta = {"artifact_id": "evil", "filename": "../../escape.txt", "mimetype": "text/plain",
@@ -171,5 +172,5 @@ def test_pull_writes_nothing_outside_its_folder(tmp_path: Path) -> None:
     store.write("evil", io.BytesIO(b"gotcha"))
     out = tmp_path / "deep" / "model"
     pull(storage, str(tmp_path / "artifacts"), "job-1", out)
-    assert sorted(p.name for p in out.iterdir()) == sorted(CHECKPOINT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
     assert not list(tmp_path.rglob("escape.txt"))

@@ -150,7 +150,7 @@ def test_submit_runner_succeeded_download_predict(service: Service, finished_job
     assert "test accuracy" in status.stdout
     out = service.home / "pulled"
     service.cli("pull", finished_job, "--out", str(out))  # over the API: AUTOML_API_URL is set
-    assert {"model.safetensors", "config.json", "test_metrics.json"} <= {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "automl.json"} <= {p.name for p in out.iterdir()}
     loaded = load_checkpoint(out)
     measured = evaluate_checkpoint(loaded, "test")["test_accuracy"]
     assert measured == pytest.approx(job["test_metrics"]["test_accuracy"], abs=1e-6)

@@ -141,7 +141,7 @@ def test_tiny_class_cannot_be_split(color_folder: Path) -> None:
     [
         (["--backbone", "resnet10"], "close matches: resnet10t"),
         (["--set", "lrr=0.1"], "did you mean lr"),
-        (["--set", "optimizer=lamb"], "optimizer='lamb' is not one of sgd, adamw, adam"),
+        (["--set", "optimizer=lamb"], "optimizer='lamb' is not one of adamw, sgd, adam"),
         (["--set", "lr=fast"], "lr='fast' has the wrong type"),
         (["--set", "lr"], "expected key=value"),
         (["--set", "warmup_epochs=20"], "warmup_epochs=20 must be in [0, epochs=10)"),
