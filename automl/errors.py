@@ -46,3 +46,7 @@ class ApiError(UserError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
+
+
+class PushError(UserError, RuntimeError):
+    """The model folder cannot be uploaded to the Hugging Face Hub; the message says the fix."""

@@ -206,3 +206,25 @@ def pull(
         fail(f"cannot write to --out {folder}: {error.strerror or error}")
     files = ", ".join(sorted(p.name for p in written.iterdir() if not p.name.startswith(".")))
     out.print(f"wrote {written}: {files}", highlight=False, soft_wrap=True)
+
+
+def push(
+    job: Annotated[str, typer.Argument(help="job id")],
+    repo: Annotated[str, typer.Option(help="Hugging Face Hub model repository, OWNER/NAME")],
+    private: Annotated[bool, typer.Option(help="create the repository private")] = False,
+    trial: Annotated[int | None, typer.Option(
+        min=0, help="a kept trial instead of the published best (a Pareto-front member)")] = None,
+    api: ApiOpt = None,
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+) -> None:
+    """Upload the best trial's model folder (what `automl pull` writes) to the Hugging Face Hub;
+    the token is HF_TOKEN's."""
+    import tempfile
+
+    from automl.jobs.publish import push_folder
+
+    with tempfile.TemporaryDirectory(prefix="automl-push-") as tmp:
+        written = backend(api, storage, artifacts).pull(job, Path(tmp) / "model", trial)
+        url = push_folder(written, repo, private)
+    out.print(f"pushed {job} to {url}", highlight=False, soft_wrap=True)

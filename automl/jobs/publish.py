@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna_dashboard import save_note
 from ray import tune
 
-from automl.errors import PullError
+from automl.errors import PullError, PushError
 from automl.jobs.report import model_card_body, write_confusion_png, write_hub_card
 from automl.search import keys
 from automl.search.keys import TrialCounts
@@ -208,3 +209,31 @@ def _all_or_nothing(out: Path, fill: Callable[[Path], None]) -> Path:
 
 def _where(artifacts: str) -> str:
     return artifacts if artifacts.startswith("s3://") else str(Path(artifacts).expanduser().resolve())
+
+
+def push_folder(folder: Path, repo: str, private: bool) -> str:
+    """Upload a pulled model folder to the Hugging Face Hub as model repository `repo` (created
+    if missing); the token is HF_TOKEN's (or `hf auth login`'s). Returns the repository's URL."""
+    import httpx2
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise PushError(f"--repo {repo!r} is not OWNER/NAME (for example my-org/digits-resnet)")
+    api = HfApi()
+    try:
+        url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
+                          commit_message="automl: fine-tuned model")
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status in (401, 403):
+            raise PushError(f"the Hugging Face Hub refused the token for {repo} ({status}): set "
+                            "HF_TOKEN to a token with write access to it") from None
+        raise PushError(f"the Hugging Face Hub refused the upload to {repo}: "
+                        f"{str(error).splitlines()[0]}") from None
+    except (httpx2.TransportError, OSError) as error:
+        raise PushError(f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({error}); "
+                        "push from a machine with network access, or set HF_ENDPOINT to your "
+                        "Hub mirror") from None
+    return str(url)

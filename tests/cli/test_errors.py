@@ -174,3 +174,39 @@ def test_pull_writes_nothing_outside_its_folder(tmp_path: Path) -> None:
     pull(storage, str(tmp_path / "artifacts"), "job-1", out)
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     assert not list(tmp_path.rglob("escape.txt"))
+
+
+def test_push_without_network_is_one_line_naming_the_hub_and_the_fix(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from automl.jobs.publish import CHECKPOINT_FILES, publish
+    from automl.search.keys import BEST_TRIAL as BEST_TRIAL_ATTR
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(storage=url, study_name="job-1")
+    study.set_user_attr(BEST_TRIAL_ATTR, 0)
+    (tmp_path / "artifacts").mkdir()
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in [*CHECKPOINT_FILES, "automl.json"]:
+        (files / name).write_text(name)
+    publish(study, FileSystemArtifactStore(str(tmp_path / "artifacts")), files)
+    automl = str(Path(sys.executable).with_name("automl"))
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_test"}
+    flags = ["--storage", url, "--artifacts", str(tmp_path / "artifacts")]
+
+    def push(*args: str) -> str:
+        done = subprocess.run([automl, "push", "job-1", *args, *flags], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        return done.stderr
+
+    assert "cannot reach the Hugging Face Hub at http://127.0.0.1:9" in push("--repo", "me/digits")
+    assert "is not OWNER/NAME" in push("--repo", "digits")
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("automl-push-*"))
