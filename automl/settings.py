@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="largest request body the API reads (a spec is a few KB)"
     )
+    mlflow_uri: str | None = Field(
+        default=None, description="MLflow tracking URI for jobs whose spec names none"
+    )
     job_restarts: int = Field(
         default=3, ge=0, le=100, description="times a runner restarts a job whose driver died"
     )

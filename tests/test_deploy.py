@@ -25,7 +25,7 @@ def automl_commands() -> dict[str, Any]:
 
 
 def test_compose_has_every_role() -> None:
-    assert set(SERVICES) == {"postgres", "api", "ray-head", "ray-worker", "runner"}
+    assert set(SERVICES) == {"postgres", "api", "mlflow", "ray-head", "ray-worker", "runner"}
     for name in ("api", "ray-head", "ray-worker", "runner"):
         assert SERVICES[name]["build"]["dockerfile"] == "docker/Dockerfile"
         assert "automl-data:/data" in SERVICES[name]["volumes"]
@@ -126,3 +126,17 @@ def test_every_install_comes_from_the_lock() -> None:
     installs = [line for line in DOCKERFILE.splitlines() if "pip install" in line]
     assert installs and all("-c requirements.lock" in line for line in installs)
     assert "requirements.lock" in DOCKERFILE.split("RUN pip install")[0]  # copied before use
+
+
+def test_jobs_are_tracked_in_the_mlflow_service() -> None:
+    from mlflow.cli import server
+
+    command = SERVICES["mlflow"]["command"]
+    assert command[0] == "server"
+    known = {opt for param in server.params for opt in getattr(param, "opts", [])}
+    for flag in (a for a in command[1:] if a.startswith("--")):
+        assert flag in known, f"mlflow server has no {flag}"
+    port = command[command.index("--port") + 1]
+    for name in ("api", "runner"):
+        assert SERVICES[name]["environment"]["AUTOML_MLFLOW_URI"] == f"http://mlflow:{port}"
+    assert f"mlflow:{port}" in command[command.index("--allowed-hosts") + 1].split(",")

@@ -322,7 +322,11 @@ def _existing_parent(path: Path) -> Path:
 
 
 def _gb(n_bytes: float) -> str:
-    return f"{n_bytes / GB:,.1f} GB"
+    """Bytes as a person reads them: GB, or MB / KB below (a 40 KB budget is not "0.0 GB")."""
+    for unit, scale in (("GB", GB), ("MB", 10**6)):
+        if abs(n_bytes) >= scale:
+            return f"{n_bytes / scale:,.1f} {unit}"
+    return f"{n_bytes / 1000:,.1f} KB"
 
 
 def _header(n_images: int, size: int) -> dict[str, object]:

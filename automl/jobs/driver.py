@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import ray
 from optuna.trial import TrialState
+from ray import tune
 
 from automl.jobs.local_ray import connect_local_ray
 from automl.jobs.outcome import (
@@ -42,10 +45,18 @@ from automl.search.spec import JobSpec
 from automl.search.strategy import Strategy, portfolio_for
 from automl.settings import Settings
 from automl.tune.bridge import LISTENERS, Events, StudyLink
-from automl.tune.experiment import no_missing_metrics_warning, retention_for, run_experiment
+from automl.tune.experiment import (
+    no_missing_metrics_warning,
+    retention_for,
+    run_experiment,
+    tracking_of,
+)
 from automl.tune.retention import folders_of
 from storage.optuna_storage import optuna_storage, retry
 from workers.tune_adapter import remove_orphaned_trial_folders
+
+if TYPE_CHECKING:
+    from automl.tune.tracking import JobRuns
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +98,7 @@ def run_job(
     dataset = check_dataset(spec, dataset_roots)
     check_pretrained_weights(spec)
     check_limits(spec, dataset.classes)
+    runs = job_runs(spec, settings, job_id)  # a tracking store that cannot be used stops here
     ray_started = time.monotonic()
     ensure_ray(settings.ray_address)
     timings = {"ray_start": time.monotonic() - ray_started}
@@ -102,6 +114,8 @@ def run_job(
         what=f"create study {job_id}",
         seconds=connect_seconds,
     )
+    if runs is not None:
+        runs.start_job(spec.model_dump(mode="json", exclude={"tracking"}))
     if events is not None:
         LISTENERS[job_id] = events
         replay_history(study, events)
@@ -112,11 +126,13 @@ def run_job(
             grid = run_experiment(spec, job_id, settings, link, cancelled, dataset.classes)
             timings["database"] = link.db_seconds
             counts = finish_leftovers(link, events)
-            if cancelled is not None and cancelled():
-                return JobOutcome(job_id, "cancelled", counts, elapsed=time.monotonic() - started,
-                                  timings=timings)
-            publishing = time.monotonic()
             results = [grid[i] for i in range(len(grid))]
+            if cancelled is not None and cancelled():
+                outcome = JobOutcome(job_id, "cancelled", counts, elapsed=time.monotonic() - started,
+                                     timings=timings)
+                track_end(runs, study, outcome, results, spec)
+                return outcome
+            publishing = time.monotonic()
             retention_for(spec, link).apply(folders_of(results))  # what Tune ended, and leftovers
             best, result = best_with_checkpoint(study, results, spec.objective.maximize)
             if best is None or result is None:
@@ -126,14 +142,17 @@ def run_job(
                 outcome = JobOutcome(job_id, "failed", counts, error=error)
             else:
                 checkpoint = kept_checkpoint(result, spec)
+                keep = None if runs is None else partial(track_model_card, runs)
                 test = publish_best(study, settings.artifacts_path, checkpoint, best,
-                                    spec.objective.metric, score_on_test(checkpoint, spec), counts)
+                                    spec.objective.metric, score_on_test(checkpoint, spec), counts,
+                                    also=keep)
                 if spec.objective.front_costs:
                     front = score_front(study, results, spec, best.number, test)
                     retry(lambda: study.set_user_attr(keys.FRONT, front), what="record the front")
                 outcome = JobOutcome(job_id, "succeeded", counts, best.number, best.values[0],
                                      test)
             timings["publish"] = time.monotonic() - publishing
+            track_end(runs, study, outcome, results, spec)
     finally:
         LISTENERS.pop(job_id, None)
         # a trial's scratch folder outlives a worker Ray killed (one that would not stop in
@@ -143,6 +162,47 @@ def run_job(
     outcome.elapsed = time.monotonic() - started
     outcome.timings = timings
     return outcome
+
+
+def job_runs(spec: JobSpec, settings: Settings, job_id: str) -> JobRuns | None:
+    """The job's MLflow runs, when it is tracked (`automl.tune.tracking`)."""
+    target = tracking_of(spec, settings)
+    if target is None:
+        return None
+    from automl.tune.tracking import JobRuns  # imports mlflow: only for tracked jobs
+
+    return JobRuns(*target, job_id)
+
+
+def track_model_card(runs: JobRuns, folder: Path) -> None:
+    try:
+        runs.log_artifacts([folder / "README.md", folder / "confusion_matrix.png"])
+    except Exception as error:  # the job's result stands without its copy in MLflow
+        log.warning("MLflow at %s: could not keep the model card: %s", runs.uri, error)
+
+
+def track_end(runs: JobRuns | None, study: optuna.Study, outcome: JobOutcome,
+              results: list[tune.Result], spec: JobSpec) -> None:
+    """The job's end in MLflow: its trials' runs ended, then the parent with the result."""
+    if runs is None:
+        return
+    from automl.tune.tracking import finish_job_runs
+
+    errors = {str((r.metrics or {}).get("trial_id")): str(r.error).strip().splitlines()[-1][:500]
+              for r in results if r.error and str(r.error).strip()}
+    counts = outcome.counts
+    metrics: dict[str, Any] = {f"trials_{name}": getattr(counts, name)
+                               for name in ("complete", "pruned", "failed")}
+    if outcome.best_value is not None:
+        metrics[f"best_{spec.objective.metric}"] = outcome.best_value
+    metrics.update(outcome.test_metrics)
+    tags: dict[str, Any] = {}
+    if outcome.best_trial is not None:
+        tags["automl.best_trial"] = outcome.best_trial
+    if outcome.error:
+        tags["automl.error"] = outcome.error
+    trials = retry(lambda: study.get_trials(deepcopy=False), what="list trials")
+    finish_job_runs(runs, trials, errors, outcome.state, metrics, tags)
 
 
 def replay_history(study: optuna.Study, events: Events) -> None:

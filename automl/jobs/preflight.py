@@ -12,8 +12,8 @@ from automl.errors import JobError
 from automl.search.spec import JobSpec
 from workers.config import DataConfig
 from workers.costs import broken_limits, measure_costs, static_costs
-from workers.datasets import DatasetError, load_index
-from workers.decoded_cache import verify_once
+from workers.datasets import DatasetError, DatasetIndex, load_index
+from workers.decoded_cache import check_cache_budget, decoded_path, stored_size, verify_once
 from workers.model import hub_unreachable, uncached_hub_weights
 
 
@@ -45,10 +45,32 @@ def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
                     f"({':'.join(map(str, roots))}) through symlinks; this service reads only "
                     "under them"
                 )
+        check_cache_room(spec, index)
         verify_once(index.images)  # skipped for files verified or decoded on this machine
     except DatasetError as error:
         raise JobError(f"dataset: {error}") from error
     return DatasetSize(len(index), len(index.classes))
+
+
+def check_cache_room(spec: JobSpec, index: DatasetIndex) -> None:
+    """The decoded copies the job's trials may write (one per stored side and resampling the
+    space allows, that this machine has not cached yet) must fit the cache's budget together:
+    a dataset too big for it is refused now, with the numbers, not by every trial."""
+    import timm
+
+    space = spec.search_space()
+    needed: dict[tuple[int, str], int] = {}
+    for backbone in space.backbones():
+        cfg = timm.models.get_pretrained_cfg(backbone)
+        crop = float(getattr(cfg, "crop_pct", None) or 0.875)
+        interpolation = str(getattr(cfg, "interpolation", None) or "bicubic")
+        default = int((getattr(cfg, "input_size", None) or (3, 224, 224))[-1])
+        for size in space.img_sizes():
+            side = stored_size(size or default, crop)
+            if not decoded_path(index.images, side, interpolation).exists():
+                needed[(side, interpolation)] = side
+    if needed:
+        check_cache_budget(len(index), sorted(needed.values()))
 
 
 def check_pretrained_weights(spec: JobSpec) -> None:

@@ -46,16 +46,20 @@ def publish_best(
     objective: str,
     test: dict[str, Any],
     counts: TrialCounts,
+    also: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Publish the best trial as a timm / Hugging Face Hub model folder (timm's config.json and
     weights, automl.json, the model card README.md, the test split's confusion matrix) in the
     study's artifacts, the card as its dashboard note, and which trial it is. Returns the test
-    scores (the scalars of `test`)."""
+    scores (the scalars of `test`). `also` sees the folder before it goes (experiment
+    tracking keeps the card and the matrix)."""
     with tempfile.TemporaryDirectory(prefix="automl-publish-") as tmp:
         folder = Path(tmp)
         with checkpoint.as_directory() as directory:
             scalars, body = write_model_folder(Path(directory), folder, study.study_name, trial,
                                                objective, test, counts)
+        if also is not None:
+            also(folder)
         store = artifact_store(artifacts)
         retry(lambda: publish(study, store, folder), what="publish the best checkpoint")
         retry(lambda: save_note(study, body), what="write the model card note")

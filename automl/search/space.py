@@ -226,6 +226,15 @@ class SearchSpace:
         sizes = [v for v in _values(param) if v is not None]
         return min(sizes) if sizes else None
 
+    def img_sizes(self) -> tuple[int | None, ...]:
+        """The image sides trials may get (a range: its two ends); None: the backbone's own."""
+        param = self.overrides.get("img_size")
+        if param is None:
+            return (None,)
+        if isinstance(param, Range):
+            return (int(param.low), int(param.high))
+        return tuple(None if v is None else int(v) for v in _values(param))
+
     def pretrained(self) -> tuple[bool | str, ...]:
         """What trials may load weights from: True (the model hub), a file, or False (none)."""
         return _values(self.overrides.get("pretrained", Fixed(True)))

@@ -189,6 +189,16 @@ class CheckpointsSpec(_Strict):
     )
 
 
+class TrackingSpec(_Strict):
+    mlflow: str | None = Field(
+        None, min_length=1,
+        description="MLflow tracking URI: http(s)://server, sqlite:///path.db or a folder; "
+        "default AUTOML_MLFLOW_URI (none: no tracking)",
+    )
+    experiment: str = Field("automl", min_length=1, max_length=256,
+                            description="the MLflow experiment the job's runs go in")
+
+
 class StrategySpec(_Strict):
     sampler: Literal["tpe", "random", "gp", "cmaes", "nsga2"] = DEFAULT_SAMPLER  # type: ignore[assignment]
     pruner: Literal["hyperband", "sha", "median", "none"] = DEFAULT_PRUNER  # type: ignore[assignment]
@@ -210,6 +220,7 @@ class JobSpec(_Strict):
     )
     strategy: StrategySpec = StrategySpec()
     checkpoints: CheckpointsSpec = CheckpointsSpec()
+    tracking: TrackingSpec = TrackingSpec()
     space: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -449,6 +460,18 @@ def require_under_roots(spec: JobSpec, roots: tuple[Path, ...]) -> None:
                 f"{field}={_excerpt(value)} is outside {where}; put the files under a root, or "
                 "ask the operator to add one"
             )
+
+
+def require_tracking_server(spec: JobSpec) -> None:
+    """A job sent over HTTP tracks to an MLflow server, or to the service's own store: a local
+    URI would have the runner write wherever the token holder names."""
+    uri = spec.tracking.mlflow
+    if uri is not None and not re.match(r"^(https?|databricks)://", uri, re.IGNORECASE):
+        raise SpecError(
+            f"tracking.mlflow={_excerpt(uri)} would write on the service's machine; jobs sent "
+            "over HTTP track to an MLflow server (http:// or https://), or leave it out to use "
+            "the service's own (AUTOML_MLFLOW_URI)"
+        )
 
 
 def _excerpt(value: str, limit: int = 120) -> str:

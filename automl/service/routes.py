@@ -12,7 +12,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPBearer
 
-from automl.search.spec import JOB_ID_PATTERN, JobSpec, require_under_roots
+from automl.search.spec import JOB_ID_PATTERN, JobSpec, require_tracking_server, require_under_roots
 from automl.service.service import JobService
 from automl.service.views import BestView, JobPage, JobState, JobView, ParetoView, TrialPage
 
@@ -44,6 +44,7 @@ def healthz(service: Service) -> dict[str, str]:
 @jobs.post("", status_code=status.HTTP_201_CREATED, response_model=JobView)
 def submit(spec: JobSpec, service: Service) -> JobView:
     require_under_roots(spec, service.settings.dataset_roots)  # a SpecError is a 422
+    require_tracking_server(spec)
     return service.submit(spec)
 
 

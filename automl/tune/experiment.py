@@ -117,7 +117,8 @@ def _fit(
                 num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
             ),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[JsonLoggerCallback(), retention_for(spec, link)],
+            callbacks=[JsonLoggerCallback(), retention_for(spec, link),
+                       *tracking_callbacks(spec, settings, link)],
         ),
     )
     return tuner.fit()
@@ -133,6 +134,21 @@ def trial_settings(spec: JobSpec, n_classes: int) -> dict[str, Any]:
                                 "target": objective.latency.model_dump(),
                                 "num_classes": n_classes}
     return fixed
+
+
+def tracking_of(spec: JobSpec, settings: Settings) -> tuple[str, str] | None:
+    """The MLflow store (URI, experiment) the job's runs go to: the spec's, else the service's."""
+    uri = spec.tracking.mlflow or settings.mlflow_uri
+    return None if uri is None else (uri, spec.tracking.experiment)
+
+
+def tracking_callbacks(spec: JobSpec, settings: Settings, link: StudyLink) -> list[tune.Callback]:
+    target = tracking_of(spec, settings)
+    if target is None:
+        return []
+    from automl.tune.tracking import MLflowTracking  # imports mlflow: only for tracked jobs
+
+    return [MLflowTracking(*target, link)]
 
 
 def retention_for(spec: JobSpec, link: StudyLink) -> Retention:

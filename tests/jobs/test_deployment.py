@@ -39,7 +39,8 @@ def study_of(settings: Settings, job_id: str) -> optuna.Study:
 
 
 def test_a_params_limit_never_trains_a_backbone_over_it(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "automl-data")
+    mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    settings = Settings(home=tmp_path / "automl-data", mlflow_uri=mlflow_uri)
     spec = parse_spec(job("limits", {"limits": {"params_m": 0.25}},
                           budget={"n_trials": 6, "max_epochs": 2}))
     outcome = run_job(spec, "limits-1", settings)
@@ -52,6 +53,19 @@ def test_a_params_limit_never_trains_a_backbone_over_it(tmp_path: Path) -> None:
         assert trial.user_attrs[keys.OVER_LIMIT] == {"params_m": [pytest.approx(0.3737, abs=1e-3),
                                                                   0.25]}
     assert all(t.user_attrs[keys.COSTS]["params_m"] > 0 for t in study.trials)
+    # in MLflow too: each trial's costs, and which limit cut the ones that never trained
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    runs = {int(r.data.tags["automl.trial"]): r
+            for r in mlflow.search_runs(experiment_names=["automl"], output_format="list")
+            if "automl.trial" in r.data.tags}
+    for trial in study.trials:
+        tracked = runs[trial.number]
+        assert tracked.data.metrics["params_m"] == trial.user_attrs[keys.COSTS]["params_m"]
+        if trial.number in {t.number for t in over}:
+            assert tracked.data.tags["automl.state"] == "over_limit"
+            assert json.loads(tracked.data.tags["automl.over_limit"]) == trial.user_attrs[keys.OVER_LIMIT]
     best = study.trials[outcome.best_trial or 0]
     assert best.user_attrs[keys.CONFIG]["backbone"] != BACKBONES[0]
     pulled = tmp_path / "model"

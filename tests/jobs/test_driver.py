@@ -18,6 +18,7 @@ from ray import tune
 from typer.testing import CliRunner
 
 from automl.cli import app
+from automl.errors import JobError
 from automl.jobs.driver import run_job
 from automl.jobs.outcome import JobOutcome
 from automl.search.spec import parse_spec
@@ -51,7 +52,9 @@ def run(tmp: Path, database_url: str | None = None, **changes: Any) -> Ran:
 
 @pytest.fixture(scope="module")
 def sqlite_job(tmp_path_factory: pytest.TempPathFactory) -> Ran:
-    return run(tmp_path_factory.mktemp("sqlite"), checkpoints={"keep_trials": 1})
+    tmp = tmp_path_factory.mktemp("sqlite")
+    return run(tmp, checkpoints={"keep_trials": 1},
+               tracking={"mlflow": f"sqlite:///{tmp}/mlflow.db", "experiment": "digits"})
 
 
 def test_job_succeeds_with_pruned_and_complete_trials(sqlite_job: Ran) -> None:
@@ -119,6 +122,69 @@ def test_optuna_and_ray_tune_count_the_same_trials(sqlite_job: Ran) -> None:
         assert by_id[trial.user_attrs["ray_trial_id"]]["lr"] == trial.params.get(
             "lr", trial.user_attrs["config"]["lr"]
         )
+
+
+def test_mlflow_holds_the_job_as_a_run_with_each_trial_nested_in_it(sqlite_job: Ran) -> None:
+    import mlflow
+
+    uri = sqlite_job.study.user_attrs["spec"]["tracking"]["mlflow"]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["digits"], output_format="list")
+    (job,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    outcome = sqlite_job.outcome
+    assert job.info.run_name == outcome.job_id and job.info.status == "FINISHED"
+    assert job.data.tags["automl.state"] == "succeeded"
+    assert job.data.tags["automl.best_trial"] == str(outcome.best_trial)
+    assert job.data.params["budget.n_trials"] == "8"
+    assert job.data.metrics["test_accuracy"] == outcome.test_metrics["test_accuracy"]
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(job.info.run_id)}
+    assert {"README.md", "confusion_matrix.png"} <= artifacts
+
+    trials = {int(r.data.tags["automl.trial"]): r for r in runs if r is not job}
+    assert sorted(trials) == [t.number for t in sqlite_job.study.trials]  # one run each
+    client = mlflow.MlflowClient(uri)
+    for trial in sqlite_job.study.trials:
+        tracked = trials[trial.number]
+        assert tracked.data.tags["mlflow.parentRunId"] == job.info.run_id
+        assert tracked.data.params["lr"] == json.dumps(trial.user_attrs["config"]["lr"])
+        history = client.get_metric_history(tracked.info.run_id, "val_accuracy")
+        assert {m.step: m.value for m in history} == trial.intermediate_values  # every epoch
+        if trial.state == TrialState.PRUNED:
+            assert tracked.data.tags["automl.state"] == "pruned"
+            assert tracked.data.tags["automl.pruned_at_epoch"] == str(max(trial.intermediate_values))
+            assert tracked.info.status == "KILLED"
+        else:
+            assert trial.state == TrialState.COMPLETE
+            assert tracked.data.tags["automl.state"] == "complete"
+            assert tracked.info.status == "FINISHED"
+
+
+def test_an_unusable_tracking_store_stops_the_job_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    spec = parse_spec({**DIGITS_JOB, "tracking": {"mlflow": "http://127.0.0.1:9"}})
+    settings = Settings(home=tmp_path / "automl-data")
+    with pytest.raises(JobError, match=r"cannot use the MLflow tracking store http://127.0.0.1:9: "
+                       r".*; start the server, fix tracking.mlflow"):
+        run_job(spec, "untracked", settings)
+    assert not Path(settings.storage_url.removeprefix("sqlite:///")).exists()  # nothing stored
+
+
+def test_a_dataset_too_big_for_the_cache_is_refused_before_anything_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every trial would have refused to decode it; the job says so once, with the numbers."""
+    monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "cache"))  # nothing decoded yet
+    monkeypatch.setenv("AUTOML_CACHE_MAX_GB", "0.001")  # 1 MB; digits at 33 px take 5.9 MB
+    space = {**DIGITS_JOB["space"], "img_size": [32, 48]}  # stored at 33 and 50 px
+    settings = Settings(home=tmp_path / "automl-data")
+    with pytest.raises(JobError, match=r"^dataset: the decoded-image cache needs 19\.3 MB for "
+                       r"1,797 images at 33x33 \+ 50x50 px .* over its budget of 1\.0 MB "
+                       r"\(AUTOML_CACHE_MAX_GB=0.001.*; raise AUTOML_CACHE_MAX_GB"):
+        run_job(parse_spec({**DIGITS_JOB, "space": space}), "too-big", settings)
+    assert not Path(settings.storage_url.removeprefix("sqlite:///")).exists()
+    assert not list((tmp_path / "cache").glob("decoded/*"))  # not half-written either
 
 
 def test_optuna_cli_reads_the_same_study(sqlite_job: Ran) -> None:

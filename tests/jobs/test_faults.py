@@ -104,7 +104,8 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint(tmp_path: Path) -
 def test_a_killed_driver_resumes_the_job(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(json.dumps({**STEADY_JOB, "budget": {"n_trials": 4, "max_epochs": 4}}))
-    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data")}
+    mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"  # tracked: a resumed job goes on in its runs
+    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data"), "AUTOML_MLFLOW_URI": mlflow_uri}
     command = [AUTOML, "run", str(job), "--job-id", "faults-driver", "--ray-address", "local"]
     settings = Settings(home=tmp_path / "automl-data")
     first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
@@ -140,6 +141,18 @@ def test_a_killed_driver_resumes_the_job(tmp_path: Path) -> None:
     # its own number), not failed and replaced by a fifth trial
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     assert sorted(study.trials[lost.number].intermediate_values) == [1, 2, 3, 4]
+    # MLflow: one run for the job and one per trial, however often each was started
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "automl"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)
+    tracked = {int(r.data.tags["automl.trial"]): r.info.run_id
+               for r in runs if "automl.trial" in r.data.tags}
+    assert sorted(tracked) == [0, 1, 2, 3]
+    for run_id in tracked.values():
+        assert {m.step for m in client.get_metric_history(run_id, "val_accuracy")} == {1, 2, 3, 4}
 
 
 def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) -> None:

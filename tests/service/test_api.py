@@ -128,7 +128,7 @@ def test_no_500s_anywhere(tmp_path: Path) -> None:
     app = create_app(Settings(home=tmp_path))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 9
+    assert len(operations) == 11
 
     for operation in operations:
 
@@ -255,6 +255,21 @@ def test_jobs_over_http_read_only_under_the_dataset_roots(tmp_path: Path) -> Non
         response = client.post("/jobs", headers=AUTH,
                                json={**SPEC, "dataset": {"source": str(roots / "flowers")}})
         assert response.status_code == 422 and "AUTOML_DATASET_ROOTS" in response.text
+
+
+def test_jobs_over_http_track_only_to_an_mlflow_server(tmp_path: Path) -> None:
+    """A local tracking URI would have the runner write a database or files wherever the token
+    holder names; a server URI, or none (the service's own), is taken."""
+    with guarded_client(tmp_path) as client:
+        for uri in ("sqlite:////etc/cron.d/x.db", "file:///root/.ssh", "/var/lib/x", "mlruns"):
+            response = client.post("/jobs", headers=AUTH,
+                                   json={**SPEC, "tracking": {"mlflow": uri}})
+            assert response.status_code == 422, (uri, response.text)
+            assert "tracking.mlflow" in response.text and "MLflow server" in response.text
+        assert client.get("/jobs", headers=AUTH).json()["total"] == 0
+        served = client.post("/jobs", headers=AUTH,
+                             json={**SPEC, "tracking": {"mlflow": "https://mlflow.example.com"}})
+        assert served.status_code == 201, served.text
 
 
 def test_resume_queues_a_failed_or_cancelled_job_again(client: TestClient) -> None:

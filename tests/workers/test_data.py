@@ -267,8 +267,8 @@ def test_a_dataset_over_the_cache_budget_is_refused_before_a_byte_is_written(
     with pytest.raises(DatasetError) as caught:
         load_decoded(paths, 24)
     message = str(caught.value)
-    assert "needs 0.0 GB for 24 images at 24x24 px" in message
-    assert "budget of 0.0 GB (AUTOML_CACHE_MAX_GB=0.00004" in message
+    assert "needs 41.6 KB for 24 images at 24x24 px" in message
+    assert "budget of 40.0 KB (AUTOML_CACHE_MAX_GB=0.00004" in message
     for fix in ("raise AUTOML_CACHE_MAX_GB", "free disk", "AUTOML_CACHE_DIR", "smaller img_size"):
         assert fix in message
     assert not [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 0]
@@ -282,7 +282,7 @@ def test_the_budget_counts_what_other_datasets_already_hold(
     monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("AUTOML_CACHE_MAX_GB", "0.00005")  # room for one 41 KB dataset, not two
     load_decoded(sorted((color_folder / "red").glob("*.png")) * 2, 24)
-    with pytest.raises(DatasetError, match=r"less 0\.0 GB other cached datasets hold"):
+    with pytest.raises(DatasetError, match=r"less 4\d\.\d KB other cached datasets hold"):
         load_decoded(sorted((color_folder / "blue").glob("*.png")) * 2, 24)
     monkeypatch.setenv("AUTOML_CACHE_MAX_GB", "lots")
     with pytest.raises(DatasetError, match="AUTOML_CACHE_MAX_GB='lots' is not a size in GB"):
