@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     mlflow_uri: str | None = Field(
         default=None, description="MLflow tracking URI for jobs whose spec names none"
     )
+    stale_after: float = Field(
+        default=60.0, ge=5, le=86400,
+        description="seconds without a heartbeat after which a running job's driver counts as "
+        "gone and another runner takes the job over (its driver gives up at half of it)",
+    )
     job_restarts: int = Field(
         default=3, ge=0, le=100, description="times a runner restarts a job whose driver died"
     )

@@ -277,7 +277,8 @@ def soak(
                   title=f"soak: {trials} trials, {images:,} images, 2 at a time, "
                         f"{os.cpu_count()} CPU cores (MB unless noted)")
     for r in rows:
-        table.add_row(str(r.finished), f"{r.run_mb:.1f}", f"{r.tmp_mb:.1f}",
+        table.add_row(f"{r.finished} (end)" if r.end else str(r.finished),
+                      f"{r.run_mb:.1f}", f"{r.tmp_mb:.1f}",
                       f"{r.artifacts_mb:.1f}", f"{r.cache_mb:.1f}", f"{r.database_mb:.1f}",
                       f"{r.driver_rss_mb:.0f}", f"{r.runner_rss_mb:.0f}", f"{r.serve_rss_mb:.0f}",
                       f"{r.overhead_s:.2f}", f"{r.get_job_p95_ms:.0f}", f"{r.get_trials_p95_ms:.0f}",

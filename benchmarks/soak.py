@@ -67,6 +67,7 @@ class Row:
     get_trials_p95_ms: float
     ask_p95_ms: float
     report_prune_p95_ms: float
+    end: bool = False  # measured once the job had ended
 
 
 def spec(name: str, source: str, trials: int) -> dict[str, Any]:
@@ -135,7 +136,7 @@ def _soak(root: Path, database_url: str, schema: str, admin_url: str, trials: in
         job_ms: list[float] = []
         trials_ms: list[float] = []
         state = "queued"
-        while marks:
+        while True:
             started = time.perf_counter()
             view = api.get(f"/jobs/{job_id}").json()
             job_ms.append((time.perf_counter() - started) * 1000)
@@ -145,13 +146,15 @@ def _soak(root: Path, database_url: str, schema: str, admin_url: str, trials: in
             offset = max(0, finished - 100)
             api.get(f"/jobs/{job_id}/trials", params={"limit": 100, "offset": offset})
             trials_ms.append((time.perf_counter() - started) * 1000)
-            if finished >= marks[0] or state not in ("queued", "running"):
+            ended = state not in ("queued", "running")  # published, retention applied
+            if ended or (marks and finished >= marks[0]):
                 rows.append(_measure(finished, home, job_id, tmp, cache, admin_url, schema,
-                                     database_url, runner.pid, serve.pid, job_ms, trials_ms))
+                                     database_url, runner.pid, serve.pid, job_ms, trials_ms,
+                                     end=ended))
                 job_ms, trials_ms = [], []
                 while marks and marks[0] <= finished:
                     marks.pop(0)
-                if state not in ("queued", "running"):
+                if ended:
                     break
             time.sleep(1.0)
         if state != "succeeded":
@@ -171,7 +174,7 @@ def _soak(root: Path, database_url: str, schema: str, admin_url: str, trials: in
 
 def _measure(finished: int, home: Path, job_id: str, tmp: Path, cache: Path, admin_url: str,
              schema: str, database_url: str, runner_pid: int, serve_pid: int,
-             job_ms: list[float], trials_ms: list[float]) -> Row:
+             job_ms: list[float], trials_ms: list[float], end: bool = False) -> Row:
     run_dir = home / "runs" / job_id
     overheads, asks, reports = _driver_side(database_url, job_id, run_dir)
     return Row(
@@ -182,7 +185,7 @@ def _measure(finished: int, home: Path, job_id: str, tmp: Path, cache: Path, adm
         runner_rss_mb=_rss(runner_pid), serve_rss_mb=_rss(serve_pid),
         overhead_s=statistics.median(overheads) if overheads else float("nan"),
         get_job_p95_ms=_p95(job_ms), get_trials_p95_ms=_p95(trials_ms),
-        ask_p95_ms=_p95(asks), report_prune_p95_ms=_p95(reports),
+        ask_p95_ms=_p95(asks), report_prune_p95_ms=_p95(reports), end=end,
     )
 
 

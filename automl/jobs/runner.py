@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import optuna
@@ -106,7 +107,7 @@ class Runner:
 
     def _fill(self, address: str) -> None:
         while len(self.children) < self.max_jobs:
-            job = self.store.claim(self.name)
+            job = self.store.claim(self.name, stale_after=timedelta(seconds=self.settings.stale_after))
             if job is None:
                 return
             if job.restarts > self.settings.job_restarts:

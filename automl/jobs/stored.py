@@ -5,8 +5,8 @@ A heartbeat thread writes trial counts and the best value every few seconds from
 storage (cheap counting queries, not a scan of every trial) and reads the cancel flag back.
 
 The heartbeat is also how a driver learns that it may no longer own its job. Another runner
-takes over a job whose heartbeat is older than `STALE_AFTER`; so a driver whose beats keep
-failing stops its own job well before that (as Ctrl-C would: trials stop, Ray Tune's state and
+takes over a job whose heartbeat is older than `AUTOML_STALE_AFTER` (60 s); so a driver whose
+beats keep failing stops its own job well before that (as Ctrl-C would: trials stop, Ray Tune's state and
 the study stay as they are, nothing is finished or published), and so does a driver whose job
 another runner has claimed. The runner that takes the job over resumes it.
 """
@@ -30,14 +30,13 @@ from automl.search.keys import TrialCounts
 from automl.search.spec import JobSpec, new_job_id, parse_spec
 from automl.settings import Settings
 from automl.tune.bridge import Events
-from storage.jobs import STALE_AFTER, JobStore, Progress
+from storage.jobs import JobStore, Progress
 from storage.optuna_storage import optuna_storage
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 2.0
 # Half the reclaim window: the driver has stopped, and its trials with it, long before another
 # runner may take the job over.
-GIVE_UP_SECONDS = STALE_AFTER.total_seconds() / 2
 
 
 class HeartbeatLost(RuntimeError):
@@ -85,10 +84,12 @@ def _best(storage: optuna.storages.BaseStorage, study_id: int) -> tuple[int | No
 
 class _Heartbeat(threading.Thread):
     def __init__(
-        self, store: JobStore, storage: optuna.storages.BaseStorage, job_id: str, attempts: int
+        self, store: JobStore, storage: optuna.storages.BaseStorage, job_id: str, attempts: int,
+        give_up_seconds: float,
     ) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.store, self.storage, self.job_id, self.attempts = store, storage, job_id, attempts
+        self.give_up_seconds = give_up_seconds
         self.cancel = threading.Event()
         self.done = threading.Event()
         self.lost: str | None = None  # why the driver stopped its own job
@@ -109,8 +110,8 @@ class _Heartbeat(threading.Thread):
                 waited = now - failing_since + HEARTBEAT_SECONDS
                 log.warning("job %s: heartbeat failed (%s); the driver stops the job after "
                             "%.0f s without one (%.0f s so far)", self.job_id,
-                            _first_line(error), GIVE_UP_SECONDS, waited)
-                if waited >= GIVE_UP_SECONDS:
+                            _first_line(error), self.give_up_seconds, waited)
+                if waited >= self.give_up_seconds:
                     self._lose(f"no heartbeat could be written for {waited:.0f} s "
                                f"({_first_line(error)})")
                     return
@@ -154,6 +155,12 @@ def start_foreground(store: JobStore, spec: JobSpec, job_id: str | None) -> tupl
     return job_id, True, False
 
 
+def give_up_seconds(settings: Settings) -> float:
+    """A driver whose heartbeat keeps failing stops its job at half the stale window: well
+    before another runner may take the job over, so two drivers never run one job."""
+    return settings.stale_after / 2
+
+
 def execute_job(
     job_id: str, settings: Settings, store: JobStore, events: Events | None = None,
     job_file: str | None = None, spec: JobSpec | None = None, **run_options: Any,
@@ -165,7 +172,7 @@ def execute_job(
     if spec is None or job.spec != spec.model_dump(mode="json"):
         spec = parse_spec(job.spec, f"job {job_id}")
     storage = optuna_storage(settings.storage_url)
-    beat = _Heartbeat(store, storage, job_id, job.attempts)
+    beat = _Heartbeat(store, storage, job_id, job.attempts, give_up_seconds(settings))
     beat.start()
     try:
         outcome = run_job(spec, job_id, settings, events=events, cancelled=beat.cancel.is_set,

@@ -220,11 +220,8 @@ def _text(value: Any, limit: int = 6000) -> str:  # MLflow's longest param value
 
 def last_error_line(trial: RayTrial) -> str | None:
     """The last line of a failed Ray trial's error, as the job's own errors give it."""
-    path = getattr(trial, "error_file", None)
-    if not path or not Path(path).exists():
-        return None
-    lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines()
-             if line.strip()]
+    text = trial.get_error()  # error.txt in the trial's storage, local or remote
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
     return lines[-1][:500] if lines else None
 
 

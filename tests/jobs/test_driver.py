@@ -420,7 +420,8 @@ def test_trials_that_all_fail_stop_the_job_with_one_line_each(tmp_path: Path) ->
     job = tmp_path / "job.yaml"
     job.write_text(json.dumps({**DIGITS_JOB, "budget": {"n_trials": 6, "max_epochs": 1},
                                "max_failures": 0, "space": space}))
-    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data")}
+    mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data"), "AUTOML_MLFLOW_URI": mlflow_uri}
     env.pop("RAY_AUTH_MODE", None)  # this process's own Ray set it: a user's shell has none
     result = subprocess.run([AUTOML, "run", str(job), "--ray-address", "local"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300)
@@ -434,6 +435,18 @@ def test_trials_that_all_fail_stop_the_job_with_one_line_each(tmp_path: Path) ->
     assert "error.txt" in failed[0] and "Traceback" not in result.stderr
     # Ray's default (token authentication) chosen explicitly: no warning about it on every run
     assert "Token authentication" not in result.stderr + result.stdout
+    # in MLflow, each failed trial's run says with what, and the job's run why it failed
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    runs = mlflow.search_runs(experiment_names=["automl"], output_format="list")
+    trials = [r for r in runs if "automl.trial" in r.data.tags]
+    (job_run,) = [r for r in runs if "automl.trial" not in r.data.tags]
+    assert len(trials) == 3 and all(r.info.status == "FAILED" for r in trials)
+    assert all(r.data.tags["automl.state"] == "failed" and
+               "size mismatch for conv1.0.weight" in r.data.tags["automl.error"] for r in trials)
+    assert job_run.info.status == "FAILED" and job_run.data.tags["automl.state"] == "failed"
+    assert "stopped after the first 3 trials failed" in job_run.data.tags["automl.error"]
 
 
 def test_workers_without_the_hub_name_the_fix() -> None:

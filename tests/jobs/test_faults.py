@@ -160,7 +160,7 @@ def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) 
     off as the job's result: the job is marked cancelled with how to resume it, and resuming
     finishes the budget with every trial counted once."""
     job = tmp_path / "job.yaml"
-    job.write_text(json.dumps({**STEADY_JOB, "budget": {"n_trials": 4, "max_epochs": 4}}))
+    job.write_text(json.dumps({**STEADY_JOB, "budget": {"n_trials": 3, "max_epochs": 3}}))
     env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data")}
     settings = Settings(home=tmp_path / "automl-data")
     command = [AUTOML, "run", str(job), "--job-id", "faults-ctrl-c", "--ray-address", "local"]
@@ -169,7 +169,7 @@ def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) 
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # a trial finished, so the resumed view has history to show
-        wait_for(lambda: 4 in reported_epochs(settings.storage_url, "faults-ctrl-c").values())
+        wait_for(lambda: 3 in reported_epochs(settings.storage_url, "faults-ctrl-c").values())
     finally:
         os.killpg(first.pid, signal.SIGINT)
     out, err = first.communicate(timeout=120)
@@ -190,10 +190,10 @@ def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) 
     final_view = second.stderr[second.stderr.rindex("job faults-ctrl-c "):]
     # the view counts the trials from before the interrupt, and ends with none running (a
     # trial asked just before Ctrl-C that Ray did not save is run again under its number)
-    assert "complete 4" in final_view and "running 0" in final_view, final_view
+    assert "complete 3" in final_view and "running 0" in final_view, final_view
     study = load_study(settings.storage_url, "faults-ctrl-c")
-    assert_every_trial_counted_once(study, settings.runs_path / "faults-ctrl-c", epochs=4)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert_every_trial_counted_once(study, settings.runs_path / "faults-ctrl-c", epochs=3)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
 
 
 @pytest.mark.usefixtures("local_ray")
