@@ -40,8 +40,11 @@ bench: $(STAMP) services
 	$(BIN)/automl-bench replay
 	$(BIN)/automl-bench overhead
 	$(BIN)/automl-bench cache
+	$(BIN)/automl-bench cache-scale
+	$(BIN)/automl-bench loader
 	$(BIN)/automl-bench storage
 	$(BIN)/automl-bench api
+	$(BIN)/automl-bench soak
 	$(BIN)/automl-bench gpu
 
 ## lock: pin the whole dependency set again after changing pyproject.toml's dependencies

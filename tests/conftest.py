@@ -11,6 +11,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# The suite runs in two pytest-xdist workers (pyproject's addopts). Each gets its own TMPDIR,
+# set before anything starts (its Ray included, whose workers inherit it): a test that checks a
+# job left nothing in TMPDIR must not see the other worker's running trials.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    import tempfile
+
+    _tmp = Path(tempfile.gettempdir()) / f"automl-tests-{_WORKER}-{os.getpid()}"
+    _tmp.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(_tmp)
+    tempfile.tempdir = None  # read TMPDIR again
+    # two workers' trials share 2 cores: one thread each, not two fighting over each core
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, _tmp, ignore_errors=True)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

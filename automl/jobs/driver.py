@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import ray
 from optuna.trial import TrialState
-from ray import tune
 
 from automl.jobs.local_ray import connect_local_ray
 from automl.jobs.outcome import (
@@ -130,7 +129,7 @@ def run_job(
             if cancelled is not None and cancelled():
                 outcome = JobOutcome(job_id, "cancelled", counts, elapsed=time.monotonic() - started,
                                      timings=timings)
-                track_end(runs, study, outcome, results, spec)
+                track_end(runs, study, outcome, settings.runs_path / job_id, spec)
                 return outcome
             publishing = time.monotonic()
             retention_for(spec, link).apply(folders_of(results))  # what Tune ended, and leftovers
@@ -152,7 +151,7 @@ def run_job(
                 outcome = JobOutcome(job_id, "succeeded", counts, best.number, best.values[0],
                                      test)
             timings["publish"] = time.monotonic() - publishing
-            track_end(runs, study, outcome, results, spec)
+            track_end(runs, study, outcome, settings.runs_path / job_id, spec)
     finally:
         LISTENERS.pop(job_id, None)
         # a trial's scratch folder outlives a worker Ray killed (one that would not stop in
@@ -182,14 +181,13 @@ def track_model_card(runs: JobRuns, folder: Path) -> None:
 
 
 def track_end(runs: JobRuns | None, study: optuna.Study, outcome: JobOutcome,
-              results: list[tune.Result], spec: JobSpec) -> None:
+              runs_folder: Path, spec: JobSpec) -> None:
     """The job's end in MLflow: its trials' runs ended, then the parent with the result."""
     if runs is None:
         return
-    from automl.tune.tracking import finish_job_runs
+    from automl.tune.tracking import finish_job_runs, trial_errors
 
-    errors = {str((r.metrics or {}).get("trial_id")): str(r.error).strip().splitlines()[-1][:500]
-              for r in results if r.error and str(r.error).strip()}
+    errors = trial_errors(runs_folder)
     counts = outcome.counts
     metrics: dict[str, Any] = {f"trials_{name}": getattr(counts, name)
                                for name in ("complete", "pruned", "failed")}

@@ -202,7 +202,7 @@ def _ending(frozen: FrozenTrial, error: str | None) -> tuple[str, dict[str, Any]
         if over:
             return "over_limit", {"automl.over_limit": json.dumps(over)}
         return "pruned", {"automl.pruned_at_epoch": max(frozen.intermediate_values, default=0)}
-    return "failed", {"automl.error": error or "failed before it reported"}
+    return "failed", {"automl.error": error or "ended with the job before its first epoch"}
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -220,9 +220,25 @@ def _text(value: Any, limit: int = 6000) -> str:  # MLflow's longest param value
 
 def last_error_line(trial: RayTrial) -> str | None:
     """The last line of a failed Ray trial's error, as the job's own errors give it."""
-    text = trial.get_error()  # error.txt in the trial's storage, local or remote
+    local = trial.error_file  # where the driver writes error.txt before it reaches storage
+    if local and Path(local).exists():
+        text = Path(local).read_text(errors="replace")
+    else:
+        text = trial.get_error()  # error.txt in the trial's storage, local or remote
     lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
     return lines[-1][:500] if lines else None
+
+
+def trial_errors(run_folder: Path) -> dict[str, str]:
+    """The last error line of each failed trial of a job's Ray run, by Ray trial id (what a
+    trial's run says it failed with, when Tune ended it before the study was told)."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(run_folder)):
+        return {}
+    trials = tune.ExperimentAnalysis(str(run_folder)).trials
+    return {t.trial_id: line for t in trials
+            if t.status == RayTrial.ERROR and (line := last_error_line(t)) is not None}
 
 
 class MLflowTracking(MLflowLoggerCallback):

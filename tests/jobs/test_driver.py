@@ -442,9 +442,11 @@ def test_trials_that_all_fail_stop_the_job_with_one_line_each(tmp_path: Path) ->
     runs = mlflow.search_runs(experiment_names=["automl"], output_format="list")
     trials = [r for r in runs if "automl.trial" in r.data.tags]
     (job_run,) = [r for r in runs if "automl.trial" not in r.data.tags]
-    assert len(trials) == 3 and all(r.info.status == "FAILED" for r in trials)
-    assert all(r.data.tags["automl.state"] == "failed" and
-               "size mismatch for conv1.0.weight" in r.data.tags["automl.error"] for r in trials)
+    # the 3 that failed, and any Tune had started before it stopped the job (told FAIL)
+    assert len(trials) >= 3 and all(r.info.status == "FAILED" for r in trials)
+    assert all(r.data.tags["automl.state"] == "failed" for r in trials)
+    assert sum("size mismatch for conv1.0.weight" in r.data.tags["automl.error"]
+               for r in trials) >= 3
     assert job_run.info.status == "FAILED" and job_run.data.tags["automl.state"] == "failed"
     assert "stopped after the first 3 trials failed" in job_run.data.tags["automl.error"]
 

@@ -21,6 +21,7 @@ from ray import tune
 
 from automl.errors import JobError
 from automl.jobs.driver import run_job
+from automl.jobs.local_ray import descendants
 from automl.jobs.outcome import JobOutcome
 from automl.search.keys import BEST_TRIAL as BEST_TRIAL_ATTR
 from automl.search.spec import parse_spec
@@ -59,8 +60,16 @@ def reported_epochs(url: str, study_name: str) -> dict[int, int]:
 
 
 def trial_workers() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True)
-    return [int(pid) for pid in out.stdout.split()]
+    """This session's Ray trial workers (not those of a test running beside it)."""
+    found = []
+    for pid in descendants(os.getpid()):
+        try:
+            name = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ray::ImplicitFunc" in name:
+            found.append(pid)
+    return found
 
 
 def assert_every_trial_counted_once(study: optuna.Study, ray_dir: Path, epochs: int) -> None:
@@ -129,8 +138,9 @@ def test_a_killed_driver_resumes_the_job(tmp_path: Path) -> None:
                   if t.status != "TERMINATED" and t.checkpoint is not None]
     assert unfinished, "the kill left no unfinished trial with a checkpoint"
     named = Path(unfinished[0].checkpoint.path)
-    shutil.copytree(named, named.with_name("checkpoint_999999"))
-    shutil.rmtree(named)
+    if named.exists():  # else the kill itself landed in that race
+        shutil.copytree(named, named.with_name("checkpoint_999999"))
+        shutil.rmtree(named)
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
