@@ -220,11 +220,10 @@ def _text(value: Any, limit: int = 6000) -> str:  # MLflow's longest param value
 
 def last_error_line(trial: RayTrial) -> str | None:
     """The last line of a failed Ray trial's error, as the job's own errors give it."""
-    local = trial.error_file  # where the driver writes error.txt before it reaches storage
-    if local and Path(local).exists():
-        text = Path(local).read_text(errors="replace")
-    else:
-        text = trial.get_error()  # error.txt in the trial's storage, local or remote
+    # error.txt where the driver writes it first, else in the trial's storage (local or remote)
+    local = trial.error_file
+    text = (Path(local).read_text(errors="replace") if local and Path(local).exists()
+            else trial.get_error())
     lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
     return lines[-1][:500] if lines else None
 
