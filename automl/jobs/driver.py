@@ -185,9 +185,8 @@ def track_end(runs: JobRuns | None, study: optuna.Study, outcome: JobOutcome,
     """The job's end in MLflow: its trials' runs ended, then the parent with the result."""
     if runs is None:
         return
-    from automl.tune.tracking import finish_job_runs, trial_errors
+    from automl.tune.tracking import finish_job_runs
 
-    errors = trial_errors(runs_folder)
     counts = outcome.counts
     metrics: dict[str, Any] = {f"trials_{name}": getattr(counts, name)
                                for name in ("complete", "pruned", "failed")}
@@ -200,7 +199,7 @@ def track_end(runs: JobRuns | None, study: optuna.Study, outcome: JobOutcome,
     if outcome.error:
         tags["automl.error"] = outcome.error
     trials = retry(lambda: study.get_trials(deepcopy=False), what="list trials")
-    finish_job_runs(runs, trials, errors, outcome.state, metrics, tags)
+    finish_job_runs(runs, trials, runs_folder, outcome.state, metrics, tags)
 
 
 def replay_history(study: optuna.Study, events: Events) -> None:

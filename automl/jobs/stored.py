@@ -35,8 +35,6 @@ from storage.optuna_storage import optuna_storage
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 2.0
-# Half the reclaim window: the driver has stopped, and its trials with it, long before another
-# runner may take the job over.
 
 
 class HeartbeatLost(RuntimeError):

@@ -218,12 +218,7 @@ class SearchSpace:
 
     def smallest_img_size(self) -> int | None:
         """The smallest image side a trial may get; None: each backbone's own."""
-        param = self.overrides.get("img_size")
-        if param is None:
-            return None
-        if isinstance(param, Range):
-            return int(param.low)
-        sizes = [v for v in _values(param) if v is not None]
+        sizes = [size for size in self.img_sizes() if size is not None]
         return min(sizes) if sizes else None
 
     def img_sizes(self) -> tuple[int | None, ...]:

@@ -56,13 +56,6 @@ _STATUS = {"complete": "FINISHED", "pruned": "KILLED", "over_limit": "KILLED", "
            "succeeded": "FINISHED", "cancelled": "KILLED"}
 
 
-def local_store(uri: str) -> bool:
-    """Whether a tracking URI writes on this machine (a folder, file:, a SQLite database)
-    rather than talking to an MLflow server."""
-    scheme = uri.split(":", 1)[0].lower() if "://" in uri or uri.startswith("file:") else ""
-    return scheme in ("", "file", "sqlite")
-
-
 def artifact_root(uri: str) -> str | None:
     """Where a new experiment of a local store keeps its artifacts: beside the database, not in
     whatever folder the driver runs in (MLflow's default, `./mlruns`). A server decides itself."""
@@ -89,9 +82,8 @@ class JobRuns:
             self.experiment_id = self._experiment(experiment)
             self.refresh()
         except (MlflowException, OSError) as error:
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
             raise JobError(
-                f"cannot use the MLflow tracking store {uri}: {first}; start the server, fix "
+                f"cannot use the MLflow tracking store {uri}: {_first_line(error)}; start the server, fix "
                 "tracking.mlflow in the spec (or AUTOML_MLFLOW_URI), or leave it out"
             ) from None
 
@@ -213,6 +205,10 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, An
             yield f"{prefix}{key}", value
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
 def _text(value: Any, limit: int = 6000) -> str:  # MLflow's longest param value
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:limit]
@@ -271,7 +267,7 @@ class MLflowTracking(MLflowLoggerCallback):
             return call()
         except Exception as error:  # tracking is a view of the job, never a reason to fail it
             log.warning("MLflow at %s: could not %s: %s", self.tracking_uri, what,
-                        (str(error).strip().splitlines() or [type(error).__name__])[0][:300])
+                        _first_line(error))
             return None
 
     def _run_of(self, trial: RayTrial) -> str | None:
@@ -311,7 +307,7 @@ class MLflowTracking(MLflowLoggerCallback):
 
 
 def finish_job_runs(
-    runs: JobRuns, trials: list[FrozenTrial], errors: dict[str, str], state: str,
+    runs: JobRuns, trials: list[FrozenTrial], run_folder: Path, state: str,
     metrics: dict[str, Any], tags: dict[str, Any],
 ) -> None:
     """The job's last word in MLflow: every finished trial's run ended (those Tune stopped at
@@ -319,10 +315,12 @@ def finish_job_runs(
     here is a warning: the job's result stands without it."""
     try:
         runs.refresh()
-        for frozen in trials:
-            if frozen.state.is_finished() and frozen.number not in runs.ended:
-                runs.end_trial(frozen, errors.get(str(frozen.user_attrs.get(keys.RAY_TRIAL_ID))))
+        left = [t for t in trials if t.state.is_finished() and t.number not in runs.ended]
+        # Ray's errors are read only when a failed trial's run has not said its own
+        errors = trial_errors(run_folder) if any(t.state == TrialState.FAIL for t in left) else {}
+        for frozen in left:
+            runs.end_trial(frozen, errors.get(str(frozen.user_attrs.get(keys.RAY_TRIAL_ID))))
         runs.end_job(state, metrics, tags)
     except Exception as error:
         log.warning("MLflow at %s: could not record the end of job %s: %s", runs.uri,
-                    runs.job_id, (str(error).strip().splitlines() or [type(error).__name__])[0])
+                    runs.job_id, _first_line(error))
