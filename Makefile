@@ -38,6 +38,7 @@ services:
 ## bench: every benchmark, each printing its table (docs/benchmarks.md)
 bench: $(STAMP) services
 	$(BIN)/automl-bench replay
+	$(BIN)/automl-bench replay-pareto
 	$(BIN)/automl-bench overhead
 	$(BIN)/automl-bench cache
 	$(BIN)/automl-bench cache-scale

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from storage.artifacts import check_location
+
 DATABASES = "sqlite:///path/to/automl.db or postgresql+psycopg2://user@host:5432/dbname"
 
 
@@ -41,7 +43,7 @@ class Settings(BaseSettings):
         default=None, description="MLflow tracking URI for jobs whose spec names none"
     )
     stale_after: float = Field(
-        default=60.0, ge=5, le=86400,  # storage.jobs.STALE_AFTER, not imported: it costs 0.6 s
+        default=60.0, ge=5, le=86400,  # storage.jobs.STALE_AFTER, not imported: it loads SQLAlchemy
         description="seconds without a heartbeat after which a running job's driver counts as "
         "gone and another runner takes the job over (its driver gives up at half of it)",
     )
@@ -64,6 +66,13 @@ class Settings(BaseSettings):
         if relative:
             raise ValueError(f"dataset roots must be absolute paths, got {', '.join(relative)}")
         return tuple(r.resolve() for r in roots)
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifact_location(cls, location: str | None) -> str | None:
+        """Storage's refusal, as this setting's error: a job learns of it before it runs, not
+        when it publishes its best trial."""
+        return location if location is None else check_location(location)
 
     @field_validator("database_url")
     @classmethod

@@ -213,6 +213,71 @@ def replay(
                   + "  (goal: <= 0.50 at every budget)")
 
 
+@app.command("replay-pareto")
+def replay_pareto(
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False,
+                                       help="recorded runs in the finetune-curves format")] = REPLAY_DATA,
+    workers: Annotated[int, typer.Option(min=1)] = 4,
+    seeds: Annotated[int, typer.Option(min=1)] = 3,
+    budgets: Annotated[str, typer.Option(help="seconds, comma-separated")] = "3600,14400,57600",
+    strategies: Annotated[str, typer.Option(help="mo-random, nsga2, mo-asha, default")] = (
+        "mo-random,nsga2,mo-asha,default"),
+    datasets: Annotated[str | None, typer.Option(help="comma-separated; default all")] = None,
+    costs: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="backbone costs; default benchmarks/backbone_costs.json")] = None,
+) -> None:
+    """Hypervolume of accuracy x latency each strategy reaches by each budget (Pareto jobs)."""
+    from benchmarks import backbone_costs
+    from benchmarks.replay_pareto import STRATEGIES, mean_share, run
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(STRATEGIES))
+    if unknown:
+        raise typer.BadParameter(f"unknown strategy {', '.join(unknown)}; choose from "
+                                 f"{', '.join(STRATEGIES)}", param_hint="--strategies")
+    seconds = [float(b) for b in budgets.split(",")]
+    chosen = datasets.split(",") if datasets else None
+    cells = run(data, costs or backbone_costs.TABLE, workers=workers, seeds=seeds,
+                budgets=seconds, strategies=names,
+                datasets=chosen,
+                progress=lambda c: out.print(f"  {c.dataset} {c.strategy} seed {c.seed}: "
+                                             + " ".join(f"{h:.3f}" for h in c.shares)))
+    table = Table("strategy", *[f"hypervolume @ {b:.0f}s" for b in seconds],
+                  title=f"accuracy x latency: share of the pool's hypervolume, {workers} workers, "
+                        f"{seeds} seeds, {len({c.dataset for c in cells})} datasets "
+                        "(higher is better)")
+    for name in names:
+        table.add_row(name, *[f"{mean_share(cells, name, i):.4f}" for i in range(len(seconds))])
+    out.print(table)
+    if "default" in names and len(names) > 1:
+        ahead = all(mean_share(cells, "default", i) > mean_share(cells, other, i)
+                    for other in names if other != "default" for i in range(len(seconds)))
+        out.print(f"default above every other arm at every budget: {'yes' if ahead else 'no'}")
+
+
+@app.command("backbone-costs")
+def backbone_costs_(
+    backbones: Annotated[str | None, typer.Option(help="comma-separated; default the replay's")] = None,
+    write: Annotated[bool, typer.Option(help="write benchmarks/backbone_costs.json")] = True,
+) -> None:
+    """Parameters, MACs and latency (onnxruntime, 1 CPU thread, batch 1) of the replay's
+    backbones at their own input size, measured as jobs measure them; the Pareto replay reads them."""
+    from automl.search.space import DEFAULT_BACKBONES
+    from benchmarks import backbone_costs
+
+    names = backbones.split(",") if backbones else list(DEFAULT_BACKBONES)
+    measured = backbone_costs.measure(
+        names, progress=lambda name, row: out.print(f"  {name}: {row}"))
+    table = Table("backbone", "img_size", "params (M)", "MACs (G)", "latency (ms)",
+                  title=f"costs on {measured['machine']}, {measured['target']}")
+    for name, row in measured["backbones"].items():
+        table.add_row(name, str(row["img_size"]), f"{row['params_m']:.2f}", f"{row['macs_g']:.2f}",
+                      f"{row['latency_ms']:.1f}")
+    out.print(table)
+    if write:
+        backbone_costs.write(measured)
+
+
 @app.command()
 def portfolio(
     data: Annotated[Path, typer.Option(exists=True, file_okay=False)] = REPLAY_DATA,

@@ -97,7 +97,8 @@ class _Clock:
         self.first_report: dict[int, float] = {}
 
     def on_event(
-        self, kind: str, number: int, value: float | None = None, epoch: int | None = None
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None,
+        note: str | None = None,
     ) -> None:
         now = time.perf_counter()
         if kind == "start":

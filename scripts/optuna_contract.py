@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/optuna_contract.py [--postgres URL] [-- PYTEST_ARGS...]
 
-`TrialCache` (storage/optuna_storage.py) and the fast pruners (automl/strategy.py) replace parts
+`TrialCache` (storage/optuna_storage.py) and the fast pruners (automl/search/_optuna.py) replace parts
 of Optuna with cheaper code that must keep Optuna's contract: what Optuna's storage test suite
 (`optuna.testing.pytest_storages.StorageTestCase`, run by tests/storages_tests/test_storages.py)
 and its pruner tests check. Those tests ship in the sdist of the installed Optuna version, not in
@@ -27,8 +27,8 @@ test_heartbeat.py (Optuna's heartbeat is an RDBStorage option that `optuna_stora
 offer; jobs keep their own heartbeat), rdb_tests/ (RDBStorage itself, which `TrialCache` wraps
 unchanged) and test_cached_storage.py (Optuna's `_CachedStorage` class itself: it checks which
 RDBStorage method each write calls, where `TrialCache` writes with one statement of its own by
-design; what those writes store is checked by test_storages.py here and tests/service/
-test_storage_cache.py).
+design; what those writes store is checked by test_storages.py here and tests/storage/
+test_trial_cache.py).
 
 `optuna.testing.storages` imports `fakeredis` (for Optuna's Redis mode, not run here); when it is
 not installed the plugin puts an empty stand-in in its place rather than install it into the

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.counts import TrialCounts
 from storage.db import migrate, sessions
 from storage.models import FINISHED_STATES, JOB_STATES, Job, JobEvent, utcnow
 
@@ -30,13 +31,17 @@ class Beat:
 
 @dataclass(frozen=True)
 class Progress:
-    n_running: int
-    n_complete: int
-    n_pruned: int
-    n_failed: int
+    counts: TrialCounts
     best_trial: int | None
     best_value: float | None
     study_id: int | None = None
+
+    def columns(self) -> dict[str, Any]:
+        """The job row's columns this progress sets."""
+        return {"n_running": self.counts.running, "n_complete": self.counts.complete,
+                "n_pruned": self.counts.pruned, "n_failed": self.counts.failed,
+                "best_trial": self.best_trial, "best_value": self.best_value,
+                "study_id": self.study_id}
 
 
 class JobStore:
@@ -167,7 +172,7 @@ class JobStore:
         driver has claimed the job since."""
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
         if progress is not None:
-            values.update(progress.__dict__)
+            values.update(progress.columns())
         with self._sessions.begin() as session:
             beat = session.execute(
                 update(Job).where(Job.id == job_id, Job.attempts == attempts, Job.state == "running")
@@ -196,7 +201,7 @@ class JobStore:
         values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "error": error,
                                   "n_running": 0}
         if progress is not None:
-            values.update({k: v for k, v in progress.__dict__.items() if k != "n_running"})
+            values.update({k: v for k, v in progress.columns().items() if k != "n_running"})
         if test_metrics is not None:
             values["test_metrics"] = test_metrics
         query = update(Job).where(Job.id == job_id)

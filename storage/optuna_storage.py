@@ -9,10 +9,10 @@ The storage is Optuna's RDBStorage behind Optuna's own trial cache (`_CachedStor
 is read from the database once per process, and later reads fetch only new and running trials
 (`TrialCache` below skips even those where a question needs none of them).
 Returning the wrapped storage lets every study loaded from it share that cache, so the
-dashboard and `automl pull` do not re-read a 10,000-trial study in full (some 10 s) per request.
-The price: a process keeps every finished trial of every study it has read in memory (about
-300 MB for 10,000 trials of the default space), which is why `automl serve` opens one storage
-for its API and its dashboard, and pages trials from the database itself (`trial_page`).
+dashboard and `automl pull` do not re-read a large study in full per request. The price: a
+process keeps every finished trial of every study it has read in memory (docs/benchmarks.md has
+the size), which is why `automl serve` opens one storage for its API and its dashboard, and
+pages trials from the database itself (`trial_page`).
 """
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ class TrialCache(_CachedStorage):
     """Optuna's trial cache, asking the database directly what it can answer without trials.
 
     `study.ask()` first looks for an enqueued (WAITING) trial. Through the cache that refreshes
-    every running trial in full, with all its params, attributes and intermediate values: ~50 ms
-    of CPU per ask with 32 trials running (`automl-bench storage`), to find, nearly always, none.
+    every running trial in full, with all its params, attributes and intermediate values, a cost
+    per ask that grows with the trials running (`automl-bench storage`), to find, nearly always,
+    none.
     The database answers "does any trial wait?" with one query.
     """
 
@@ -252,9 +253,9 @@ def rank_among(
 
     What successive halving needs at each rung (every trial's `completed_rung_k`). Reading it
     through `study.get_trials()` re-reads every running trial in full, with all its params,
-    attributes and intermediate values: ~60 ms of CPU per call with 32 trials running
-    (`automl-bench storage`). PostgreSQL counts in the database; other databases send the
-    values, because SQLite reads the JSON text "Infinity" as 0.
+    attributes and intermediate values, on every call (`automl-bench storage`). PostgreSQL
+    counts in the database; other databases send the values, because SQLite reads the JSON text
+    "Infinity" as 0.
     """
     rdb = getattr(storage, "_backend", storage)
     if not isinstance(rdb, optuna.storages.RDBStorage):

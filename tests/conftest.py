@@ -7,9 +7,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from tests.support import write_images
 
 # The suite runs in two pytest-xdist workers (pyproject's addopts). Each gets its own TMPDIR,
 # set before anything starts (its Ray included, whose workers inherit it): a test that checks a
@@ -41,16 +41,6 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("AUTOML_CACHE_DIR", None)
     else:
         os.environ["AUTOML_CACHE_DIR"] = previous
-
-
-def write_images(folder: Path, count: int, color: tuple[int, int, int], seed: int = 0) -> None:
-    """Small noisy images of one dominant color: two colors make an easy two-class dataset."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        noise = rng.integers(-30, 30, size=(20, 24, 3))
-        pixels = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""What several test modules share: job specs, waiting, ports, serving an exported model the
-way a serving stack would, and a TCP proxy that can cut a real database connection (an outage
-of one client's database, without restarting the server every other test uses)."""
+"""What several test modules share: job specs, generated images, waiting, ports, serving an
+exported model the way a serving stack would, and a TCP proxy that can cut a real database
+connection (an outage of one client's database, without restarting the server every other test
+uses)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 # A job small enough for 2 CPU cores: the tiny timm test models on 32-px digits.
 TINY_SPACE: dict[str, Any] = {
@@ -71,6 +73,16 @@ def trial_folders() -> set[Path]:
     import tempfile
 
     return set(Path(tempfile.gettempdir()).glob("automl-trial-*"))
+
+
+def write_images(folder: Path, count: int, color: tuple[int, int, int], seed: int = 0) -> None:
+    """Small noisy images of one dominant color: two colors make an easy two-class dataset."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        noise = rng.integers(-30, 30, size=(20, 24, 3))
+        pixels = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
 
 
 def free_port() -> int:

@@ -91,7 +91,7 @@ def test_dockerfile_pins_what_pyproject_pins() -> None:
 
 
 def test_every_service_restarts_and_says_whether_it_is_healthy() -> None:
-    """A runner that exited used to stay down, and new jobs queued forever."""
+    """A runner that exited and stayed down would leave new jobs queued forever."""
     for name, service in SERVICES.items():
         assert service.get("restart") == "unless-stopped", name
         assert service.get("healthcheck", {}).get("test"), name

@@ -36,6 +36,9 @@ MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 4096
 MIN_IMG_SIZE, MAX_IMG_SIZE = 8, 1024  # the largest pretrained timm input is 800 px
 MAX_LOADER_WORKERS = 64
+# images x pixels of one batch: 1024 images at 512 px, 256 at the largest side (several GB of
+# activations already); each bound alone would allow billions
+MAX_BATCH_PIXELS = 2**28
 
 
 class ConfigError(UserError, ValueError):
@@ -174,6 +177,12 @@ class TrialConfig:
         _within("epochs", self.epochs, 1, MAX_EPOCHS)
         if self.img_size is not None:
             _within("img_size", self.img_size, MIN_IMG_SIZE, MAX_IMG_SIZE)
+            if self.batch_size * self.img_size**2 > MAX_BATCH_PIXELS:
+                raise ConfigError(
+                    f"batch_size x img_size: {self.batch_size} images of {self.img_size}x"
+                    f"{self.img_size} px are {self.batch_size * self.img_size**2:,} pixels a "
+                    f"batch, over {MAX_BATCH_PIXELS:,} (2**28); lower batch_size or img_size"
+                )
         if isinstance(self.freeze_stages, int) and not 0 <= self.freeze_stages <= 100:
             raise ConfigError("freeze_stages must be 0..100 or 'all'")
         for name in (

@@ -14,10 +14,16 @@ them before a trial trains and can refuse one over a limit at no GPU time.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -94,7 +100,7 @@ def model_latency(model: torch.nn.Module, side: int, target: LatencyTarget,
     if target.runtime == "onnxruntime":
         with tempfile.TemporaryDirectory(prefix="automl-latency-") as folder:
             path = Path(folder) / "model.onnx"
-            _export_for_timing(model, side, path)
+            _export_for_timing(model, side, target.batch, path)
             return onnx_latency(path, side, target, warmup, runs)
     return _torch_latency(model, side, target, warmup, runs)
 
@@ -138,19 +144,25 @@ def _torch_latency(model: torch.nn.Module, side: int, target: LatencyTarget, war
         torch.set_num_threads(threads)
 
 
-def _export_for_timing(model: torch.nn.Module, side: int, path: Path) -> None:
-    """The TorchScript-based exporter: it traces one forward pass, seconds for any backbone (the
-    latency of the graph, not its exactness, is what is measured here; `automl export` checks
-    its file against PyTorch)."""
-    import contextlib
-    import io
-    import warnings
-
-    example = torch.rand(1, 3, side, side)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": {0: "batch"}})
+def _export_for_timing(model: torch.nn.Module, side: int, batch: int, path: Path) -> None:
+    """The TorchScript-based exporter first: it traces one forward pass, seconds for most
+    backbones; where it cannot translate an operator (VOLO's col2im) the torch.export-based one.
+    What is timed is the model's float graph, as serving runs it; `automl export` adds the
+    uint8 input and normalization, a rounding error beside the backbone, and checks its file."""
+    example = torch.rand(batch, 3, side, side)  # torch.export fixes the batch it is shown
+    errors = []
+    for dynamo in (False, True):
+        try:
+            with quiet_exporters():
+                torch.onnx.export(model, (example,), str(path), dynamo=dynamo, verbose=False,
+                                  input_names=["image"], output_names=["logits"],
+                                  dynamic_axes=None if dynamo else {"image": {0: "batch"}})
+            return
+        except Exception as error:  # the exporters raise many kinds; each means "cannot"
+            errors.append(f"{type(error).__name__}: {(str(error).strip() or '-').splitlines()[0]}")
+    raise ConfigError(
+        f"cannot time this backbone on onnxruntime: neither ONNX exporter translates it "
+        f"({errors[-1]}); set objective.latency.runtime: torch")
 
 
 def _median_ms(call: Any, warmup: int, runs: int) -> float:
@@ -168,3 +180,24 @@ def broken_limits(costs: Mapping[str, float | None], limits: Mapping[str, float]
     """The limits `costs` break: {cost: [value, limit]}."""
     return {name: [float(value), limit] for name, limit in limits.items()
             if (value := costs.get(name)) is not None and value > limit}
+
+
+@contextlib.contextmanager
+def quiet_exporters() -> Iterator[None]:
+    """The exporter tries several capture strategies and logs each failed one with a traceback
+    (and prints its progress): noise when a later one succeeds, and the error says it otherwise."""
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
+    torch_log.setLevel(logging.CRITICAL)
+    sys.stdout.flush()
+    saved = os.dup(1)  # the TorchScript exporter prints its graph from C++ when it fails
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()):
+            os.dup2(devnull.fileno(), 1)
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        torch_log.setLevel(level)

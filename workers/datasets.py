@@ -8,8 +8,10 @@ workers/tables.py). Every user mistake found here raises `DatasetError` with the
 
 from __future__ import annotations
 
+import contextlib
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +30,53 @@ SPLITS = ("train", "val", "test")
 
 
 class DatasetError(UserError, ValueError):
-    """The dataset cannot be used as given; the message says what to fix."""
+    """The dataset cannot be used as given; the message says what to fix.
+
+    It never quotes what a dataset's files hold (a label, a table's column or class names, a
+    path a manifest lists): the error of a job sent over HTTP is read back by whoever sent it,
+    who must learn nothing of files they could not read themselves. It says where instead (the
+    file or folder, the line or row, the setting) and counts.
+    """
+
+
+# The dataset roots the index being built is confined to (none: any path its user can read)
+_ROOTS: ContextVar[tuple[Path, ...]] = ContextVar("dataset_roots", default=())
+
+
+def is_under(path: str | Path, roots: tuple[Path, ...]) -> bool:
+    """Whether `path`, resolved (`..`, symlinks), lies under one of `roots` (resolved). A path
+    that cannot be resolved (a symlink loop, a NUL) lies under none."""
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return any(resolved.is_relative_to(root) for root in roots)
+
+
+@contextlib.contextmanager
+def confined_to(roots: tuple[Path, ...]) -> Iterator[None]:
+    """Index only under `roots` (a service's dataset roots) while in this block."""
+    token = _ROOTS.set(tuple(roots))
+    try:
+        yield
+    finally:
+        _ROOTS.reset(token)
+
+
+def confined(path: Path, where: str) -> Path:
+    """`path`, once it is known to resolve under the dataset roots (when there are any).
+
+    Called on every path a dataset's files name, and every file or folder indexing looks
+    into, before it is tested or opened: everything outside gets this one answer, so an
+    error tells neither what is there nor whether it exists.
+    """
+    roots = _ROOTS.get()
+    if roots and not is_under(path, roots):
+        raise DatasetError(
+            f"{where} resolves outside the dataset roots ({':'.join(map(str, roots))}); this "
+            "service reads only under them"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -62,12 +110,25 @@ class DatasetIndex:
         return self.labels[self.split_indices[split]]
 
 
-def load_index(data: DataConfig) -> DatasetIndex:
-    """Index `data.source` and split it (stratified by seed unless the user gave split folders)."""
+def load_index(data: DataConfig, roots: tuple[Path, ...] = ()) -> DatasetIndex:
+    """Index `data.source` and split it (stratified by seed unless the user gave split folders).
+
+    With `roots` (a service's dataset roots), every path the dataset names or indexing looks
+    into must resolve under them (`confined`); without, any path its user can read is read.
+    """
+    if data.source.startswith("builtin:"):
+        roots = ()  # bundled with the engine, in its own cache folder
+    with confined_to(roots):
+        return _load_index(data)
+
+
+def _load_index(data: DataConfig) -> DatasetIndex:
     from workers.tables import is_table_source, load_table_index
 
     source = data.source
     path = Path(source).expanduser()
+    if not source.startswith("builtin:"):
+        confined(path, "dataset.source")
     if path.exists() and is_table_source(path):
         return load_table_index(path, data)
     if data.image_column is not None or data.label_column is not None:
@@ -98,10 +159,14 @@ def load_index(data: DataConfig) -> DatasetIndex:
             )
         classes, paths, labels = _read_manifest(path)
         return _with_split(classes, paths, labels, data)
-    if (path / "train").is_dir() and (path / "val").is_dir():
+    if _is_dir(path / "train") and _is_dir(path / "val"):
         return _user_split(path)
     classes, paths, labels = _scan_class_folders(path)
     return _with_split(classes, paths, labels, data)
+
+
+def _is_dir(path: Path) -> bool:
+    return confined(path, str(path)).is_dir()
 
 
 def verify_images(images: Sequence[Path] | StoredImages, workers: int = 8) -> None:
@@ -185,7 +250,7 @@ def _images_under(folder: Path) -> list[Path]:
 
 
 def _scan_class_folders(root: Path) -> tuple[list[str], list[Path], list[int]]:
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in root.iterdir() if not p.name.startswith(".") and _is_dir(p))
     if not folders:
         raise DatasetError(
             f"{root} has no class folders; put each class's images in its own sub-folder "
@@ -230,6 +295,7 @@ def _read_manifest(manifest: Path) -> tuple[list[str], list[Path], list[int]]:
     paths, labels = [], []
     for line, raw, label in rows:
         path = Path(raw) if Path(raw).is_absolute() else manifest.parent / raw
+        confined(path, f"{manifest}:{line}: the image that line names")
         if not path.is_file():
             raise DatasetError(f"{manifest}:{line}: the image that line names does not exist")
         paths.append(path)
@@ -251,14 +317,16 @@ def _manifest_row(manifest: Path, line: int, row: dict[str, str | None]) -> tupl
 def _user_split(root: Path) -> DatasetIndex:
     """`train/ val/ [test/]`, each with the same class folders."""
     parts = {
-        split: _scan_class_folders(root / split) for split in SPLITS if (root / split).is_dir()
+        split: _scan_class_folders(root / split) for split in SPLITS if _is_dir(root / split)
     }
     classes = parts["train"][0]
     for split, (split_classes, _, _) in parts.items():
         if split_classes != classes:
+            differ = len(set(split_classes) ^ set(classes))
             raise DatasetError(
-                f"{root / split} has classes {split_classes} but train/ has {classes}; "
-                "every split folder needs the same class folders"
+                f"{root / split} has {len(split_classes)} class folders and {root / 'train'} "
+                f"{len(classes)}, {differ} of them in only one; every split folder needs the "
+                "same class folders"
             )
     paths: list[Path] = []
     labels: list[int] = []
@@ -292,10 +360,10 @@ def stratified_split(
         n_test = max(1, round(len(members) * test)) if test > 0 else 0
         n_val = max(1, round(len(members) * val)) if val > 0 else 0
         if len(members) - n_val - n_test < 1:
-            name = classes[label] if classes else str(label)
             raise DatasetError(
-                f"class {name!r} has {len(members)} image(s): too few for train/val/test; "
-                f"it needs at least {n_val + n_test + 1}"
+                f"class id {int(label)} has {len(members)} image(s): too few for train/val/test; "
+                f"each class needs at least {n_val + n_test + 1} (ids count from 0 in the order "
+                "of the model's outputs)"
             )
         out["test"].extend(members[:n_test])
         out["val"].extend(members[n_test : n_test + n_val])
@@ -305,9 +373,8 @@ def stratified_split(
 
 def _require_two_classes(classes: list[str], where: Path) -> None:
     if len(classes) < 2:
-        found = f"only {classes[0]!r}" if classes else "none"
         raise DatasetError(
-            f"{where} has one class ({found}); a classifier needs at least two class folders"
+            f"{where} has one class; a classifier needs at least two class folders (or labels)"
             if classes
             else f"{where} has no classes"
         )

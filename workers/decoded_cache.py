@@ -109,9 +109,9 @@ def verify_once(images: Images, cache_dir: Path | None = None) -> None:
     """`verify_images`, skipped when these exact files (paths, sizes, modification times, as the
     decoded cache's key) were verified or decoded on this machine before.
 
-    A job's driver checks every image before its trials start; at 100,000 files that read every
-    header again for each job on the same dataset (18 s on 2 cores), for files the cache already
-    vouches for.
+    A job's driver checks every image before its trials start; for a large dataset, reading
+    every header again for each job on it is a wait before any trial, for files the cache
+    already vouches for (docs/benchmarks.md has the numbers).
     """
     marker = _verified_marker(images, cache_dir)
     if marker.exists():

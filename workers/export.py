@@ -9,15 +9,9 @@ put in place, so a mistranslated operator fails the export instead of the predic
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import os
 import re
-import sys
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +20,7 @@ import torch
 
 from workers.augment import normalize
 from workers.checkpoint import read_info
-from workers.costs import LatencyTarget, onnx_latency
+from workers.costs import LatencyTarget, onnx_latency, quiet_exporters
 from workers.decoded_cache import stored_size
 from workers.errors import UserError
 from workers.predict import LoadedModel, load_checkpoint
@@ -80,39 +74,36 @@ def export_model(loaded: LoadedModel, out: Path, opset: int | None = None,
     size = loaded.preprocessing.img_size
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")  # put in place once checked
+    backbone = loaded.config.backbone
     try:
-        _export(serving, size, partial, opset)
+        _export(serving, size, partial, opset, backbone)
         used = _add_metadata(partial, loaded)
         difference = _check(partial, serving, size)
         if difference > TOLERANCE:
             raise ExportError(
                 f"the ONNX model's probabilities differ from PyTorch's by up to {difference:.3g} "
                 f"(allowed {TOLERANCE:g}); try another --opset, or report the backbone "
-                f"{loaded.config.backbone!r}"
+                f"{backbone!r}"
             )
         target = target or LatencyTarget()
         latency = onnx_latency(partial, size, target)
         os.replace(partial, out)
-    except ExportError:
-        raise
-    except Exception as error:  # the exporters raise many kinds; all mean the same to a user
-        first_line = _ANSI.sub("", str(error)).strip().split("\n")[0]
-        raise ExportError(
-            f"could not export {loaded.config.backbone!r} to ONNX: {type(error).__name__}: "
-            f"{first_line}; try another --opset, or report the backbone"
-        ) from error
     finally:
         partial.unlink(missing_ok=True)
     return Exported(out, used, size, loaded.classes, difference, latency, target)
 
 
-def _export(serving: _Serving, size: int, path: Path, opset: int | None) -> None:
+def _export(serving: _Serving, size: int, path: Path, opset: int | None, backbone: str) -> None:
     """torch.export-based exporter first (PyTorch's default); where it cannot capture a model
     (timm's BEiT reshapes attention in a way its decompositions reject) the TorchScript-based one,
-    which traces a forward pass instead. A batch of 2, since torch.export fixes a size-1 dim."""
+    which traces a forward pass instead. A batch of 2, since torch.export fixes a size-1 dim.
+
+    Only the exporters' own failures become an `ExportError` (they raise many kinds, and all
+    mean "this model cannot be translated" to a user); anything failing around them is a bug
+    here and keeps its traceback."""
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
     inputs, outputs = ["image"], ["probabilities", "logits"]
-    with _quiet():
+    with quiet_exporters():
         try:
             program = torch.onnx.export(
                 serving, (example,), dynamo=True, verbose=False, opset_version=opset,
@@ -131,28 +122,14 @@ def _export(serving: _Serving, size: int, path: Path, opset: int | None) -> None
                 dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
             )
         except Exception:
-            raise first from None
+            raise ExportError(
+                f"could not export {backbone!r} to ONNX: {type(first).__name__}: "
+                f"{_first_line(first)}; try another --opset, or report the backbone"
+            ) from first
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The exporter tries several capture strategies and logs each failed one with a traceback
-    (and prints its progress): noise when a later one succeeds, and the error says it otherwise."""
-    torch_log = logging.getLogger("torch")
-    level = torch_log.level
-    torch_log.setLevel(logging.CRITICAL)
-    sys.stdout.flush()
-    saved = os.dup(1)  # the TorchScript exporter prints its graph from C++ when it fails
-    try:
-        with open(os.devnull, "w") as devnull, warnings.catch_warnings(), \
-                contextlib.redirect_stdout(io.StringIO()):
-            os.dup2(devnull.fileno(), 1)
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        torch_log.setLevel(level)
+def _first_line(error: BaseException) -> str:
+    return _ANSI.sub("", str(error)).strip().split("\n")[0]
 
 
 def _add_metadata(path: Path, loaded: LoadedModel) -> int:

@@ -92,8 +92,8 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
     """Why the Hugging Face Hub cannot be reached from this machine, or None when it answers.
 
     Any HTTP answer counts: the question is only whether a download could start. Without this
-    check a job on a machine with no route to the hub spends minutes per trial in the hub
-    client's retries before failing (seen: a trial still retrying after 4 minutes).
+    check a job on a machine with no route to the hub would spend each trial in the hub
+    client's retries, for minutes, before failing.
     """
     import httpx
     from huggingface_hub import constants
@@ -111,12 +111,14 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 def check_weights_file(path: str) -> Path:
-    """A local weights file that loads as plain tensors, or a ConfigError naming the fix.
+    """A local weights file that loads as a state dict, or a ConfigError naming the fix.
 
-    Checked when a job is submitted as well as when a trial loads it: a damaged or pickled file
-    would otherwise fail every trial on the workers, each after its retries. Safetensors files
-    are checked by their header; PyTorch files are loaded memory-mapped with `weights_only`,
-    which refuses any pickled object that is not a tensor or a plain container.
+    Checked when a job is submitted as well as when a trial loads it: a damaged or pickled file,
+    or one that holds something other than a state dict, would otherwise fail every trial on
+    the workers, each after its retries. Safetensors files are checked by their header (they
+    hold named tensors only); PyTorch files are loaded memory-mapped with `weights_only`, which
+    refuses any pickled object that is not a tensor or a plain container, and what they hold
+    must be what timm loads: a mapping of names to tensors, or a checkpoint holding one.
     """
     weights = Path(path).expanduser()
     if weights.suffix not in WEIGHT_SUFFIXES:
@@ -133,7 +135,7 @@ def check_weights_file(path: str) -> Path:
 
 @functools.lru_cache(maxsize=64)
 def _check_weights_content(path: str, size: int, mtime_ns: int) -> None:
-    """Cached by size and modification time: a spec is validated more than once per job."""
+    """Cached by size and modification time: a job's files are checked more than once."""
     import pickle
     import zipfile
 
@@ -142,23 +144,52 @@ def _check_weights_content(path: str, size: int, mtime_ns: int) -> None:
     try:
         if path.endswith(".safetensors"):
             with safe_open(path, framework="pt") as handle:
-                handle.keys()
+                names = handle.keys()
+            if not names:
+                raise ConfigError(f"pretrained weights {path} hold no tensors; save "
+                                  "model.state_dict() with safetensors.torch.save_file")
             return
         # mmap reads nothing up front, but only the zip format (torch.save's default) has it
         with warnings.catch_warnings():  # "Detected pickle protocol 4": refused below if unsafe
             warnings.simplefilter("ignore")
-            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            loaded = torch.load(path, map_location="cpu", weights_only=True,
+                                mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError:
         raise ConfigError(
             f"pretrained weights {path} hold pickled objects that are not tensors, which are "
             "never loaded (they could run code); save the state dict with safetensors"
         ) from None
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except SafetensorError as error:  # the format's own words: a header that does not parse
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ConfigError(
             f"pretrained weights {path} cannot be read ({reason[:200]}); write them again with "
             "safetensors.torch.save_file or torch.save(model.state_dict())"
         ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:  # may quote the bytes read
+        raise ConfigError(
+            f"pretrained weights {path} cannot be read ({type(error).__name__}); write them "
+            "again with safetensors.torch.save_file or torch.save(model.state_dict())"
+        ) from None
+    if not _is_state_dict(_state_dict_of(loaded)):
+        raise ConfigError(
+            f"pretrained weights {path} hold a {type(loaded).__name__}, not a state dict (a "
+            "mapping of parameter names to tensors); save model.state_dict() instead"
+        )
+
+
+def _state_dict_of(checkpoint: Any) -> Any:
+    """What timm's `load_state_dict` takes from a checkpoint: its EMA, `state_dict` or `model`
+    entry, or the checkpoint itself."""
+    if isinstance(checkpoint, dict):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if checkpoint.get(key) is not None:
+                return checkpoint[key]
+    return checkpoint
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
 def create_backbone(config: TrialConfig, num_classes: int) -> torch.nn.Module:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workers.config import DataConfig
-from workers.datasets import SPLITS, DatasetError, DatasetIndex, stratified_split
+from workers.datasets import SPLITS, DatasetError, DatasetIndex, confined, stratified_split
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,9 +89,17 @@ def is_table_source(path: Path) -> bool:
     in split folders, or in `data/` as a Hub repository lays them out)."""
     if path.is_file():
         return path.suffix.lower() in TABLE_SUFFIXES
-    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+    if _is_file(path / "state.json") or _is_file(path / "dataset_dict.json"):
         return True
     return any(next(folder.glob("*.parquet"), None) for folder in _shard_folders(path))
+
+
+def _is_file(path: Path) -> bool:
+    return confined(path, str(path)).is_file()
+
+
+def _is_dir(path: Path) -> bool:
+    return confined(path, str(path)).is_dir()
 
 
 def load_table_index(path: Path, data: DataConfig) -> DatasetIndex:
@@ -113,10 +121,12 @@ def load_table_index(path: Path, data: DataConfig) -> DatasetIndex:
         schema = _schema(shard)
         for column, setting in ((image, "image_column"), (label, "label_column")):
             if schema.get_field_index(column) < 0:
-                raise DatasetError(_missing_column(shard.path, column, setting, schema))
+                raise DatasetError(_missing_column(
+                    shard.path, _said(column, setting, getattr(data, setting)), setting, schema))
             if schema.field(column).type != first.field(column).type:
+                said = _said(column, setting, getattr(data, setting))
                 raise DatasetError(
-                    f"{shard.path}: column {column!r} holds {schema.field(column).type} where "
+                    f"{shard.path}: {said} holds {schema.field(column).type} where "
                     f"{shards[0].path} holds {first.field(column).type}; every shard of a "
                     "dataset needs the same columns"
                 )
@@ -135,15 +145,15 @@ def load_table_index(path: Path, data: DataConfig) -> DatasetIndex:
 
 
 def _shard_folders(path: Path) -> list[Path]:
-    return [path, *(path / name for name in (*SPLIT_FOLDERS, "data") if (path / name).is_dir())]
+    return [path, *(path / name for name in (*SPLIT_FOLDERS, "data") if _is_dir(path / name))]
 
 
 def _find_shards(path: Path) -> list[Shard]:
     if path.is_file():
         return [_shard(path, None)]
-    if (path / "dataset_dict.json").is_file():
+    if _is_file(path / "dataset_dict.json"):
         return _dataset_dict_shards(path)
-    if (path / "state.json").is_file():
+    if _is_file(path / "state.json"):
         return _saved_dataset_shards(path, None)
     shards = []
     for folder in _shard_folders(path):
@@ -173,8 +183,8 @@ def _dataset_dict_shards(path: Path) -> list[Shard]:
         split = SPLIT_ALIASES.get(str(name).lower())
         if split is None:
             raise DatasetError(
-                f"{path} has a split {name!r} that is not train, validation or test; "
-                "save the DatasetDict without it, or point source at one split's folder"
+                f"{path / 'dataset_dict.json'} lists a split that is not train, validation or "
+                "test; save the DatasetDict without it, or point source at one split's folder"
             )
         shards += _saved_dataset_shards(path / str(name), split)
     if not shards:
@@ -186,10 +196,20 @@ def _saved_dataset_shards(folder: Path, split: str | None) -> list[Shard]:
     files = _read_json(folder / "state.json").get("_data_files") or []
     if not files:
         raise DatasetError(f"{folder / 'state.json'} lists no data files; save the dataset again")
-    return [_shard(folder / str(entry.get("filename", "")), split) for entry in files]
+    shards = []
+    for number, entry in enumerate(files, 1):
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            raise DatasetError(f"{folder / 'state.json'}: data file {number} has no filename; "
+                               "save the dataset again")
+        # the name is the file's content: resolved under the roots before it is looked at
+        where = f"{folder / 'state.json'}: data file {number}"
+        shards.append(_shard(confined(folder / name, where), split, where))
+    return shards
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    confined(path, str(path))
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -201,20 +221,21 @@ def _read_json(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _shard(path: Path, split: str | None) -> Shard:
+def _shard(path: Path, split: str | None, named_by: str | None = None) -> Shard:
+    """`named_by`: what named a path a file holds (state.json's entry), said instead of it."""
+    where = named_by or str(confined(path, str(path)))
     if not path.is_file():
-        raise DatasetError(f"{path} does not exist; download or save the dataset again")
+        raise DatasetError(f"{where} does not exist; download or save the dataset again")
     rows = _row_count(path)
     if rows == 0:
-        raise DatasetError(f"{path} has no rows; download it again or remove it")
+        raise DatasetError(f"{where} has no rows; download it again or remove it")
     return Shard(path, rows, split)
 
 
 def _unreadable(path: Path, error: Exception) -> DatasetError:
     kind = "an Arrow stream" if path.suffix == ".arrow" else "a parquet file"
-    return DatasetError(
-        f"{path} is not a readable {kind} ({type(error).__name__}: {error}); "
-        "download or save it again"
+    return DatasetError(  # pyarrow's message may quote the bytes it choked on
+        f"{path} is not a readable {kind} ({type(error).__name__}); download or save it again"
     )
 
 
@@ -340,7 +361,7 @@ def _features(schema: pa.Schema, fallback: dict[str, Any]) -> dict[str, Any]:
 def _info_features(folder: Path) -> dict[str, Any]:
     """`save_to_disk` also keeps the features in dataset_info.json next to the arrow files."""
     info = folder / "dataset_info.json"
-    if not info.is_file():
+    if not _is_file(info):
         return {}
     features = _read_json(info).get("features")
     return features if isinstance(features, dict) else {}
@@ -351,14 +372,20 @@ def _feature_type(feature: Any) -> str | None:
 
 
 def _columns(schema: pa.Schema) -> str:
-    return ", ".join(schema.names) or "none"
+    """How many columns a file has: their names are the file's content, not said."""
+    return f"it has {len(schema.names)} column{'s' if len(schema.names) != 1 else ''}"
 
 
-def _missing_column(path: Path, column: str, setting: str, schema: pa.Schema) -> str:
-    return (
-        f"{path} has no column {column!r} ({setting}); its columns are {_columns(schema)}; "
-        f"set dataset.{setting} to one of them"
-    )
+def _said(column: str, setting: str, given: str | None) -> str:
+    """A column as a message names it: by name when the user gave it or it is one of the usual
+    names; a name read from the file's metadata is not quoted."""
+    if column in (*IMAGE_NAMES, *LABEL_NAMES) or column == given:
+        return f"column {column!r}"
+    return f"the column its metadata declares (dataset.{setting} unset)"
+
+
+def _missing_column(path: Path, said: str, setting: str, schema: pa.Schema) -> str:
+    return f"{path} has no {said} ({setting}); {_columns(schema)}; set dataset.{setting} to one"
 
 
 def _is_image_type(kind: pa.DataType) -> bool:
@@ -390,7 +417,7 @@ def _image_column(
 
     if given is not None:
         if schema.get_field_index(given) < 0:
-            raise DatasetError(_missing_column(path, given, "image_column", schema))
+            raise DatasetError(_missing_column(path, f"column {given!r}", "image_column", schema))
         chosen = given
     else:
         declared = [n for n in schema.names if _feature_type(features.get(n)) == "Image"]
@@ -406,15 +433,15 @@ def _image_column(
         if len(candidates) != 1:
             found = "several" if candidates else "no"
             raise DatasetError(
-                f"{path}: {found} columns could hold the images; its columns are "
-                f"{_columns(schema)}; set dataset.image_column to the one that does"
+                f"{path}: {found} columns could hold the images ({_columns(schema)}); set "
+                "dataset.image_column to the one that does"
             )
         chosen = candidates[0]
     if not _is_image_type(schema.field(chosen).type):
         raise DatasetError(
-            f"{path}: column {chosen!r} holds {schema.field(chosen).type}, not images (encoded "
-            "bytes, a path, or a {bytes, path} struct); set dataset.image_column to the one "
-            f"that does (columns: {_columns(schema)})"
+            f"{path}: {_said(chosen, 'image_column', given)} holds {schema.field(chosen).type}, not "
+            "images (encoded bytes, a path, or a {bytes, path} struct); set "
+            f"dataset.image_column to the one that does ({_columns(schema)})"
         )
     return chosen
 
@@ -426,7 +453,7 @@ def _label_column(
     integer or string column besides the image column."""
     if given is not None:
         if schema.get_field_index(given) < 0:
-            raise DatasetError(_missing_column(path, given, "label_column", schema))
+            raise DatasetError(_missing_column(path, f"column {given!r}", "label_column", schema))
         chosen = given
     else:
         others = [n for n in schema.names if n != image]
@@ -437,15 +464,15 @@ def _label_column(
         if len(candidates) != 1:
             found = "several" if candidates else "no"
             raise DatasetError(
-                f"{path}: {found} columns could hold the labels; its columns are "
-                f"{_columns(schema)}; set dataset.label_column to the one that does"
+                f"{path}: {found} columns could hold the labels ({_columns(schema)}); set "
+                "dataset.label_column to the one that does"
             )
         chosen = candidates[0]
     if chosen == image or not _is_label_type(schema.field(chosen).type):
         raise DatasetError(
-            f"{path}: column {chosen!r} holds {schema.field(chosen).type}, not labels (integers "
-            f"or strings); set dataset.label_column to the one that does (columns: "
-            f"{_columns(schema)})"
+            f"{path}: {_said(chosen, 'label_column', given)} holds {schema.field(chosen).type}, not "
+            "labels (integers or strings); set dataset.label_column to the one that does "
+            f"({_columns(schema)})"
         )
     return chosen
 
@@ -507,10 +534,11 @@ def _class_ids(
         counts = np.bincount(joined, minlength=len(names))
         missing = [names[i] for i in np.flatnonzero(counts == 0)]
         if missing:
-            listed = ", ".join(repr(n) for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            ids = ", ".join(str(i) for i in np.flatnonzero(counts == 0)[:5])
             raise DatasetError(
                 f"{where}: {len(missing)} of the ClassLabel's {len(names)} classes have no rows "
-                f"({listed}); give every shard of the dataset"
+                f"(ids {ids}{' ...' if len(missing) > 5 else ''}); give every shard of the "
+                "dataset"
             )
         return list(names), joined
     if joined.dtype == np.int64:
@@ -560,7 +588,8 @@ def _image_references(
             for _, raw in _cells(batch.column(0)):
                 if not raw:
                     raise DatasetError(f"{shard.path} row {row}: the row has no image path")
-                path = _resolve(shard, raw)
+                path = confined(_resolve(shard, raw),
+                                f"{shard.path} row {row}: the image file that row names")
                 if not path.is_file():
                     raise DatasetError(
                         f"{shard.path} row {row}: the image file that row names does not exist"

@@ -86,6 +86,8 @@ def _setting_error(error: Any) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if field == "database_url":
         return f"--storage / AUTOML_DATABASE_URL: {message}"
+    if field == "artifacts":
+        return f"--artifacts / AUTOML_ARTIFACTS: {message}"
     return f"AUTOML_{field.upper()}: {message}"
 
 

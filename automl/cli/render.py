@@ -23,6 +23,7 @@ class _Row:
     epochs: int = 0
     last: float | None = None
     best: float | None = None
+    note: str | None = None  # why it ended so: the limits an over-limit trial broke
 
 
 @dataclass
@@ -40,9 +41,11 @@ class LiveView:
     _live: Live | None = None
 
     def on_event(
-        self, kind: str, number: int, value: float | None = None, epoch: int | None = None
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None,
+        note: str | None = None,
     ) -> None:
         row = self.rows.setdefault(number, _Row())
+        row.note = note or row.note
         if kind == "report" and value is not None:
             row.epochs = max(row.epochs, epoch) if epoch is not None else row.epochs + 1
             row.last = value
@@ -86,7 +89,8 @@ class LiveView:
             row = self.rows[number]
             table.add_row(
                 str(number),
-                Text(row.state, style=STYLES.get(row.state, "")),
+                Text(row.state + (f" ({row.note})" if row.note else ""),
+                     style=STYLES.get(row.state, "")),
                 str(row.epochs),
                 _fmt(row.last),
                 _fmt(row.best),

@@ -33,6 +33,7 @@ from automl.jobs.outcome import (
 from automl.jobs.preflight import (
     check_dataset,
     check_limits,
+    check_paths,
     check_pretrained_weights,
     check_resources,
     feasible_portfolio,
@@ -94,6 +95,7 @@ def run_job(
 ) -> JobOutcome:
     started = time.monotonic()
     # before anything is stored: an impossible job leaves no trace
+    check_paths(spec, dataset_roots)
     dataset = check_dataset(spec, dataset_roots)
     check_pretrained_weights(spec)
     check_limits(spec, dataset.classes)

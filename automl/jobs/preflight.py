@@ -8,11 +8,11 @@ from typing import Any, NamedTuple
 
 import ray
 
-from automl.errors import JobError
-from automl.search.spec import JobSpec
+from automl.errors import JobError, SpecError
+from automl.search.spec import JobSpec, check_weights, require_under_roots
 from workers.config import DataConfig
 from workers.costs import broken_limits, measure_costs, static_costs
-from workers.datasets import DatasetError, DatasetIndex, load_index
+from workers.datasets import DatasetError, DatasetIndex, is_under, load_index
 from workers.decoded_cache import check_cache_budget, decoded_path, stored_size, verify_once
 from workers.model import hub_unreachable, uncached_hub_weights
 
@@ -22,11 +22,24 @@ class DatasetSize(NamedTuple):
     classes: int
 
 
+def check_paths(spec: JobSpec, roots: tuple[Path, ...] = ()) -> None:
+    """Every path the spec names, on the driver, before anything reads it: under `roots` (a
+    service's dataset roots) when there are any, and each weights file a state dict."""
+    try:
+        if roots:
+            require_under_roots(spec, roots)
+        else:
+            check_weights(spec)
+    except SpecError as error:
+        raise JobError(str(error)) from None
+
+
 def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
     """Index and verify the dataset once, on the driver, before anything is stored or started;
-    returns its numbers of images and classes. With `roots` (a service's dataset roots), every image must
-    lie under one of them once symlinks are resolved: a folder under a root may still link
-    anywhere."""
+    returns its numbers of images and classes. With `roots` (a service's dataset roots), every
+    path the dataset's files name, and every folder indexing enters, is judged under them
+    before it is looked at (`workers.datasets.confined`), and every image file must lie under
+    them once symlinks are resolved: a folder under a root may still link anywhere."""
     try:
         index = load_index(DataConfig(
             source=spec.dataset.source,
@@ -35,16 +48,13 @@ def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
             split_seed=spec.dataset.split_seed,
             image_column=spec.dataset.image_column,
             label_column=spec.dataset.label_column,
-        ))
-        if roots:
-            outside = sum(1 for p in index.files
-                          if not any(p.resolve().is_relative_to(root) for root in roots))
-            if outside:
-                raise DatasetError(
-                    f"{outside} of its images resolve outside the dataset roots "
-                    f"({':'.join(map(str, roots))}) through symlinks; this service reads only "
-                    "under them"
-                )
+        ), roots)
+        if roots and not spec.dataset.source.startswith("builtin:") and not all(
+                is_under(p, roots) for p in index.files):
+            raise DatasetError(
+                f"some of its images resolve outside the dataset roots ({':'.join(map(str, roots))}) "
+                "through symlinks; this service reads only under them"
+            )
         check_cache_room(spec, index)
         verify_once(index.images)  # skipped for files verified or decoded on this machine
     except DatasetError as error:

@@ -6,9 +6,10 @@ storage (cheap counting queries, not a scan of every trial) and reads the cancel
 
 The heartbeat is also how a driver learns that it may no longer own its job. Another runner
 takes over a job whose heartbeat is older than `AUTOML_STALE_AFTER` (60 s); so a driver whose
-beats keep failing stops its own job well before that (as Ctrl-C would: trials stop, Ray Tune's state and
-the study stay as they are, nothing is finished or published), and so does a driver whose job
-another runner has claimed. The runner that takes the job over resumes it.
+beats keep failing, or do not return, stops its own job well before that, counted from its last
+written beat (as Ctrl-C would: trials stop, Ray Tune's state and the study stay as they are,
+nothing is finished or published), and so does a driver whose job another runner has claimed.
+The runner that takes the job over resumes it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import logging
 import threading
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Future, wait
+from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import TrialState
@@ -30,11 +33,12 @@ from automl.search.keys import TrialCounts
 from automl.search.spec import JobSpec, new_job_id, parse_spec
 from automl.settings import Settings
 from automl.tune.bridge import Events
-from storage.jobs import JobStore, Progress
+from storage.jobs import Beat, JobStore, Progress
 from storage.optuna_storage import optuna_storage
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 2.0
+T = TypeVar("T")
 
 
 class HeartbeatLost(RuntimeError):
@@ -51,15 +55,7 @@ def read_progress(storage: optuna.storages.BaseStorage, job_id: str) -> Progress
     except KeyError:  # not created yet, or deleted under the job
         return None
     best_trial, best_value = _best(storage, study_id)
-    return Progress(
-        n_running=counts.running,
-        n_complete=counts.complete,
-        n_pruned=counts.pruned,
-        n_failed=counts.failed,
-        best_trial=best_trial,
-        best_value=best_value,
-        study_id=study_id,
-    )
+    return Progress(counts, best_trial, best_value, study_id)
 
 
 def _best(storage: optuna.storages.BaseStorage, study_id: int) -> tuple[int | None, float | None]:
@@ -93,38 +89,77 @@ class _Heartbeat(threading.Thread):
         self.lost: str | None = None  # why the driver stopped its own job
 
     def run(self) -> None:
-        failing_since: float | None = None
-        while not self.done.wait(HEARTBEAT_SECONDS):
+        """One beat every HEARTBEAT_SECONDS. The give-up clock runs from the last beat written
+        (another runner's stale clock runs from it too), and a beat that never returns (a
+        locked row, a database that stopped answering) counts as failing: each one is waited
+        for only until the give-up time."""
+        last_written = time.monotonic()  # the claim wrote one just before this process began
+        why = "none was attempted in time"
+        while True:
+            left = self.give_up_seconds - (time.monotonic() - last_written)
+            if self.done.wait(min(HEARTBEAT_SECONDS, max(left, 0.0))):
+                return
+            left = self.give_up_seconds - (time.monotonic() - last_written)
+            if left <= 0:
+                self._lose(f"no heartbeat could be written for {self.give_up_seconds:.0f} s "
+                           f"({why})")
+                return
             try:
-                progress = read_progress(self.storage, self.job_id)
-            except Exception as error:  # progress is optional; liveness is not
-                log.warning("job %s: cannot read its progress (%s)", self.job_id, _first_line(error))
-                progress = None
-            try:
-                beat = self.store.heartbeat(self.job_id, self.attempts, progress)
+                beat = _within(left, self._beat)
+            except _NoAnswer:
+                why = f"the last write did not return in {left:.0f} s"
+                continue  # the clock ran out: the next pass stops the job
             except Exception as error:
-                now = time.monotonic()
-                failing_since = failing_since or now
-                waited = now - failing_since + HEARTBEAT_SECONDS
+                why = _first_line(error)
                 log.warning("job %s: heartbeat failed (%s); the driver stops the job after "
-                            "%.0f s without one (%.0f s so far)", self.job_id,
-                            _first_line(error), self.give_up_seconds, waited)
-                if waited >= self.give_up_seconds:
-                    self._lose(f"no heartbeat could be written for {waited:.0f} s "
-                               f"({_first_line(error)})")
-                    return
+                            "%.0f s without one (%.0f s so far)", self.job_id, why,
+                            self.give_up_seconds, time.monotonic() - last_written)
                 continue
-            failing_since = None
+            last_written = time.monotonic()
+            if self.done.is_set():
+                return
             if not beat.ours:
                 self._lose("another runner has taken the job over")
                 return
             if beat.cancel:
                 self.cancel.set()
 
+    def _beat(self) -> Beat:
+        try:
+            progress = read_progress(self.storage, self.job_id)
+        except Exception as error:  # progress is optional; liveness is not
+            log.warning("job %s: cannot read its progress (%s)", self.job_id, _first_line(error))
+            progress = None
+        return self.store.heartbeat(self.job_id, self.attempts, progress)
+
     def _lose(self, why: str) -> None:
+        if self.done.is_set():  # the job ended meanwhile: there is nothing left to stop
+            return
         self.lost = why
         log.error("job %s: stopping: %s", self.job_id, why)
         _thread.interrupt_main()  # as Ctrl-C: Tune stops, its state stays resumable
+
+
+class _NoAnswer(Exception):
+    """A call that did not return in the time it was given."""
+
+
+def _within(seconds: float, call: Callable[[], T]) -> T:
+    """`call()`, in a thread of its own so that waiting for it can end: `_NoAnswer` after
+    `seconds`, the call left to finish (or hang) in its daemon thread. Not an executor: its
+    worker threads are joined at exit, so one hung call would keep the process from ending."""
+    result: Future[T] = Future()
+
+    def work() -> None:
+        try:
+            result.set_result(call())
+        except BaseException as error:
+            result.set_exception(error)
+
+    threading.Thread(target=work, name="heartbeat-write", daemon=True).start()
+    if not wait([result], timeout=seconds).done:
+        raise _NoAnswer
+    return result.result()
 
 
 def _first_line(error: BaseException) -> str:

@@ -73,9 +73,10 @@ class FastSuccessiveHalvingPruner(optuna.pruners.SuccessiveHalvingPruner):
 
     At each rung Optuna's pruner lists the whole study (`study.get_trials()`) to collect the
     other trials' `completed_rung_k` values. Behind the trial cache that re-reads every running
-    trial in full: ~60 ms of CPU per call with 32 trials running, whatever the study size
-    (`automl-bench storage`). Here one query counts the rung's values and those that beat this
-    trial's. Storages that are not relational (in-memory, in the replay) take Optuna's own path.
+    trial in full, a cost per call that grows with the trials running, whatever the study size
+    (`automl-bench storage`; docs/benchmarks.md). Here one query counts the rung's values and
+    those that beat this trial's. Storages that are not relational (in-memory, in the replay)
+    take Optuna's own path.
     tests/search/test_strategy.py checks the decisions match Optuna's trial for trial.
     """
 
@@ -113,8 +114,8 @@ class FastHyperbandPruner(optuna.pruners.HyperbandPruner):
     Hyperband hands its successive-halving pruners, and the sampler, a view of the study that
     lists only one bracket's trials. Optuna's view (`_BracketStudy` in
     optuna/pruners/_hyperband.py) derives every trial's bracket (a CRC32 of study name and trial
-    number) on every read, a pass over all trials: at 10,000 trials, tens of ms in each
-    `should_prune` that reaches a rung, and in each sampling step. Here a trial's bracket, fixed
+    number) on every read, a pass over all trials, in each `should_prune` that reaches a rung
+    and in each sampling step: a cost that grows with the study. Here a trial's bracket, fixed
     once the brackets are set up, is computed once. The view keeps Optuna's whitelist: the
     pruner and the sampler may read the bracket's trials, the directions and the storage, and
     nothing else (no `optimize`, `ask`, `tell`, attributes...), which would act on the real
@@ -193,7 +194,7 @@ class _GroupsOnce(_GroupDecomposedSearchSpace):
     """TPE's `group` decomposition of the search space, fed each finished trial once.
 
     Optuna's `_GroupDecomposedSearchSpace.calculate` re-adds the distributions of every finished
-    trial of the study on every ask (~20-40 us a trial: 0.2-0.4 s an ask at 10,000 trials). Adding a
+    trial of the study on every ask: a pass over the study per ask, growing with it. Adding a
     trial's distributions again never changes the groups, nor their order, and a finished trial's
     distributions never change, so adding each trial once gives the very same groups.
     """

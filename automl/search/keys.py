@@ -1,4 +1,6 @@
-"""The vocabulary a job's study carries: its attribute keys, and its trials counted by state.
+"""The vocabulary a job's study carries: its attribute keys, and its trials counted by state
+(`TrialCounts`, `state_name`: defined in storage, whose job rows store the counts and which
+imports nothing of the control plane; the control plane takes them from here).
 
 Written once here, read by the bridge that writes them, the driver, the publisher, the service
 and optuna-dashboard users (the keys show in its trial and study pages).
@@ -6,10 +8,8 @@ and optuna-dashboard users (the keys show in its trial and study pages).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-
-from optuna.trial import TrialState
+from storage.counts import TrialCounts as TrialCounts
+from storage.counts import state_name as state_name
 
 # study user attributes
 SPEC = "spec"  # the job spec the study was created for
@@ -29,34 +29,5 @@ OVER_LIMIT = "over_limit"  # the limits its costs broke (it never trained): {cos
 MEASURED_COSTS = "measured_costs"  # costs by "backbone@img_size@target", measured once a job
 FRONT = "pareto_front"  # the front's members once the job ends: number, values, test scores
 
-
-@dataclass(frozen=True)
-class TrialCounts:
-    """A study's trials by state: one spelling for every count a user sees."""
-
-    running: int = 0
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-    waiting: int = 0
-
-    @classmethod
-    def of(cls, states: Iterable[TrialState]) -> TrialCounts:
-        tally = dict.fromkeys(("running", "complete", "pruned", "failed", "waiting"), 0)
-        for state in states:
-            tally[_NAMES[state]] += 1
-        return cls(**tally)
-
-    @property
-    def finished(self) -> int:
-        """What counts toward the budget: every trial that ended, whatever its end."""
-        return self.complete + self.pruned + self.failed
-
-
-_NAMES = {TrialState.RUNNING: "running", TrialState.COMPLETE: "complete",
-          TrialState.PRUNED: "pruned", TrialState.FAIL: "failed", TrialState.WAITING: "waiting"}
-
-
-def state_name(state: TrialState) -> str:
-    """How a trial's state is spelled to users: the TrialCounts field it counts toward."""
-    return _NAMES[state]
+# trial system attributes, deployment-aware jobs
+RUNG_KEY = "pareto_rung_{}"  # the trial's metric when it reached rung k (`.format(k)`)

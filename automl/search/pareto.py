@@ -14,6 +14,7 @@ attribute, known before it trained.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -24,7 +25,6 @@ from optuna.trial import FrozenTrial, TrialState
 from automl.search import keys
 from automl.search._optuna import storage_of, trial_id
 
-RUNG_KEY = "pareto_rung_{}"  # system attribute: the trial's metric when it reached rung k
 Point = tuple[float, ...]  # every coordinate minimized
 
 
@@ -33,7 +33,13 @@ def dominates(a: Point, b: Point) -> bool:
 
 
 def nondominated_ranks(points: Sequence[Point]) -> list[int]:
-    """0 for the points no other point dominates, 1 for those only rank-0 points dominate..."""
+    """0 for the points no other point dominates, 1 for those only rank-0 points dominate...
+
+    The pruner ranks every trial that reached a rung at each report, so two coordinates (a
+    metric and one cost, the usual front) take the O(n log n) sweep; more take the plain sort.
+    """
+    if points and len(points[0]) == 2:
+        return _ranks_2d(points)
     ranks = [0] * len(points)
     left = set(range(len(points)))
     rank = 0
@@ -44,6 +50,21 @@ def nondominated_ranks(points: Sequence[Point]) -> list[int]:
         left -= front
         rank += 1
     return ranks
+
+
+def _ranks_2d(points: Sequence[Point]) -> list[int]:
+    """Sweep by the first coordinate: a point joins the first front whose lowest second
+    coordinate so far is above its own (that front holds nothing dominating it)."""
+    lowest: list[float] = []  # per front, the second coordinate of its last point: increasing
+    rank_of: dict[Point, int] = {}
+    for point in sorted(set(points)):
+        rank = bisect.bisect_right(lowest, point[1])
+        if rank == len(lowest):
+            lowest.append(point[1])
+        else:
+            lowest[rank] = point[1]
+        rank_of[point] = rank
+    return [rank_of[p] for p in points]
 
 
 def crowding(points: Sequence[Point]) -> list[float]:
@@ -66,9 +87,11 @@ def crowding(points: Sequence[Point]) -> list[float]:
 def pareto_order(points: Sequence[Point]) -> list[int]:
     """Indices best first: by non-dominated rank, then by crowding distance (larger first)."""
     ranks = nondominated_ranks(points)
+    fronts: dict[int, list[int]] = {}
+    for i, rank in enumerate(ranks):
+        fronts.setdefault(rank, []).append(i)
     spread: dict[int, float] = {}
-    for rank in set(ranks):
-        members = [i for i, r in enumerate(ranks) if r == rank]
+    for members in fronts.values():
         for i, d in zip(members, crowding([points[i] for i in members]), strict=True):
             spread[i] = d
     return sorted(range(len(points)), key=lambda i: (ranks[i], -spread[i]))
@@ -107,12 +130,12 @@ class ParetoSuccessiveHalvingPruner(BasePruner):
         if own is None:  # not measured: nothing to rank it by
             return False
         storage = storage_of(study)
-        rung = sum(1 for key in trial.system_attrs if key.startswith("pareto_rung_"))
+        rung = sum(1 for key in trial.system_attrs if key.startswith(keys.RUNG_KEY.format("")))
         value = trial.intermediate_values[step]
         while step >= self.min_resource * self.reduction_factor ** rung:
             if math.isnan(value):
                 return True
-            key = RUNG_KEY.format(rung)
+            key = keys.RUNG_KEY.format(rung)
             storage.set_trial_system_attr(trial_id(trial), key, value)
             others = [(t.system_attrs[key], trial_costs(t, self.costs)) for t in study.get_trials(
                 deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED))

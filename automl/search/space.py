@@ -22,7 +22,14 @@ from typing import Any
 
 import optuna
 
-from workers.config import AUGMENTS, OPTIMIZERS, SCHEDULES, ConfigError, TrialConfig
+from workers.config import (
+    AUGMENTS,
+    MAX_BATCH_PIXELS,
+    OPTIMIZERS,
+    SCHEDULES,
+    ConfigError,
+    TrialConfig,
+)
 from workers.errors import UserError
 
 # ImageNet-pretrained timm models from phone-size to large ViTs: the Pareto front of timm's models
@@ -116,7 +123,7 @@ def parse_override(name: str, raw: Any, max_epochs: int) -> Param:
         else:
             raise SpaceError(
                 f"space.{name}: expected a value, a list of choices, {{choices: [...]}} or "
-                f"{{low, high, log, step}}; got keys {sorted(raw)}"
+                f"{{low, high, log, step}}; got keys {', '.join(sorted(map(str, raw))[:5])}"
             )
     elif isinstance(raw, list):
         param = _choices(name, raw)
@@ -145,15 +152,31 @@ def _choices(name: str, values: Any) -> Choices:
 
 def _range(name: str, raw: dict[str, Any]) -> Range:
     low, high = raw["low"], raw["high"]
-    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
-    if not numeric:
-        raise SpaceError(f"space.{name}: a range needs numbers, got low={low!r} high={high!r}")
+    if not (_is_number(low) and _is_number(high)):
+        raise SpaceError(f"space.{name}: a range needs numbers for low and high")
     if low >= high:
         raise SpaceError(f"space.{name}: low={low} must be below high={high}")
-    log = bool(raw.get("log", False))
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise SpaceError(f"space.{name}: log is true or false")
     if log and low <= 0:
         raise SpaceError(f"space.{name}: a log range needs low > 0, got {low}")
-    return Range(low, high, log, raw.get("step"))
+    step = raw.get("step")
+    if step is not None:
+        integers = isinstance(low, int) and isinstance(high, int)
+        if not _is_number(step) or not 0 < step <= high - low:
+            raise SpaceError(f"space.{name}: step must be a positive number no larger than "
+                             f"high - low ({high - low:g})")
+        if integers and not isinstance(step, int):
+            raise SpaceError(f"space.{name}: an integer range (low and high are integers) "
+                             "takes an integer step")
+        if log:
+            raise SpaceError(f"space.{name}: a log range takes no step; drop one of them")
+    return Range(low, high, log, step)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _probe_values(param: Param) -> Sequence[Any]:
@@ -177,13 +200,7 @@ def _check_value(name: str, value: Any, max_epochs: int) -> None:
             check_backbone(config.backbone)
         except ConfigError as error:
             raise SpaceError(f"space.{name}: {error}") from error
-    if name == "pretrained" and isinstance(config.pretrained, str):
-        from workers.model import check_weights_file
-
-        try:  # here, not on a worker after every trial's retries
-            check_weights_file(config.pretrained)
-        except ConfigError as error:
-            raise SpaceError(f"space.{name}: {error}") from error
+    # a weights file is not opened here: validation reads no file (spec.check_weights does)
 
 
 def _list_hint(name: str, value: Any) -> str:
@@ -211,7 +228,27 @@ class SearchSpace:
 
     @classmethod
     def from_spec(cls, raw: dict[str, Any], max_epochs: int) -> SearchSpace:
-        return cls({k: parse_override(k, v, max_epochs) for k, v in raw.items()}, max_epochs)
+        space = cls({k: parse_override(k, v, max_epochs) for k, v in raw.items()}, max_epochs)
+        space._check_batch_pixels()
+        return space
+
+    def _check_batch_pixels(self) -> None:
+        """The largest batch at the largest image side must fit `MAX_BATCH_PIXELS`: each bound
+        alone allows batches of billions of pixels, which no worker holds (a side the space
+        leaves to the backbone is that backbone's own)."""
+        param = self.overrides.get("batch_size", Choices(BATCH_SIZES))
+        batch = int(param.high) if isinstance(param, Range) else max(int(v) for v in _values(param))
+        sides = self.img_sizes()
+        side = max((s for s in sides if s is not None), default=0)
+        if None in sides:
+            side = max(side, *(_default_side(b) for b in self.backbones()))
+        if batch * side * side > MAX_BATCH_PIXELS:
+            own = "" if "img_size" in self.overrides else " (the backbone's own: it is unset)"
+            raise SpaceError(
+                f"space.batch_size: batches of up to {batch} images at space.img_size {side} "
+                f"px{own} are {batch * side * side:,} pixels, over {MAX_BATCH_PIXELS:,} (2**28); "
+                "lower space.batch_size or space.img_size"
+            )
 
     def backbones(self) -> tuple[str, ...]:
         return _values(self.overrides.get("backbone", Choices(DEFAULT_BACKBONES)))
@@ -368,6 +405,13 @@ class _Asker:
         return self.trial.suggest_float(
             name, float(param.low), float(param.high), log=param.log, step=param.step
         )
+
+
+def _default_side(backbone: str) -> int:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    return int((getattr(cfg, "input_size", None) or (3, 224, 224))[-1])
 
 
 def _values(param: Param) -> tuple[Any, ...]:

@@ -6,6 +6,8 @@ gets through, so a job either starts with a spec the engine can run or is refuse
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import re
 import secrets
@@ -13,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+import optuna
 import yaml
 from pydantic import (
     BaseModel,
@@ -24,11 +27,12 @@ from pydantic import (
     model_validator,
 )
 
-from automl.errors import SpecError
+from automl.errors import SpecError, UserError
 from automl.search.space import SearchSpace, SpaceError
 from automl.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, Strategy
 from workers.config import OBJECTIVES
 from workers.costs import COSTS, LatencyTarget
+from workers.datasets import is_under
 
 Duration = float | str
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -37,7 +41,13 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 JOB_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 MAX_STRING = 4096  # longer than any path or timm name; a spec is a few KB
 MAX_ITEMS = 1000  # choices in one list, keys in one mapping
+MAX_KEY = 200  # characters of one mapping key: far longer than any field or option name
+MAX_DEPTH = 32  # levels of nesting: a spec has four or five
 MAX_TIME_LIMIT = 365 * 86400.0
+MAX_OPTION = 10_000  # |x| of a sampler or pruner option: far above any useful count or weight
+MAX_OPTION_TEXT = 64  # characters of a string option ("auto", a restart strategy's name)
+# C0, DEL and C1: no path, URI, name or choice has one, and a NUL cannot reach the file system
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class _Strict(BaseModel):
@@ -49,7 +59,7 @@ class DatasetSpec(_Strict):
                         "of shards, save_to_disk folder, or builtin:digits")
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=2**32 - 1, description="numpy seeds are 0..2**32-1")
     image_column: str | None = Field(None, min_length=1, description="parquet/arrow tables only")
     label_column: str | None = Field(None, min_length=1, description="parquet/arrow tables only")
 
@@ -207,6 +217,76 @@ class StrategySpec(_Strict):
     sampler_options: dict[str, Any] = Field(default_factory=dict)
     pruner_options: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _plain_options(self) -> StrategySpec:
+        """Options are keywords of the chosen Optuna class's constructor that take a plain value
+        (a count, a weight, a flag, a name), within bounds: a callable or a sampler cannot come
+        from JSON, the job sets the seed itself, and a billion EI candidates would stall
+        every trial's sampling on the driver."""
+        for field, kind, options in (("sampler_options", self.sampler, self.sampler_options),
+                                     ("pruner_options", self.pruner, self.pruner_options)):
+            takes = _plain_keywords(SAMPLERS[kind] if field == "sampler_options" else PRUNERS[kind])
+            for name, value in options.items():
+                if name not in takes:
+                    offered = ", ".join(sorted(takes)) or "none"
+                    raise ValueError(f"strategy.{field}.{name}: not an option of the {kind} "
+                                     f"{field.split('_')[0]}; it takes {offered}")
+                problem = _option_problem(value, takes[name])
+                if problem:
+                    raise ValueError(f"strategy.{field}.{name}: {problem}")
+        return self
+
+
+# The classes `Strategy` builds for each name (a front's sha takes a subset of sha's keywords;
+# building the strategy at validation refuses the rest)
+SAMPLERS: dict[str, type] = {
+    "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+    "gp": optuna.samplers.GPSampler, "cmaes": optuna.samplers.CmaEsSampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+}
+PRUNERS: dict[str, type] = {
+    "hyperband": optuna.pruners.HyperbandPruner, "sha": optuna.pruners.SuccessiveHalvingPruner,
+    "median": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner,
+}
+_PLAIN = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
+_SET_BY_THE_JOB = {"seed"}  # strategy.seed
+
+
+@functools.cache
+def _plain_keywords(kind: type) -> dict[str, tuple[type, ...]]:
+    """A constructor's keywords whose annotation is only plain types, with those types."""
+    out = {}
+    for name, parameter in inspect.signature(kind).parameters.items():
+        if name in _SET_BY_THE_JOB or parameter.kind in (parameter.VAR_KEYWORD,
+                                                         parameter.VAR_POSITIONAL):
+            continue
+        annotation = parameter.annotation
+        words = [w.strip() for w in (annotation if isinstance(annotation, str)
+                                     else getattr(annotation, "__name__", "?")).split("|")]
+        if words and all(w in _PLAIN for w in words):
+            out[name] = tuple(_PLAIN[w] for w in words)
+    return out
+
+
+def _option_problem(value: Any, types: tuple[type, ...]) -> str | None:
+    """Why `value` cannot be an option of these plain types (None: it can)."""
+    wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+    if isinstance(value, bool):
+        fits = bool in types
+    elif isinstance(value, int):
+        fits = int in types or float in types
+    else:
+        fits = isinstance(value, tuple(t for t in types if t is not bool))
+    if not fits:
+        kind = {bool: "true/false", int: "whole number", float: "number", str: "string",
+                list: "list", dict: "mapping"}.get(type(value), type(value).__name__)
+        return f"takes {wanted}, not a {kind}"
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > MAX_OPTION:
+        return f"{value:g} is beyond +-{MAX_OPTION:,}; give a smaller value"
+    if isinstance(value, str) and len(value) > MAX_OPTION_TEXT:
+        return f"a string of {len(value):,} characters (at most {MAX_OPTION_TEXT})"
+    return None
+
 
 class JobSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", description="lowercase, digits, dashes")
@@ -226,9 +306,11 @@ class JobSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _plain_data(cls, payload: Any) -> Any:
-        """Every number finite, every string and list of a sane size, anywhere in the spec
-        (`space` and the strategy options included, which no field type checks): a NaN or an
-        infinity cannot be stored as JSON, and a megabyte string is nobody's backbone name."""
+        """Every number finite, every string, key and list of a sane size and every string free
+        of control characters, anywhere in the spec (`space` and the strategy options
+        included, which no field type checks): a NaN or an infinity cannot be stored as JSON,
+        a megabyte string is nobody's backbone name, and a NUL in a path or URI is an error
+        deep in the file system or a client library, not a refusal that names the field."""
         problem = _first_unfit(payload, "")
         if problem is not None:
             raise ValueError(problem)
@@ -315,26 +397,52 @@ class JobSpec(_Strict):
         }
 
 
-def _first_unfit(value: Any, where: str) -> str | None:
-    """The first value a spec may not hold, as `field: problem`; None when all are fine."""
-    name = where or "(top level)"
+def _first_unfit(value: Any, where: str, depth: int = 0) -> str | None:
+    """The first value a spec may not hold, as `field: problem`; None when all are fine. The
+    field is named in at most `MAX_KEY` characters, and no value is quoted."""
+    name = _field(where)
+    if depth > MAX_DEPTH:
+        return f"{name}: nested deeper than {MAX_DEPTH} levels"
     if isinstance(value, float) and not math.isfinite(value):
         return f"{name}: {value} is not a finite number; give a finite value"
-    if isinstance(value, str) and len(value) > MAX_STRING:
-        return f"{name}: a string of {len(value):,} characters (at most {MAX_STRING:,})"
+    if isinstance(value, str):
+        if len(value) > MAX_STRING:
+            return f"{name}: a string of {len(value):,} characters (at most {MAX_STRING:,})"
+        return _control_character(name, value)
     if isinstance(value, dict | list) and len(value) > MAX_ITEMS:
         return f"{name}: {len(value):,} entries (at most {MAX_ITEMS:,})"
     if isinstance(value, dict):
         for key, item in value.items():
-            found = _first_unfit(item, f"{where}.{key}" if where else str(key))
+            if isinstance(key, str):
+                if len(key) > MAX_KEY:
+                    return f"{name}: a key of {len(key):,} characters (at most {MAX_KEY})"
+                if (problem := _control_character(f"{name}: a key", key)) is not None:
+                    return problem
+            found = _first_unfit(item, f"{where}.{key}" if where else str(key), depth + 1)
             if found is not None:
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found = _first_unfit(item, f"{name}[{index}]")
+            found = _first_unfit(item, f"{name}[{index}]", depth + 1)
             if found is not None:
                 return found
     return None
+
+
+def _control_character(name: str, text: str) -> str | None:
+    found = _CONTROL.search(text)
+    if found is None:
+        return None
+    return (f"{name}{'' if name.endswith(': a key') else ':'} holds a control character "
+            f"(U+{ord(found.group()):04X}, character {found.start() + 1}); no path, URI or name "
+            "has one: remove it")
+
+
+def _field(where: str) -> str:
+    """A field's dotted name for a message, cut to `MAX_KEY` characters."""
+    if not where:
+        return "(top level)"
+    return where if len(where) <= MAX_KEY else where[:MAX_KEY] + "..."
 
 
 def check_job_id(job_id: str) -> None:
@@ -397,14 +505,19 @@ def load_spec(path: Path) -> JobSpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error)
         raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
-    return parse_spec(with_paths_from(payload, path.parent), str(path))
+    spec = parse_spec(with_paths_from(payload, path.parent), str(path))
+    try:
+        check_weights(spec)
+    except SpecError as error:
+        raise SpecError(f"{path} is invalid:\n  {error}") from None
+    return spec
 
 
 def with_paths_from(payload: Any, folder: Path) -> Any:
     """Relative paths (the dataset, a weights file) are read from the job file's folder, as
     docker-compose reads its paths, and stored absolute: trials run in other directories, on
-    other machines. Done to the payload, before it is validated: the weights file is opened
-    then, from wherever the command runs."""
+    other machines. Done to the payload, before it is validated; the weights file is opened
+    once the spec is valid, from wherever the command runs."""
 
     def absolute(value: Any, builtin_ok: bool = False) -> Any:
         if not isinstance(value, str) or (builtin_ok and value.startswith("builtin:")):
@@ -426,7 +539,7 @@ def with_paths_from(payload: Any, folder: Path) -> Any:
 
 
 def paths_read(spec: JobSpec) -> list[tuple[str, str]]:
-    """(field, path) of every file or folder the job's trials read."""
+    """(field, path) of every file or folder the job's trials read: the spec names no other."""
     out = []
     if not spec.dataset.source.startswith("builtin:"):
         out.append(("dataset.source", spec.dataset.source))
@@ -435,24 +548,44 @@ def paths_read(spec: JobSpec) -> list[tuple[str, str]]:
     return out
 
 
+def check_weights(spec: JobSpec) -> None:
+    """Each weights file the space names loads as a state dict, or a SpecError naming it.
+
+    Not part of validation, which reads no file: a job file's weights are checked when it is
+    loaded, a job sent over HTTP's once its paths are found under the dataset roots (before,
+    what the check says would tell what is on the server's disk), and every job's again on its
+    driver, so that a bad file fails the job once rather than each of its trials.
+    """
+    from workers.model import check_weights_file
+
+    for field, value in paths_read(spec):
+        if field == "space.pretrained":
+            try:
+                check_weights_file(value)
+            except UserError as error:
+                raise SpecError(f"{field}: {error}") from None
+
+
 def require_absolute_dataset(spec: JobSpec) -> None:
     """Jobs sent over HTTP have no job file to be relative to."""
     for field, value in paths_read(spec):
         if not Path(value).is_absolute():
             raise SpecError(
-                f"{field}={value!r} is a relative path; give the absolute path the cluster's "
-                "machines see (or submit the job file with `automl submit`, which resolves it)"
+                f"{field}={_excerpt(value)} is a relative path; give the absolute path the "
+                "cluster's machines see (or submit the job file with `automl submit`, which "
+                "resolves it)"
             )
 
 
 def require_under_roots(spec: JobSpec, roots: tuple[Path, ...]) -> None:
     """A job sent over HTTP reads only under the service's dataset roots, judged after `..` and
     symlinks are resolved: the runner may read much more (it runs as whoever deployed it), and a
-    token must not be a key to its files. Whether a path exists is not said either."""
+    token must not be a key to its files. Every path the spec names is judged before any is
+    opened, and every path outside gets the same answer, so nothing is said of what is there or
+    whether it exists; the weights files are checked after."""
     require_absolute_dataset(spec)
     for field, value in paths_read(spec):
-        resolved = Path(value).expanduser().resolve()
-        if not any(resolved.is_relative_to(root) for root in roots):
+        if not is_under(value, roots):
             where = (f"the dataset roots ({':'.join(map(str, roots))})" if roots else
                      "any dataset root: this service has none (AUTOML_DATASET_ROOTS), so jobs "
                      "sent over HTTP may use builtin datasets only")
@@ -460,28 +593,43 @@ def require_under_roots(spec: JobSpec, roots: tuple[Path, ...]) -> None:
                 f"{field}={_excerpt(value)} is outside {where}; put the files under a root, or "
                 "ask the operator to add one"
             )
+    check_weights(spec)
 
 
-def require_tracking_server(spec: JobSpec) -> None:
-    """A job sent over HTTP tracks to an MLflow server, or to the service's own store: a local
-    URI would have the runner write wherever the token holder names."""
+def require_tracking_server(spec: JobSpec, served: str | None) -> None:
+    """A job sent over HTTP tracks to the service's own MLflow store (`served`,
+    AUTOML_MLFLOW_URI) or to none: any other URI would have the runner write wherever the token
+    holder names (a local one), or call any server the runner can reach and report what it
+    answered (a remote one: an internal service)."""
     uri = spec.tracking.mlflow
-    if uri is not None and not re.match(r"^(https?|databricks)://", uri, re.IGNORECASE):
+    if uri is None or (served is not None and uri.rstrip("/") == served.rstrip("/")):
+        return
+    if served is None:
         raise SpecError(
-            f"tracking.mlflow={_excerpt(uri)} would write on the service's machine; jobs sent "
-            "over HTTP track to an MLflow server (http:// or https://), or leave it out to use "
-            "the service's own (AUTOML_MLFLOW_URI)"
+            f"tracking.mlflow={_excerpt(uri)}: jobs sent over HTTP track only to this service's "
+            "MLflow server, and it has none (AUTOML_MLFLOW_URI is not set); leave "
+            "tracking.mlflow out"
         )
+    raise SpecError(
+        f"tracking.mlflow={_excerpt(uri)}: jobs sent over HTTP track only to this service's "
+        "MLflow server (AUTOML_MLFLOW_URI); leave tracking.mlflow out to use it"
+    )
 
 
 def _excerpt(value: str, limit: int = 120) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
+MAX_ERRORS = 20  # problems listed of one spec; a spec with more has a bigger one to fix first
+MAX_FIELD_PART = 64  # characters of one part of a field's name, in a list of problems
+
+
 def format_errors(error: ValidationError) -> str:
+    """One line per problem, each naming its field; names cut short, at most `MAX_ERRORS`."""
     lines = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+    problems = error.errors()
+    for item in problems[:MAX_ERRORS]:
+        field = ".".join(field_part(part) for part in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field; check the spelling (see examples/ for every field)"
@@ -490,10 +638,18 @@ def format_errors(error: ValidationError) -> str:
         elif item["type"] == "string_type" and isinstance(item["input"], bool | int | float):
             message += (f", got {item['input']!r} (YAML reads an unquoted yes/no/on/off/true/false "
                         "or number as that type: put the value in quotes)")
-        names_itself = re.match(r"[a-z_.]+[:=]", message) and (
+        names_itself = re.match(r"(?:\(top level\)|[a-z_.]+)[:=]", message) and (
             not item["loc"] or message.startswith(f"{field}."))
         if names_itself:
             lines.append(f"  {message}")
         else:
             lines.append(f"  {field}: {message}")
+    if len(problems) > MAX_ERRORS:
+        lines.append(f"  ... and {len(problems) - MAX_ERRORS} more")
     return "\n".join(lines)
+
+
+def field_part(part: str | int) -> str:
+    """One part of a field's name as an error gives it: an unknown key may be any size."""
+    text = str(part)
+    return text if len(text) <= MAX_FIELD_PART else text[:MAX_FIELD_PART] + "..."

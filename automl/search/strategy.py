@@ -15,7 +15,6 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
-from automl.search import keys
 from automl.search._optuna import (
     FastHyperbandPruner,
     FastSuccessiveHalvingPruner,
@@ -24,6 +23,7 @@ from automl.search._optuna import (
     trial_id,
     with_groups_once,
 )
+from automl.search.feasible import FeasibleSampler
 from automl.search.pareto import ParetoSuccessiveHalvingPruner
 from automl.search.portfolio import PORTFOLIOS
 from automl.search.space import SearchSpace
@@ -85,24 +85,29 @@ class Strategy:
         return [self.metric, *self.front_costs]
 
     def make_sampler(self, offset: int = 0) -> BaseSampler:
-        """`offset` reseeds a reloaded study so a restarted driver does not replay old draws."""
+        """`offset` reseeds a reloaded study so a restarted driver does not replay old draws.
+        With limits, whatever the sampler, a backbone measured over one is not drawn again."""
         seed = None if self.seed is None else self.seed + offset
+        base = self._base_sampler(seed)
+        if not self.limits:
+            return base
+        return FeasibleSampler(base, self.limits, seed, self.space.smallest_img_size())
+
+    def _base_sampler(self, seed: int | None) -> BaseSampler:
         options = dict(self.sampler_options)
-        constraints = LimitConstraints(self.limits) if self.limits else None
-        if self.sampler == "random":  # learns nothing, so nothing to learn the limits from
+        if self.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed, **options)
         if self.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints,
-                                                 **options)
+            return optuna.samplers.NSGAIISampler(seed=seed, **options)
         if self.sampler == "gp":
-            return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints, **options)
+            return optuna.samplers.GPSampler(seed=seed, **options)
         if self.sampler == "cmaes":
             options.setdefault("warn_independent_sampling", False)
             return optuna.samplers.CmaEsSampler(seed=seed, **options)
         options.setdefault("multivariate", True)
         options.setdefault("group", True)
         options.setdefault("constant_liar", True)
-        sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, **options)
+        sampler = optuna.samplers.TPESampler(seed=seed, **options)
         return with_groups_once(sampler) if options["group"] else sampler
 
     def make_pruner(self) -> BasePruner:
@@ -207,18 +212,3 @@ class Strategy:
         if any(costs.get(name) is None for name in self.front_costs):
             return None
         return [value, *(float(costs[name]) for name in self.front_costs)]
-
-
-
-class LimitConstraints:
-    """Optuna's `constraints_func` for cost limits: a trial's costs minus the limits (feasible
-    when none is above 0), read from the trial's `costs` (measured before it trained). TPE, GP
-    and NSGA-II keep away from the region of the space whose trials broke a limit."""
-
-    def __init__(self, limits: dict[str, float]) -> None:
-        self.limits = dict(limits)
-
-    def __call__(self, trial: optuna.trial.FrozenTrial) -> list[float]:
-        costs = trial.user_attrs.get(keys.COSTS) or {}
-        return [float(costs[name]) - limit if costs.get(name) is not None else 0.0
-                for name, limit in sorted(self.limits.items())]

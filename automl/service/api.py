@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from automl.errors import JobConflict, NotReady, SpecError, UnknownJob, UserError
+from automl.search.spec import MAX_DEPTH, MAX_ERRORS, field_part
 from automl.service.guard import RequestGuard
 from automl.service.routes import health, jobs
 from automl.service.service import JobService
@@ -52,9 +53,15 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
         """Each error's field and message, never the input it was about: that may be any size,
-        and hold what JSON cannot encode (a NaN)."""
-        errors = [{"loc": [str(part) for part in e["loc"]], "msg": _short(str(e["msg"])),
-                   "type": e["type"]} for e in error.errors()[:50]]
+        and hold what JSON cannot encode (a NaN). Every part is bounded: the number of errors,
+        each message, and each part of a field's name (an unknown key is input too)."""
+        problems = error.errors()
+        errors = [{"loc": [field_part(part) for part in e["loc"][:MAX_DEPTH]],
+                   "msg": _short(str(e["msg"])), "type": e["type"]}
+                  for e in problems[:MAX_ERRORS]]
+        if len(problems) > MAX_ERRORS:
+            errors.append({"loc": ["body"], "msg": f"and {len(problems) - MAX_ERRORS} more",
+                           "type": "too_many_errors"})
         return JSONResponse({"detail": errors}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(UserError)

@@ -1,7 +1,7 @@
 """The API's front door: the token, then the body's size, both decided before the body is read.
 
 FastAPI reads and parses a request's body before any route dependency runs, so a token check in
-a dependency let an unauthenticated 50 MB body be read, and validated, before its 401.
+a dependency would let an unauthenticated body of any size be read, and validated, before its 401.
 """
 
 from __future__ import annotations

@@ -43,8 +43,9 @@ def healthz(service: Service) -> dict[str, str]:
 
 @jobs.post("", status_code=status.HTTP_201_CREATED, response_model=JobView)
 def submit(spec: JobSpec, service: Service) -> JobView:
+    # validation read no file; the paths are judged against the roots before any is opened
     require_under_roots(spec, service.settings.dataset_roots)  # a SpecError is a 422
-    require_tracking_server(spec)
+    require_tracking_server(spec, service.settings.mlflow_uri)
     return service.submit(spec)
 
 

@@ -51,12 +51,21 @@ def cost_key(config: dict[str, Any], request: dict[str, Any]) -> str:
             + "-".join(f"{k}={v}" for k, v in sorted(target.items())))
 
 
+def _set_constraints(study: optuna.Study, trial_id: int, constraints: dict[str, float]) -> None:
+    trial = optuna.Trial(study, trial_id)
+    known = trial.storage.get_trial(trial_id).constraints  # a retried trial records them again
+    for name, value in constraints.items():
+        if name not in known:
+            trial.set_constraint(name, value)
+
+
 class Events(Protocol):
     """What a live view hears: start, report, pruned, complete, fail (with the trial number;
     a report also with its epoch, which a retried or resumed trial may report again)."""
 
     def on_event(
-        self, kind: str, number: int, value: float | None = None, epoch: int | None = None
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None,
+        note: str | None = None,
     ) -> None: ...
 
 
@@ -130,11 +139,12 @@ class StudyLink:
         self._storage, self._study = storage, study
 
     def emit(
-        self, kind: str, number: int, value: float | None = None, epoch: int | None = None
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None,
+        note: str | None = None,
     ) -> None:
         listener = LISTENERS.get(self.study_name)
         if listener is not None:
-            listener.on_event(kind, number, value, epoch)
+            listener.on_event(kind, number, value, epoch, note)
 
     def remember(self, ray_id: str, trial: optuna.Trial) -> _Known:
         known = self._known[ray_id] = _Known(trial_id(trial), trial.number, trial=trial)
@@ -157,6 +167,12 @@ class StudyLink:
         if broken:
             self.call(lambda: storage.set_trial_user_attr(known.trial_id, keys.OVER_LIMIT, broken),
                       "record the limits a trial broke")
+        # what TPE learns the feasible region from (a constraint above 0: infeasible)
+        over = {name: float(value) - limit for name, limit in self.strategy.limits.items()
+                if (value := costs.get(name)) is not None}
+        if over:
+            self.call(lambda: _set_constraints(self.study, known.trial_id, over),
+                      "record a trial's constraints")
         if self.known_costs(key) is None:
             assert self._costs is not None
             self._costs[key] = costs
@@ -323,9 +339,10 @@ class OptunaPruningScheduler(FIFOScheduler):
             return TrialScheduler.STOP  # pruned before a driver restart: stays stopped
         if COSTS_RESULT in result:  # measured before training: over a limit, it never trains
             costs = {name: float(result[name]) for name in COSTS if result.get(name) is not None}
-            if self.link.record_costs(known, str(result[COSTS_RESULT]), costs):
+            if broken := self.link.record_costs(known, str(result[COSTS_RESULT]), costs):
                 self.link.tell(known, TrialState.PRUNED)
-                self.link.emit("over_limit", known.number)
+                self.link.emit("over_limit", known.number, note=", ".join(
+                    f"{name} {value:g} > {limit:g}" for name, (value, limit) in broken.items()))
                 return TrialScheduler.STOP
             return TrialScheduler.CONTINUE
         value, epoch = result.get(self.objective), result.get("epoch")

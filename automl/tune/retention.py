@@ -1,8 +1,8 @@
 """Checkpoint retention: a job's run storage holds what something will read, and nothing else.
 
 Ray Tune keeps each trial's best and latest checkpoint, each a model plus its optimizer state
-(for beit_large, ~1.2 GB of weights and ~2.4 GB of optimizer state), forever: a 100-trial job
-needed hundreds of GB. Here, as Determined's checkpoint GC and Ray's `num_to_keep` give their
+(Adam's is twice the weights), forever: with a large backbone, a job's storage would grow by
+gigabytes with every trial. Here, as Determined's checkpoint GC and Ray's `num_to_keep` give their
 users, when a trial ends:
 
 - pruned or failed, it never resumes: every checkpoint of it goes;

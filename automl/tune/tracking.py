@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,8 +84,8 @@ class JobRuns:
             self.refresh()
         except (MlflowException, OSError) as error:
             raise JobError(
-                f"cannot use the MLflow tracking store {uri}: {_first_line(error)}; start the server, fix "
-                "tracking.mlflow in the spec (or AUTOML_MLFLOW_URI), or leave it out"
+                f"cannot use the MLflow tracking store {uri}: {failure(uri, error)}; start the "
+                "server, fix tracking.mlflow in the spec (or AUTOML_MLFLOW_URI), or leave it out"
             ) from None
 
     def refresh(self) -> None:
@@ -209,6 +210,34 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
+_REMOTE = re.compile(r"^(https?|databricks)://", re.IGNORECASE)
+# MLflow's words for a non-JSON answer, and urllib3's for one its retries gave up on
+_HTTP_STATUS = re.compile(r"failed with error code (\d{3})|too many (\d{3}) error responses")
+
+
+def failure(uri: str, error: BaseException) -> str:
+    """What went wrong with the tracking store, for an error or a log line (which a job's error
+    may quote). For a server: the HTTP status or the exception's type, never the message,
+    which MLflow builds from the server's answer: a tracking URI may name any service the
+    driver can reach, and its response must not come back to whoever named it."""
+    if not _REMOTE.match(uri):
+        return _first_line(error)  # a local store: the client's own words
+    from mlflow.exceptions import MlflowException, RestException
+
+    status = _HTTP_STATUS.search(str(error))
+    if status is not None:
+        return f"HTTP {status.group(1) or status.group(2)} (not an MLflow answer)"
+    if isinstance(error, RestException):
+        return f"HTTP {error.get_http_status_code()} ({error.error_code})"
+    if isinstance(error, MlflowException) and "not in a valid JSON format" in str(error):
+        return "HTTP 200 but not an MLflow answer (not JSON)"
+    if isinstance(error, MlflowException) and "failed with exception" in str(error):
+        return "no answer (the connection failed)"
+    if isinstance(error, MlflowException):
+        return f"{type(error).__name__} ({error.error_code})"
+    return type(error).__name__
+
+
 def _text(value: Any, limit: int = 6000) -> str:  # MLflow's longest param value
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:limit]
@@ -267,7 +296,7 @@ class MLflowTracking(MLflowLoggerCallback):
             return call()
         except Exception as error:  # tracking is a view of the job, never a reason to fail it
             log.warning("MLflow at %s: could not %s: %s", self.tracking_uri, what,
-                        _first_line(error))
+                        failure(str(self.tracking_uri), error))
             return None
 
     def _run_of(self, trial: RayTrial) -> str | None:
@@ -323,4 +352,4 @@ def finish_job_runs(
         runs.end_job(state, metrics, tags)
     except Exception as error:
         log.warning("MLflow at %s: could not record the end of job %s: %s", runs.uri,
-                    runs.job_id, _first_line(error))
+                    runs.job_id, failure(runs.uri, error))

@@ -105,3 +105,34 @@ def test_shipped_portfolios_hold_no_near_twins() -> None:
         nearest = min(float(np.abs(a - b) @ WEIGHTS)
                       for i, a in enumerate(points) for b in points[i + 1:])
         assert len(members) == 32 and nearest >= MIN_SPACING, n_images
+
+
+def test_pareto_replay_scores_each_arm_by_its_share_of_the_pools_hypervolume(tmp_path: Path) -> None:
+    from benchmarks import backbone_costs
+    from benchmarks.replay import _BACKBONE, _RECORDED_BACKBONE
+    from benchmarks.replay_pareto import shares
+
+    write_recorded_runs(tmp_path / "data")
+    latency = dict(zip(MODELS, (800.0, 9.0, 12.0, 385.0), strict=True))
+    table = {"backbones": {_RECORDED_BACKBONE.get(m) or _BACKBONE[m]: {"latency_ms": v}
+                           for m, v in latency.items()}}
+    (tmp_path / "costs.json").write_text(json.dumps(table))
+    lat = {b: row["latency_ms"] for b, row in backbone_costs.load(tmp_path / "costs.json").items()}
+    pool = load_pools(tmp_path / "data")["D0"]
+    every_run = [(0.0, max(r.curve), lat[r.config["backbone"]]) for r in pool.runs]
+    assert shares(every_run, pool, lat, [1.0]) == [1.0]  # the whole pool seen: all of it
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("automl-bench")), "replay-pareto", "--data",
+         str(tmp_path / "data"), "--costs", str(tmp_path / "costs.json"), "--workers", "2",
+         "--seeds", "1", "--budgets", "120,600,6000"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {}
+    for line in done.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if cells and cells[0] in ("mo-random", "nsga2", "mo-asha", "default"):
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+    assert set(rows) == {"mo-random", "nsga2", "mo-asha", "default"}
+    for values in rows.values():  # a share, and what was seen by a budget stays seen
+        assert all(0.0 <= v <= 1.0 for v in values) and values == sorted(values)

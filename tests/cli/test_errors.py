@@ -39,6 +39,20 @@ def test_a_bad_database_url_is_named(url: str, message: str) -> None:
     assert message in refused("list", "--storage", url)
 
 
+def test_an_s3_artifact_store_with_a_prefix_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optuna's S3 store takes a bucket only: the setting is refused as such, by any command,
+    before a job would run to its end and fail to publish."""
+    monkeypatch.chdir(tmp_path)
+    fix = "s3://acme/models is not an artifact store: S3 takes a bucket only, give s3://acme"
+    assert f"--artifacts / AUTOML_ARTIFACTS: {fix}" in refused(
+        "pull", "some-job", "--artifacts", "s3://acme/models", "--out", "model")
+    monkeypatch.setenv("AUTOML_ARTIFACTS", "s3://acme/models")
+    assert f"--artifacts / AUTOML_ARTIFACTS: {fix}" in refused("list")
+    assert not (tmp_path / "automl-data").exists()
+
+
 def test_pull_names_a_job_that_has_nothing_to_pull_yet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,12 +96,17 @@ def test_pickled_weights_are_one_line_not_a_traceback(tmp_path: Path) -> None:
     """weights_only refuses them (they would run code): that refusal is the user's to fix."""
     import pickle
 
+    import torch
+
     evil = tmp_path / "evil.pth"
     evil.write_bytes(pickle.dumps({"w": print}))
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(b"\xff" * 64)
+    listed = tmp_path / "list.pth"  # loads (plain containers), but is no state dict: timm's
+    torch.save([1, 2, 3], listed)  # AttributeError, with its traceback, on every trial
     for weights, message in ((evil, "pickled objects that are not tensors"),
-                             (damaged, "cannot be read")):
+                             (damaged, "cannot be read"),
+                             (listed, "hold a list, not a state dict")):
         said = refused("train-one", "--dataset", "builtin:digits", "--backbone", "test_resnet",
                        "--epochs", "1", "--set", f"pretrained={weights}", "--set", "img_size=32")
         assert message in said, said
@@ -136,7 +155,7 @@ def test_list_prints_each_job_on_one_whole_line_when_piped(
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({**JOB, "name": "a-long-experiment-name-for-the-list"}))
     job_id = CliRunner().invoke(app, ["submit", str(job)]).stdout.strip().splitlines()[-1]
-    listed = CliRunner().invoke(app, ["list"])  # not a terminal: rich used to wrap at 80 columns
+    listed = CliRunner().invoke(app, ["list"])  # not a terminal: rich would wrap at 80 columns
     assert listed.exit_code == 0, listed.output
     line = next(line for line in listed.output.splitlines() if job_id in line)
     assert line.split()[1:4] == ["queued", "0/0/0", "of"] and "…" not in listed.output

@@ -14,6 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from automl.cli.render import LiveView
 from automl.errors import JobError
 from automl.jobs.driver import run_job
 from automl.search import keys
@@ -43,11 +44,16 @@ def test_a_params_limit_never_trains_a_backbone_over_it(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "automl-data", mlflow_uri=mlflow_uri)
     spec = parse_spec(job("limits", {"limits": {"params_m": 0.25}},
                           budget={"n_trials": 6, "max_epochs": 2}))
-    outcome = run_job(spec, "limits-1", settings)
+    view = LiveView("limits-1", n_trials=6, maximize=True, metric="val_accuracy")
+    outcome = run_job(spec, "limits-1", settings, events=view)
     assert outcome.state == "succeeded", outcome.error
     study = study_of(settings, "limits-1")
     over = [t for t in study.trials if t.user_attrs[keys.CONFIG]["backbone"] == BACKBONES[0]]
     assert over, "the sampler must have picked the backbone over the limit"
+    # once measured over the limit, the backbone is not drawn again: only trials started
+    # before the first measurement came back (2 at once) may have it
+    assert len(over) <= spec.max_concurrent_trials
+    assert {view.rows[t.number].note for t in over} == {"params_m 0.3737 > 0.25"}
     for trial in over:  # recorded with the value and the limit it broke, never trained
         assert trial.state == TrialState.PRUNED and trial.intermediate_values == {}
         assert trial.user_attrs[keys.OVER_LIMIT] == {"params_m": [pytest.approx(0.3737, abs=1e-3),
@@ -121,3 +127,17 @@ def test_a_two_objective_job_prunes_and_yields_a_front_you_can_pull(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert load_checkpoint(pulled).config.backbone == members[-1]["backbone"]
     assert json.loads((pulled / "automl.json").read_text())["test_metrics"] == members[-1]["test_metrics"]
+    exported = subprocess.run([AUTOML, "export", "--checkpoint", str(pulled), "--out",
+                               str(tmp_path / "fast.onnx")], capture_output=True, text=True,
+                              timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    assert "ms on cpu-b1-t1-onnxruntime" in exported.stdout  # its latency on the job's target
+
+    from fastapi.testclient import TestClient
+
+    from automl.service.api import create_app
+
+    with TestClient(create_app(settings)) as client:  # the same front over HTTP
+        served = client.get("/jobs/front-1/pareto")
+    assert served.status_code == 200, served.text
+    assert [m["trial"] for m in served.json()["members"]] == [m["trial"] for m in front]

@@ -69,16 +69,17 @@ def test_job_succeeds_with_pruned_and_complete_trials(sqlite_job: Ran) -> None:
 
 
 def test_trials_leave_nothing_in_tmpdir(sqlite_job: Ran) -> None:
-    """Completed and pruned trials alike: a trial's working folder used to stay, 5.8 MB for
-    each of these tiny models and gigabytes for a large one."""
+    """Completed and pruned trials alike: a working folder left behind holds the trial's model
+    and optimizer state, gigabytes for a large backbone, for every trial."""
     assert {t.state for t in sqlite_job.study.trials} >= {TrialState.COMPLETE, TrialState.PRUNED}
     assert sqlite_job.left_in_tmpdir == set()
 
 
 def test_a_finished_job_keeps_checkpoints_of_its_best_trials_only(sqlite_job: Ran) -> None:
-    """Ray Tune kept every trial's best and latest checkpoint, optimizer state and all, forever.
-    Now a pruned trial's go when it ends, and of the complete trials the `keep_trials` best (1
-    here) keep one each: their best epoch's model, without the optimizer state."""
+    """Left to itself, Ray Tune keeps every trial's best and latest checkpoint, optimizer state
+    and all, forever. Here a pruned trial's go when it ends, and of the complete trials the
+    `keep_trials` best (1 here) keep one each: their best epoch's model, without the optimizer
+    state."""
     run_dir = sqlite_job.settings.runs_path / sqlite_job.outcome.job_id
     checkpoints = {ray_trial.trial_id: sorted(Path(ray_trial.path).glob("checkpoint_*"))
                    for ray_trial in tune.ExperimentAnalysis(str(run_dir)).trials}
@@ -268,6 +269,13 @@ def test_pull_from_the_wrong_artifact_store_names_the_fix(sqlite_job: Ran, tmp_p
     assert f"is not in the artifact store {elsewhere}" in text
     assert "point --artifacts (or AUTOML_ARTIFACTS) at the store the job wrote to" in text
     assert not (tmp_path / "m").exists() and not elsewhere.exists()
+    prefixed = CliRunner().invoke(app, [  # a job to pull, so nothing stops before the store
+        "pull", sqlite_job.outcome.job_id, "--out", str(tmp_path / "m"),
+        "--storage", settings.storage_url, "--artifacts", "s3://acme/models",
+    ])
+    assert prefixed.exit_code == 2 and "Traceback" not in prefixed.output, prefixed.output
+    assert "--artifacts / AUTOML_ARTIFACTS: s3://acme/models is not an artifact store" in " ".join(
+        prefixed.output.split())
 
 
 def test_same_job_on_postgresql(pg_url: str, tmp_path: Path) -> None:
@@ -423,9 +431,11 @@ def test_trials_that_all_fail_stop_the_job_with_one_line_each(tmp_path: Path) ->
     mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data"), "AUTOML_MLFLOW_URI": mlflow_uri}
     env.pop("RAY_AUTH_MODE", None)  # this process's own Ray set it: a user's shell has none
+    before = trial_folders()
     result = subprocess.run([AUTOML, "run", str(job), "--ray-address", "local"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
+    assert trial_folders() - before == set()  # neither the failed trials' nor any Tune stopped
     error = next(line for line in result.stdout.splitlines() if line.startswith("error:"))
     assert error.count("size mismatch for conv1.0.weight") == 1, error  # the same error, once
     assert "stopped after the first 3 trials failed before an epoch" in error

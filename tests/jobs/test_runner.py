@@ -69,8 +69,8 @@ def epochs_reported(url: str, job_id: str) -> int:
 
 @pytest.mark.usefixtures("local_ray")
 def test_an_idle_runner_waits_out_a_database_outage(pg_url: str, tmp_path: Path) -> None:
-    """The database goes away while the runner polls for jobs: it waits, and when the database
-    is back it runs the next job. (It used to exit with the OperationalError of its claim.)"""
+    """The database goes away while the runner polls for jobs: it waits, rather than exiting
+    with its claim's error, and when the database is back it runs the next job."""
     target = make_url(pg_url)
     with proxy_to(target.host or "127.0.0.1", target.port or 5432) as proxy:
         through_proxy = proxy.url_for(pg_url)
@@ -147,8 +147,8 @@ def test_a_killed_driver_is_restarted_then_given_up_then_resumed(pg_url: str, tm
 def test_a_runner_runs_jobs_on_its_own_ray_which_its_sigkill_takes_along(tmp_path: Path) -> None:
     """A runner with no Ray address starts its own Ray, and its jobs' drivers connect to it (as
     the shell that started the runner would: no Ray settings of the test's own). Killed with
-    SIGKILL, nothing of that Ray may outlive the runner (Ray's own agents ignore SIGTERM and
-    were left running forever)."""
+    SIGKILL, nothing of that Ray may outlive the runner (Ray's own agents ignore SIGTERM: left
+    to themselves, they run on for ever)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOML_", "RAY_"))}
     env["AUTOML_HOME"] = str(tmp_path / "automl-data")
     job_id = submit(env, tmp_path, job_spec("own-ray", budget={"n_trials": 1, "max_epochs": 1}))
@@ -201,7 +201,7 @@ def test_a_driver_whose_heartbeat_fails_stops_before_another_runner_may_take_ove
     (30 s here) another runner would take the job over, so the driver stops the job at half of
     that, well before, as Ctrl-C would,
     writing nothing. The runner that takes the job over then finishes it, each trial once.
-    (Every heartbeat failure used to be swallowed: two drivers ran one job.)"""
+    (A driver that carried on through failed heartbeats would run the job beside that one.)"""
     import time
 
     from sqlalchemy import create_engine, text
@@ -247,3 +247,59 @@ def test_a_driver_whose_heartbeat_fails_stops_before_another_runner_may_take_ove
     study = load_study(pg_url, job_id)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert all(sorted(t.intermediate_values) == list(range(1, 31)) for t in study.trials)
+
+
+HEARTBEAT_ONLY = """
+import sys, time
+from automl.jobs.stored import _Heartbeat, give_up_seconds
+from automl.settings import Settings
+from storage.jobs import JobStore
+from storage.optuna_storage import optuna_storage
+
+settings = Settings()
+beat = _Heartbeat(JobStore(settings.storage_url), optuna_storage(settings.storage_url),
+                  sys.argv[1], int(sys.argv[2]), give_up_seconds(settings))
+beat.start()
+try:
+    while True:
+        time.sleep(0.1)
+except KeyboardInterrupt:  # how the heartbeat stops a driver
+    print(time.monotonic(), "stopped:", beat.lost, flush=True)  # the exit itself takes seconds
+    sys.exit(75)
+"""
+
+
+def test_a_driver_whose_heartbeat_write_hangs_stops_before_another_runner_may_take_over(
+    pg_url: str
+) -> None:
+    """Another transaction holds the job's row, so a heartbeat's UPDATE waits for it, with no
+    end of its own: the driver's heartbeat (here on its own, as the driver runs it) stops the
+    job all the same, half the stale window after its last written beat, as when writes fail."""
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    stale_after = 12.0
+    store = JobStore(pg_url)
+    store.submit("hung-beat", "hung-beat", job_spec("hung-beat"), state="running")
+    first_beat = store.get("hung-beat").heartbeat_at
+    env = {**os.environ, "AUTOML_DATABASE_URL": pg_url, "AUTOML_STALE_AFTER": str(stale_after)}
+    beating = subprocess.Popen([sys.executable, "-c", HEARTBEAT_ONLY, "hung-beat", "0"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    engine = create_engine(pg_url)
+    try:
+        wait_for(lambda: store.get("hung-beat").heartbeat_at != first_beat, 120, "a heartbeat")
+        with engine.connect() as holder:
+            holder.execute(text("SELECT id FROM automl_jobs WHERE id = 'hung-beat' FOR UPDATE"))
+            locked_at = time.monotonic()  # one clock for every process on the machine
+            output = beating.communicate(timeout=stale_after * 2)[0]
+            holder.rollback()
+    finally:
+        beating.kill()
+        engine.dispose()
+    assert beating.returncode == 75, output
+    stopped = next(line for line in output.splitlines() if " stopped: " in line)
+    stopped_after = float(stopped.split()[0]) - locked_at
+    assert stale_after / 2 - 2 < stopped_after < stale_after / 2 + 2, stopped_after
+    assert "stopped: no heartbeat could be written for 6 s (the last write did not return" in (
+        stopped), output

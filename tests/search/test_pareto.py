@@ -8,6 +8,7 @@ from optuna.trial import TrialState
 
 from automl.search.pareto import (
     ParetoSuccessiveHalvingPruner,
+    dominates,
     hypervolume_2d,
     nondominated_ranks,
     pareto_order,
@@ -63,3 +64,20 @@ def test_a_trial_without_costs_or_before_its_rung_is_not_judged() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="reduction_factor"):
         ParetoSuccessiveHalvingPruner(["latency_ms"], reduction_factor=1)
+
+
+def test_the_two_objective_sweep_ranks_as_the_definition_does() -> None:
+    import random
+
+    rng = random.Random(1)
+    for n in (1, 2, 5, 30, 200):
+        for _ in range(20):  # small integer grids: many ties and duplicates
+            points = [(float(rng.randint(0, 6)), float(rng.randint(0, 6))) for _ in range(n)]
+            ranks, left, rank = [0] * n, set(range(n)), 0
+            while left:  # peel the fronts off, straight from the definition of dominance
+                front = {i for i in left
+                         if not any(dominates(points[j], points[i]) for j in left if j != i)}
+                for i in front:
+                    ranks[i] = rank
+                left, rank = left - front, rank + 1
+            assert nondominated_ranks(points) == ranks

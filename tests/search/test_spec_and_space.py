@@ -59,9 +59,23 @@ def spec_error(**changes: Any) -> str:
         ({"space": {"milestones": [3, 6]}}, "one milestones value is a list in a list: milestones: [["),
         ({"space": {"warmup_epochs": 20}}, "warmup_epochs=20 must be in [0, epochs=10)"),
         ({"strategy": {"sampler_options": {"bogus": 1}}},
-         "strategy.sampler_options: RandomSampler.__init__() got an unexpected keyword argument"),
+         "strategy.sampler_options.bogus: not an option of the random sampler; it takes none"),
+        ({"strategy": {"sampler": "tpe", "sampler_options": {"seed": 3}}},
+         "strategy.sampler_options.seed: not an option"),  # strategy.seed sets it
+        ({"strategy": {"sampler": "tpe", "sampler_options": {"n_startup_trials": 2.5}}},
+         "strategy.sampler_options.n_startup_trials: takes int, not a number"),
+        ({"strategy": {"sampler": "tpe", "sampler_options": {"multivariate": 1}}},
+         "strategy.sampler_options.multivariate: takes bool or null, not a whole number"),
+        ({"space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True, "step": 1e-4}}},
+         "space.lr: a log range takes no step"),
+        ({"space": {"lr": {"low": 1e-4, "high": 1e-2, "log": "yes"}}}, "space.lr: log is true or false"),
+        ({"space": {"lr": {"low": 1e-4, "high": 1e-2, "step": 1}}},
+         "space.lr: step must be a positive number no larger than high - low"),
         ({"strategy": {"pruner": "hyperband", "pruner_options": {"reduction_factr": 3}}},
-         "strategy.pruner_options:"),
+         "strategy.pruner_options.reduction_factr: not an option of the hyperband pruner; it "
+         "takes bootstrap_count, max_resource, min_resource, reduction_factor"),
+        ({"strategy": {"pruner": "median", "pruner_options": {"n_startup_trials": -1}}},
+         "strategy.pruner_options: "),  # a plain value the pruner itself refuses
         ({"budget": {"max_epochs": 3}, "strategy": {"pruner_options": {"min_resource": 3}}},
          "min_resource=3 is not below budget.max_epochs=3: the pruner could never stop a trial"),
         ({"objective": {"metrics": ["val_accuracy", "val_accuracy"]}},
@@ -312,10 +326,83 @@ def test_a_non_finite_number_anywhere_is_refused_by_name(path: tuple[str, ...], 
     assert ".".join(path[:2]) in message, message
 
 
+CONTROL = st.characters(min_codepoint=0, max_codepoint=0x1F) | st.sampled_from(
+    ["\x7f", "\x85", "\x9f"])
+STRING_FIELDS = [("dataset", "source"), ("dataset", "image_column"), ("dataset", "label_column"),
+                 ("tracking", "mlflow"), ("tracking", "experiment"), ("name",),
+                 ("space", "backbone"), ("space", "pretrained"), ("strategy", "sampler_options", "x")]
+
+
+@given(path=st.sampled_from(STRING_FIELDS), before=st.text(max_size=20),
+       control=CONTROL, after=st.text(max_size=20))
+@hypothesis_settings(max_examples=200, deadline=None)
+def test_a_control_character_in_any_string_is_refused_by_name(
+    path: tuple[str, ...], before: str, control: str, after: str
+) -> None:
+    """A NUL in a path reached `Path.resolve()` (a 500 over HTTP); every string of a spec is
+    refused at validation with its field, never another exception."""
+    payload: dict[str, Any] = {**BASE, "dataset": dict(BASE["dataset"])}
+    node = payload
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = before + control + after
+    with pytest.raises(SpecError) as caught:
+        parse_spec(payload)
+    message = str(caught.value)
+    assert "holds a control character" in message, message
+    assert ".".join(path) in message.replace(": a key", ""), message
+
+
+@given(path=st.text(max_size=40) | st.sampled_from(["/", "/..", "/\x00", "/a/../../b"]),
+       uri=st.none() | st.text(max_size=40))
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_the_http_checks_refuse_by_name_or_pass_never_fail_otherwise(
+    tmp_path_factory: pytest.TempPathFactory, path: str, uri: str | None
+) -> None:
+    """Whatever a spec could hold (checked here without validation's own refusals), the roots
+    and the tracking check answer with a SpecError or let it through."""
+    from automl.search.spec import JobSpec, require_tracking_server, require_under_roots
+
+    root = tmp_path_factory.getbasetemp().resolve()
+    spec = parse_spec(BASE)
+    unchecked = JobSpec.model_construct(**{
+        **dict(spec), "dataset": spec.dataset.model_construct(**{**dict(spec.dataset),
+                                                                 "source": path}),
+        "tracking": spec.tracking.model_construct(**{**dict(spec.tracking), "mlflow": uri})})
+    unchecked._space = spec.search_space()
+    for check in (lambda: require_under_roots(unchecked, (root,)),
+                  lambda: require_under_roots(unchecked, ()),
+                  lambda: require_tracking_server(unchecked, "http://mlflow:5000"),
+                  lambda: require_tracking_server(unchecked, None)):
+        try:
+            check()
+        except SpecError as error:
+            assert str(error).strip()
+
+
+def test_validation_reads_no_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Only a job file's loading opens the weights it names: over HTTP, what validation found
+    on the disk would answer for files outside the dataset roots."""
+    import workers.model
+
+    def opened(path: str) -> None:
+        raise AssertionError(f"validation opened {path}")
+
+    monkeypatch.setattr(workers.model, "check_weights_file", opened)
+    spec = parse_spec({**BASE, "space": {"pretrained": ["/etc/shadow", str(tmp_path / "w.pth")]}})
+    assert spec.search_space().pretrained() == ("/etc/shadow", str(tmp_path / "w.pth"))
+    monkeypatch.undo()
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**BASE, "space": {"pretrained": "w.pth"}}))
+    with pytest.raises(SpecError, match=r"job.yaml is invalid:\n  space.pretrained: pretrained "
+                       "weights file .*w.pth does not exist"):
+        load_spec(job)
+
+
 def test_a_job_builds_its_search_space_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Validating a spec builds its space (every override checked against the engine, backbone
-    names against timm); every later part of the job reuses it. It was built eight times on one
-    job's path."""
+    names against timm); every later part of the job reuses it rather than paying for that
+    again."""
     from automl.jobs.preflight import check_pretrained_weights
     from automl.search import space as space_module
     from automl.search.spec import paths_read

@@ -88,3 +88,32 @@ def test_successive_halving_on_the_database_decides_as_optunas_own(
     )
     assert decided == optunas
     assert {2, 6, None} <= {epoch for _, _, epoch in decided}  # pruned at two rungs, some ran out
+
+
+TEST_BACKBONES = ("test_resnet", "test_convnext", "test_efficientnet")
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp"])
+def test_a_backbone_measured_over_a_limit_is_not_drawn_again(sampler: str) -> None:
+    from automl.search import keys
+    from automl.search.space import Choices
+
+    space = SearchSpace({"backbone": Choices(TEST_BACKBONES)}, max_epochs=2)
+    strategy = Strategy(space, sampler=sampler, seed=SEED, warm_start=False,
+                        limits={"params_m": 0.25})
+    study = strategy.create_study(optuna.storages.InMemoryStorage(), "limits")
+
+    def drawn(n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            trial = strategy.ask(study)
+            out.append(strategy.suggest(trial)["backbone"])
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return out
+
+    assert "test_resnet" in drawn(12)  # nothing measured yet: every backbone is drawn
+    study.set_user_attr(keys.MEASURED_COSTS, {
+        "test_resnet@default@device=cpu": {"params_m": 0.37, "macs_g": 0.01},
+        "test_convnext@default@device=cpu": {"params_m": 0.21, "macs_g": 0.01},
+    })
+    assert "test_resnet" not in drawn(20)

@@ -192,9 +192,40 @@ def test_a_422_echoes_no_more_than_an_excerpt_of_the_input(client: TestClient) -
     assert len(response.content) < 2_000, len(response.content)
     response = client.post("/jobs", json={**SPEC, "budget": {"n_trials": huge}})
     assert response.status_code == 422 and len(response.content) < 2_000
+    # field names are input too: 50 unknown keys of 19 KB each made a 954 KB answer
+    keys = {f"{i}{'k' * 19_000}": 1 for i in range(50)}
+    for body in ({**SPEC, **keys}, {**SPEC, "dataset": {**SPEC["dataset"], **keys}},
+                 {**SPEC, "objective": {"limits": keys}}):
+        response = client.post("/jobs", json=body)
+        assert response.status_code == 422, response.text[:500]
+        assert len(response.content) < 12_000, len(response.content)
+        for error in response.json()["detail"]:
+            assert all(len(part) <= 70 for part in error["loc"]), error["loc"]
 
 
 @pytest.mark.parametrize(("changes", "field"), [
+    ({"strategy": {"sampler": "tpe", "sampler_options": {"n_ei_candidates": 1_000_000_000}}},
+     "strategy.sampler_options.n_ei_candidates"),
+    ({"strategy": {"sampler": "tpe", "sampler_options": {"n_ei_candidates": 1e9}}},
+     "strategy.sampler_options.n_ei_candidates"),
+    ({"strategy": {"sampler": "tpe", "sampler_options": {"gamma": "x"}}},
+     "strategy.sampler_options.gamma: not an option"),
+    ({"strategy": {"sampler": "cmaes", "sampler_options": {"popsize": [1, 2]}}},
+     "strategy.sampler_options.popsize"),
+    ({"strategy": {"pruner": "median", "pruner_options": {"n_warmup_steps": 10**9}}},
+     "strategy.pruner_options.n_warmup_steps"),
+    ({"strategy": {"pruner": "sha", "pruner_options": {"bootstrap_count": 10**12}}},
+     "strategy.pruner_options.bootstrap_count"),
+    ({"dataset": {"source": "builtin:digits", "split_seed": -1}}, "dataset.split_seed"),
+    ({"dataset": {"source": "builtin:digits", "split_seed": 2**40}}, "dataset.split_seed"),
+    ({"space": {"lr": {"low": 1e-4, "high": 1e-2, "step": "abc"}}}, "space.lr: step"),
+    ({"space": {"lr": {"low": 1e-4, "high": 1e-2, "step": 0}}}, "space.lr: step"),
+    ({"space": {"ra_num_ops": {"low": 1, "high": 3, "step": -8}}}, "space.ra_num_ops: step"),
+    ({"space": {"ra_num_ops": {"low": 1, "high": 3, "step": 0.5}}}, "space.ra_num_ops"),
+    ({"space": {"batch_size": 4096, "img_size": 1024}}, "space.batch_size"),
+    ({"space": {"batch_size": [8, 4096], "img_size": {"low": 64, "high": 1024}}},
+     "space.img_size"),
+    ({"space": {"batch_size": 4096}}, "space.batch_size"),  # at the backbones' own sides
     ({"space": {"num_workers": 100_000}}, "space.num_workers"),
     ({"space": {"img_size": 1_000_000}}, "space.img_size"),
     ({"space": {"batch_size": 1_000_000_000}}, "space.batch_size"),
@@ -212,7 +243,11 @@ def test_settings_that_would_exhaust_the_cluster_are_refused(
 
 
 def test_a_weights_file_that_cannot_be_loaded_is_refused_at_submit(tmp_path: Path) -> None:
+    """Under the roots, a weights file that is not a state dict is refused at submit: on the
+    workers every trial would fail on it, each after its retries."""
     import pickle
+
+    import torch
 
     roots = tmp_path / "datasets"
     roots.mkdir()
@@ -220,14 +255,57 @@ def test_a_weights_file_that_cannot_be_loaded_is_refused_at_submit(tmp_path: Pat
     damaged.write_bytes(b"not a safetensors file")
     pickled = roots / "pickled.pth"
     pickled.write_bytes(pickle.dumps({"w": print}))
+    torch.save([1, 2, 3], roots / "list.pth")
+    torch.save({"epoch": 3, "lr": 0.1}, roots / "numbers.pth")
+    torch.save({}, roots / "empty.pth")
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}, "epoch": 3}, roots / "checkpoint.pth")
     with guarded_client(tmp_path, dataset_roots=(roots,)) as client:
         for weights, message in ((str(damaged), "cannot be read"),
                                  (str(pickled), "pickled objects that are not tensors"),
-                                 ("/etc/shadow", "must be a .safetensors"),
+                                 (str(roots / "list.pth"), "hold a list, not a state dict"),
+                                 (str(roots / "numbers.pth"), "hold a dict, not a state dict"),
+                                 (str(roots / "empty.pth"), "not a state dict"),
+                                 (str(roots / "x.txt"), "must be a .safetensors"),
                                  (str(roots / "missing.pth"), "does not exist")):
             response = client.post("/jobs", headers=AUTH,
                                    json={**SPEC, "space": {"pretrained": weights}})
             assert response.status_code == 422 and message in response.text, response.text
+        assert client.get("/jobs", headers=AUTH).json()["total"] == 0
+        taken = client.post("/jobs", headers=AUTH,  # what timm loads: a checkpoint's `model`
+                            json={**SPEC, "space": {"pretrained": str(roots / "checkpoint.pth")}})
+        assert taken.status_code == 201, taken.text
+
+
+def test_every_path_outside_the_roots_gets_one_answer(tmp_path: Path) -> None:
+    """Validation opens no file, and the roots are judged before any is: a weights file or a
+    dataset outside them, there or not, loadable or broken, gets the same 422."""
+    import safetensors.torch
+    import torch
+
+    roots = tmp_path / "datasets"
+    roots.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    safetensors.torch.save_file({"w": torch.zeros(1)}, str(outside / "good.safetensors"))
+    (outside / "broken.safetensors").write_bytes(b"SECRET_API_KEY=hunter2")
+    (outside / "data").mkdir()
+    (roots / "escape.safetensors").symlink_to(outside / "good.safetensors")
+    named = [str(outside / "good.safetensors"), str(outside / "broken.safetensors"),
+             str(outside / "missing.safetensors"), "/etc/shadow", "/etc/nope.pth",
+             str(roots / ".." / "outside" / "good.safetensors"), str(roots / "escape.safetensors")]
+    with guarded_client(tmp_path, dataset_roots=(roots,)) as client:
+        for field, spec_of in (
+                ("space.pretrained", lambda path: {**SPEC, "space": {"pretrained": path}}),
+                ("space.pretrained", lambda path: {**SPEC, "space": {"pretrained": [False, path]}}),
+                ("space.pretrained", lambda path: {**SPEC, "space": {"pretrained": {"value": path}}}),
+                ("dataset.source", lambda path: {**SPEC, "dataset": {"source": path}})):
+            answers = set()
+            for path in [*named, str(outside / "data")]:
+                response = client.post("/jobs", headers=AUTH, json=spec_of(path))
+                assert response.status_code == 422, (path, response.text)
+                answers.add(response.text.replace(repr(path)[1:-1], "PATH"))
+            assert len(answers) == 1, answers
+            assert f"{field}='PATH' is outside the dataset roots" in answers.pop()
         assert client.get("/jobs", headers=AUTH).json()["total"] == 0
 
 
@@ -257,19 +335,54 @@ def test_jobs_over_http_read_only_under_the_dataset_roots(tmp_path: Path) -> Non
         assert response.status_code == 422 and "AUTOML_DATASET_ROOTS" in response.text
 
 
-def test_jobs_over_http_track_only_to_an_mlflow_server(tmp_path: Path) -> None:
-    """A local tracking URI would have the runner write a database or files wherever the token
-    holder names; a server URI, or none (the service's own), is taken."""
-    with guarded_client(tmp_path) as client:
-        for uri in ("sqlite:////etc/cron.d/x.db", "file:///root/.ssh", "/var/lib/x", "mlruns"):
+def test_jobs_over_http_track_only_to_the_services_mlflow_server(tmp_path: Path) -> None:
+    """Any other URI would have the runner write wherever the token holder names (a local
+    store) or call whatever the runner can reach and report its answer (an internal server);
+    the service's own (AUTOML_MLFLOW_URI) or none is taken."""
+    others = ("sqlite:////etc/cron.d/x.db", "file:///root/.ssh", "/var/lib/x", "mlruns",
+              "https://mlflow.example.com", "http://169.254.169.254/latest/meta-data",
+              "http://mlflow:5000.evil.example", "databricks://profile")
+    with guarded_client(tmp_path, mlflow_uri="http://mlflow:5000") as client:
+        for uri in others:
             response = client.post("/jobs", headers=AUTH,
                                    json={**SPEC, "tracking": {"mlflow": uri}})
             assert response.status_code == 422, (uri, response.text)
-            assert "tracking.mlflow" in response.text and "MLflow server" in response.text
+            assert "tracking.mlflow" in response.text and "AUTOML_MLFLOW_URI" in response.text
         assert client.get("/jobs", headers=AUTH).json()["total"] == 0
-        served = client.post("/jobs", headers=AUTH,
-                             json={**SPEC, "tracking": {"mlflow": "https://mlflow.example.com"}})
-        assert served.status_code == 201, served.text
+        for uri in ("http://mlflow:5000", "http://mlflow:5000/", None):
+            served = client.post("/jobs", headers=AUTH, json={**SPEC, "tracking": {"mlflow": uri}}
+                                 if uri else SPEC)
+            assert served.status_code == 201, served.text
+    with guarded_client(tmp_path / "none") as client:  # no server of its own: none at all
+        response = client.post("/jobs", headers=AUTH,
+                               json={**SPEC, "tracking": {"mlflow": "https://mlflow.example.com"}})
+        assert response.status_code == 422 and "AUTOML_MLFLOW_URI is not set" in response.text
+
+
+@pytest.mark.parametrize("roots", [True, False])
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"dataset": {"source": "/datasets/a\x00b"}}, "dataset.source"),
+    ({"dataset": {"source": "builtin:digits\x00"}}, "dataset.source"),
+    ({"dataset": {"source": "builtin:digits", "image_column": "im\x00ge"}}, "dataset.image_column"),
+    ({"tracking": {"mlflow": "http://mlflow:5000\x00"}}, "tracking.mlflow"),
+    ({"tracking": {"mlflow": "http://mlflow:5000\r\nHost: x"}}, "tracking.mlflow"),
+    ({"tracking": {"experiment": "a\tb"}}, "tracking.experiment"),
+    ({"space": {"pretrained": "/datasets/w\x00.pth"}}, "space.pretrained"),
+    ({"space": {"backbone": ["resnet18", "res\x1bnet"]}}, "space.backbone[1]"),
+    ({"strategy": {"sampler_options": {"n\x00": 1}}}, "strategy.sampler_options: a key"),
+])
+def test_a_control_character_is_refused_by_name_never_a_server_error(
+    tmp_path: Path, roots: bool, changes: dict[str, Any], field: str
+) -> None:
+    """A NUL in a path was a 500 (the file system refuses it); every string of a spec is
+    free of control characters, or the spec is a 422 naming the field."""
+    (tmp_path / "datasets").mkdir()
+    settings: dict[str, Any] = {"dataset_roots": (tmp_path / "datasets",)} if roots else {}
+    with guarded_client(tmp_path, **settings) as client:
+        response = client.post("/jobs", headers=AUTH, json={**SPEC, **changes})
+        assert response.status_code == 422, response.text
+        assert f"{field}: holds a control character" in response.text or (
+            f"{field} holds a control character" in response.text), response.text
 
 
 def test_resume_queues_a_failed_or_cancelled_job_again(client: TestClient) -> None:
@@ -284,8 +397,8 @@ def test_resume_queues_a_failed_or_cancelled_job_again(client: TestClient) -> No
 
 
 def test_a_page_of_jobs_is_a_fixed_number_of_queries(client: TestClient, pg_url: str) -> None:
-    """Each job's dashboard link used to cost a study lookup: 200 concurrent listings queued
-    for seconds behind them."""
+    """A study lookup for each job's dashboard link would make a page cost queries per job,
+    and concurrent listings queue behind them."""
     from sqlalchemy import event
 
     from storage.db import engine_for
@@ -373,8 +486,8 @@ def test_no_server_errors_with_the_token_either(pg_url: str, tmp_path: Path) -> 
 def test_serve_opens_one_optuna_storage_for_the_api_and_the_dashboard(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each storage is a trial cache holding every finished trial it read (~300 MB per 10,000
-    trials): `automl serve` used to hold two."""
+    """Each storage is a trial cache holding every finished trial it read: two in `automl
+    serve` would hold every study twice."""
     import optuna
 
     from automl.service.server import build

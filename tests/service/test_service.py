@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from automl.settings import Settings
 from storage.jobs import JobStore
-from tests.support import load_study
+from tests.support import load_study, trial_folders
 from workers.datasets import load_index
 from workers.predict import evaluate_checkpoint, load_checkpoint
 
@@ -257,6 +257,7 @@ def test_cancel_mid_job(service: Service) -> None:
     spec = service.write_spec("cancelme", budget={"n_trials": 40, "max_epochs": 3},
                               strategy={"seed": 0, "pruner": "none"})
     job_id = service.cli("submit", str(spec)).stdout.split()[-1]
+    before = trial_folders()
     runner = service.runner()
     wait_for(lambda: service.job(job_id)["trials"]["complete"] >= 1, 300, "a finished trial")
     cancelled = service.cli("cancel", job_id)
@@ -267,6 +268,7 @@ def test_cancel_mid_job(service: Service) -> None:
     study = load_study(service.database_url, job_id)
     assert 1 <= len(study.trials) < 40
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert trial_folders() - before == set()  # the trials the cancel stopped left none either
 
 
 def test_database_restart_mid_job_loses_no_trial(pg_url: str, tmp_path: Path) -> None:

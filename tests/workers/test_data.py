@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from automl.cli import app
-from tests.conftest import write_images
+from tests.support import write_images
 from workers.config import ConfigError, DataConfig, TrialConfig
 from workers.datasets import DatasetError, load_index
 from workers.decoded_cache import (
@@ -132,8 +132,9 @@ def test_one_class_dataset_is_refused(color_folder: Path) -> None:
 def test_tiny_class_cannot_be_split(color_folder: Path) -> None:
     for extra in list((color_folder / "blue").iterdir())[2:]:
         extra.unlink()
-    with pytest.raises(DatasetError, match="'blue' has 2 image"):
+    with pytest.raises(DatasetError, match="class id 0 has 2 image") as caught:
         load_index(DataConfig(source=str(color_folder)))
+    assert "blue" not in str(caught.value)  # a class name may be a manifest's content
 
 
 @pytest.mark.parametrize(
@@ -305,3 +306,39 @@ def test_a_file_changed_after_verification_is_verified_again(color_folder: Path)
     paths[0].write_bytes(b"\x89PNG\r\n\x1a\nbroken now")
     with pytest.raises(DatasetError, match=f"cannot decode image {paths[0]}"):
         verify_once(paths)
+
+
+def test_under_the_roots_a_manifest_says_nothing_of_what_lies_outside(
+    tmp_path: Path, color_folder: Path
+) -> None:
+    """Each path a manifest names is judged under the service's dataset roots before it is
+    looked at: one answer for a file that exists and one that does not. Without roots (the
+    embedded `automl run`) the same manifest reads images anywhere its user can."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link.png").symlink_to(next(color_folder.rglob("*.png")))
+    answers = set()
+    manifest = root / "m.csv"
+    for named in ("/etc/passwd", "/etc/nope", str(next(color_folder.rglob("*.png"))),
+                  "../colors/red/0.png", "link.png"):
+        manifest.write_text(f"path,label\n{named},a\n{named},b\n")
+        with pytest.raises(DatasetError) as caught:
+            load_index(DataConfig(source=str(manifest)), (root,))
+        answers.add(str(caught.value))
+    assert answers == {f"{manifest}:2: the image that line names resolves outside the dataset "
+                       f"roots ({root}); this service reads only under them"}
+    rows = [f"{p},{p.parent.name}" for p in sorted(color_folder.rglob("*.png"))]
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
+    assert len(load_index(DataConfig(source=str(manifest))).paths) == 24
+    with pytest.raises(DatasetError, match="resolves outside the dataset roots"):
+        load_index(DataConfig(source=str(color_folder)), (root,))
+
+
+def test_a_label_is_never_quoted(tmp_path: Path, color_folder: Path) -> None:
+    """A file read as a manifest may be anything: its labels are its content."""
+    image = next(color_folder.rglob("*.png"))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{image},SECRET_API_KEY=hunter2\n")
+    with pytest.raises(DatasetError, match="has one class; a classifier needs") as caught:
+        load_index(DataConfig(source=str(manifest)))
+    assert "hunter2" not in str(caught.value) and "SECRET" not in str(caught.value)

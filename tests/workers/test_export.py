@@ -77,7 +77,7 @@ def test_a_backbone_torch_export_cannot_capture_is_exported_by_tracing(tmp_path:
     loaded = LoadedModel(beit.eval(), TrialConfig.from_dict(TINY), ["a", "b", "c"], prep,
                          torch.device("cpu"))
     serving = _Serving(loaded).eval()
-    _export(serving, 32, tmp_path / "beit.onnx", None)
+    _export(serving, 32, tmp_path / "beit.onnx", None, "beit")
     assert _check(tmp_path / "beit.onnx", serving, 32) < TOLERANCE
 
 
@@ -109,3 +109,25 @@ def test_a_model_no_exporter_can_translate_is_one_clear_error_and_no_file(
     assert list(tmp_path.iterdir()) == []  # neither the file nor its .partial
     printed = capfd.readouterr()
     assert "graph(" not in printed.out + printed.err  # the TorchScript exporter's graph dump
+
+
+def test_a_bug_after_the_exporter_keeps_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the exporter failing to translate a model is the user's problem: a failure in our own
+    steps around it (here: measuring the file's latency) is a bug, and must not be reworded into
+    "could not export ..., report the backbone"."""
+    import workers.export
+
+    def broken(*args: object) -> float:
+        raise RuntimeError("a bug in the latency measurement")
+
+    monkeypatch.setattr(workers.export, "onnx_latency", broken)
+    prep = Preprocessing(img_size=8, crop_pct=1.0, interpolation="bicubic",
+                         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    loaded = LoadedModel(model.eval(), TrialConfig.from_dict(TINY), ["a", "b", "c"], prep,
+                         torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="a bug in the latency measurement"):
+        export_model(loaded, tmp_path / "linear.onnx")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its .partial

@@ -181,11 +181,15 @@ def test_an_empty_file_and_a_one_class_file_are_refused(tmp_path: Path) -> None:
 def test_a_classlabel_class_without_rows_is_named(tmp_path: Path) -> None:
     """Half of a label-sorted dataset's shards would silently drop classes."""
     pq.write_table(hub_table(alternating(12), ["red", "blue", "green"]), tmp_path / "x.parquet")
-    with pytest.raises(DatasetError, match=r"1 of the ClassLabel's 3 classes have no rows \('green'\)"):
+    with pytest.raises(DatasetError, match=r"1 of the ClassLabel's 3 classes have no rows "
+                       r"\(ids 2\)") as caught:
         load_index(DataConfig(source=str(tmp_path / "x.parquet")))
+    assert "green" not in str(caught.value)  # the metadata's names are the file's content
 
 
-def test_a_wrong_column_lists_the_columns_never_their_contents(tmp_path: Path) -> None:
+def test_a_wrong_column_is_named_never_the_files_columns_or_contents(tmp_path: Path) -> None:
+    """The file's column names are its content too: counted, not listed (the user's own
+    setting is named)."""
     table = hub_table(alternating(12), ["red", "blue"])
     table = table.append_column("caption", pa.array(["SECRET-TOKEN-123"] * 12))
     pq.write_table(table, tmp_path / "x.parquet")
@@ -194,7 +198,7 @@ def test_a_wrong_column_lists_the_columns_never_their_contents(tmp_path: Path) -
         with pytest.raises(DatasetError) as caught:
             load_index(DataConfig(source=str(tmp_path / "x.parquet"), **settings))
         message = str(caught.value)
-        assert "its columns are image, label, caption" in message
+        assert "it has 3 columns" in message and "caption" not in message
         assert f"set dataset.{setting}" in message and "SECRET" not in message
     with pytest.raises(DatasetError, match="'label' holds int64, not images"):
         load_index(DataConfig(source=str(tmp_path / "x.parquet"), image_column="label"))
@@ -208,8 +212,8 @@ def test_unnamed_columns_are_guessed_or_asked_for(tmp_path: Path) -> None:
     assert load_index(DataConfig(source=str(tmp_path / "a.parquet"))).classes == ("0", "1")
     pq.write_table(pa.table({"jpg": images, "png": images, "cls": alternating(12)}),
                    tmp_path / "b.parquet")
-    with pytest.raises(DatasetError, match=r"several columns could hold the images; its columns "
-                                           r"are jpg, png, cls; set dataset\.image_column"):
+    with pytest.raises(DatasetError, match=r"several columns could hold the images \(it has 3 "
+                                           r"columns\); set dataset\.image_column"):
         load_index(DataConfig(source=str(tmp_path / "b.parquet")))
 
 
@@ -275,3 +279,41 @@ def test_shards_that_disagree_on_a_column_are_named(tmp_path: Path) -> None:
     pq.write_table(other, tmp_path / "train-1.parquet")
     with pytest.raises(DatasetError, match=r"train-1\.parquet: column 'label' holds string where"):
         load_index(DataConfig(source=str(tmp_path)))
+
+
+def test_under_the_roots_a_table_says_nothing_of_what_lies_outside(tmp_path: Path) -> None:
+    """A service's roots: every path a table or its state.json names is judged under them
+    before it is looked at, so a path to an existing file, a missing one, or one that is
+    not a table all get one answer; the embedded reader still follows them."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "real.png").write_bytes(png(COLORS["red"], 0))
+    table = hub_table(alternating(12), ["red", "blue"]).replace_schema_metadata(None)
+    with pa.OSFile(str(outside / "data.arrow"), "wb") as sink, \
+            pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    (root / "link.png").symlink_to(outside / "real.png")
+    answers = set()
+    for named in ("/etc/passwd", "/etc/nope", str(outside / "real.png"), "../outside/real.png",
+                  "link.png"):
+        pq.write_table(pa.table({"image": [named] * 12, "label": alternating(12)}),
+                       root / "paths.parquet")
+        with pytest.raises(DatasetError) as caught:
+            load_index(DataConfig(source=str(root / "paths.parquet")), (root,))
+        answers.add(str(caught.value))
+    assert answers == {f"{root / 'paths.parquet'} row 0: the image file that row names "
+                       f"resolves outside the dataset roots ({root}); this service reads only "
+                       "under them"}
+    saved = root / "saved"
+    saved.mkdir()
+    answers = set()
+    for filename in ("../../outside/data.arrow", "../../outside/nope.arrow", "/etc/passwd"):
+        (saved / "state.json").write_text(json.dumps({"_data_files": [{"filename": filename}]}))
+        with pytest.raises(DatasetError) as caught:
+            load_index(DataConfig(source=str(saved)), (root,))
+        answers.add(str(caught.value))
+    assert len(answers) == 1 and "state.json: data file 1 resolves outside" in answers.pop()
+    (saved / "state.json").write_text(json.dumps({"_data_files": [
+        {"filename": "../../outside/data.arrow"}]}))
+    assert len(load_index(DataConfig(source=str(saved))).labels) == 12  # no roots: followed

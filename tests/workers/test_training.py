@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support import trial_folders
 from workers.config import TrialConfig
 from workers.datasets import load_index
 from workers.engine import Acceleration, EpochResult, train
@@ -36,6 +37,33 @@ def test_callback_can_stop_a_trial(tmp_path: Path) -> None:
     config = TrialConfig.from_dict({**TINY, "epochs": 5})
     summary = train(config, tmp_path, callback=lambda result: result.epoch == 2)
     assert summary.epochs_run == 2 and summary.stopped_by == "callback"
+
+
+def test_a_ray_tune_trial_writes_no_best_copy_and_leaves_no_working_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray Tune keeps the best of the checkpoints a trial reports, so the engine's own `best/`
+    copy would be one more model per trial that nothing reads; the working folder is scratch.
+    (Ray's session stood in for: `run_tune_trial` as a Ray worker runs it.)"""
+    import types
+
+    from ray import tune
+
+    import workers.tune_adapter as adapter
+
+    listed: list[set[str]] = []
+
+    def report(metrics: dict[str, object], checkpoint: tune.Checkpoint) -> None:
+        listed.append({p.name for p in Path(checkpoint.path).parent.iterdir()})
+
+    monkeypatch.setattr(adapter, "tune", types.SimpleNamespace(
+        get_checkpoint=lambda: None, report=report, Checkpoint=tune.Checkpoint))
+    node = types.SimpleNamespace(get_node_id=lambda: "node")
+    monkeypatch.setattr(adapter, "ray", types.SimpleNamespace(get_runtime_context=lambda: node))
+    before = trial_folders()
+    adapter.run_tune_trial({**TINY, "epochs": 1})
+    assert listed and all("latest" in names and "best" not in names for names in listed), listed
+    assert trial_folders() - before == set()
 
 
 def test_early_stopping_on_patience(tmp_path: Path) -> None:
