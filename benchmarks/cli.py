@@ -177,6 +177,15 @@ def gpu(
 REPLAY_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "finetune-curves"
 
 
+def _strategies(given: str, known: tuple[str, ...]) -> list[str]:
+    names = [s.strip() for s in given.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise typer.BadParameter(f"unknown strategy {', '.join(unknown)}; choose from "
+                                 f"{', '.join(known)}", param_hint="--strategies")
+    return names
+
+
 @app.command()
 def replay(
     data: Annotated[Path, typer.Option(exists=True, file_okay=False,
@@ -190,11 +199,7 @@ def replay(
     """Mean normalized regret of each strategy at each budget, replaying recorded fine-tuning runs."""
     from benchmarks.replay import STRATEGIES, mean_regret, run
 
-    names = [s.strip() for s in strategies.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(STRATEGIES))
-    if unknown:
-        raise typer.BadParameter(f"unknown strategy {', '.join(unknown)}; choose from "
-                                 f"{', '.join(STRATEGIES)}", param_hint="--strategies")
+    names = _strategies(strategies, STRATEGIES)
     seconds = [float(b) for b in budgets.split(",")]
     chosen = datasets.split(",") if datasets else None
     cells = run(data, workers, seeds, seconds, names, chosen,
@@ -230,11 +235,7 @@ def replay_pareto(
     from benchmarks import backbone_costs
     from benchmarks.replay_pareto import STRATEGIES, mean_share, run
 
-    names = [s.strip() for s in strategies.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(STRATEGIES))
-    if unknown:
-        raise typer.BadParameter(f"unknown strategy {', '.join(unknown)}; choose from "
-                                 f"{', '.join(STRATEGIES)}", param_hint="--strategies")
+    names = _strategies(strategies, STRATEGIES)
     seconds = [float(b) for b in budgets.split(",")]
     chosen = datasets.split(",") if datasets else None
     cells = run(data, costs or backbone_costs.TABLE, workers=workers, seeds=seeds,

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import optuna
@@ -45,6 +45,7 @@ from automl.search.space import (
 from automl.search.strategy import Strategy, portfolio_size
 from workers.config import AUGMENTS, OPTIMIZERS, SCHEDULES
 
+C = TypeVar("C")
 MAX_EPOCHS = 50  # the recorded curves' longest
 CHECKPOINTS = (900, 3600, 14400, 57600)  # seconds of one worker a portfolio is judged at
 MIN_SPACING = 4.0  # between portfolio members, in `Pool.nearest`'s distance: a backbone change
@@ -363,16 +364,19 @@ class Cell:
     regrets: tuple[float, ...]
 
 
+def held_out_portfolio(pools: dict[str, Pool], dataset: str) -> tuple[dict[str, Any], ...]:
+    """What a job on `dataset` would ship with, derived without it: as many members, for the
+    same size bin."""
+    others = [p for d, p in pools.items() if d != dataset]
+    n_images = portfolio_size(pools[dataset].n_images)
+    return derive_portfolio(others, len(PORTFOLIOS[n_images]), n_images)
+
+
 def _one(args: tuple[Path, str, str, int, int, tuple[float, ...]]) -> Cell:
     data, dataset, name, seed, workers, budgets = args
     pools = load_pools(data)
     held_out = pools[dataset]
-    others = [p for d, p in pools.items() if d != dataset]
-    # what a job on this dataset would ship with, derived without the held-out dataset: as many
-    # members, for the same size bin
-    n_images = portfolio_size(held_out.n_images)
-    portfolio = (derive_portfolio(others, len(PORTFOLIOS[n_images]), n_images)
-                 if name == "default" else ())
+    portfolio = held_out_portfolio(pools, dataset) if name == "default" else ()
     strategy = make_strategy(name, seed, portfolio)
     trace = simulate(strategy, held_out, workers, max(budgets))
     return Cell(dataset, name, seed, tuple(regrets(trace, held_out, budgets)))
@@ -391,9 +395,15 @@ def run(
     names = datasets or list(load_pools(data))
     jobs = [(data, d, s, seed, workers, tuple(budgets))
             for d in names for s in strategies for seed in range(seeds)]
+    return in_processes(_one, jobs, processes, progress)
+
+
+def in_processes(one: Callable[[Any], C], jobs: Sequence[Any], processes: int | None,
+                 progress: Callable[[C], None] | None) -> list[C]:
+    """`one` over `jobs` on `processes` cores, each result handed to `progress` as it comes."""
     cells = []
     with ProcessPoolExecutor(processes) as pool:
-        for cell in pool.map(_one, jobs):
+        for cell in pool.map(one, jobs):
             cells.append(cell)
             if progress:
                 progress(cell)

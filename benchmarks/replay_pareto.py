@@ -22,7 +22,6 @@ import math
 import statistics
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,10 @@ from optuna.trial import TrialState
 
 from automl.search import keys
 from automl.search.pareto import hypervolume_2d
-from automl.search.portfolio import PORTFOLIOS
 from automl.search.space import SearchSpace
-from automl.search.strategy import Strategy, portfolio_size
+from automl.search.strategy import Strategy
 from benchmarks import backbone_costs
-from benchmarks.replay import MAX_EPOCHS, Pool, derive_portfolio, load_pools
+from benchmarks.replay import MAX_EPOCHS, Pool, held_out_portfolio, in_processes, load_pools
 
 STRATEGIES = ("mo-random", "nsga2", "mo-asha", "default")
 FRONT = ("latency_ms",)
@@ -145,10 +143,7 @@ def _one(args: tuple[Path, Path, str, str, int, int, tuple[float, ...]]) -> Cell
     pools = load_pools(data)
     latency = {b: row["latency_ms"] for b, row in backbone_costs.load(table).items()}
     held_out = pools[dataset]
-    others = [p for d, p in pools.items() if d != dataset]
-    n_images = portfolio_size(held_out.n_images)
-    portfolio = (derive_portfolio(others, len(PORTFOLIOS[n_images]), n_images)
-                 if name == "default" else ())
+    portfolio = held_out_portfolio(pools, dataset) if name == "default" else ()
     points = simulate(make_strategy(name, seed, portfolio), held_out, latency, workers,
                       max(budgets))
     return Cell(dataset, name, seed, tuple(shares(points, held_out, latency, budgets)))
@@ -168,13 +163,7 @@ def run(
     names = datasets or list(load_pools(data))
     jobs = [(data, table, d, s, seed, workers, tuple(budgets))
             for d in names for s in strategies for seed in range(seeds)]
-    cells = []
-    with ProcessPoolExecutor(processes) as pool:
-        for cell in pool.map(_one, jobs):
-            cells.append(cell)
-            if progress:
-                progress(cell)
-    return cells
+    return in_processes(_one, jobs, processes, progress)
 
 
 def mean_share(cells: Sequence[Cell], strategy: str, budget_index: int) -> float:
