@@ -31,6 +31,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from automl.search import keys
 from automl.search.portfolio import PORTFOLIOS
 from automl.search.space import (
     BATCH_SIZES,
@@ -311,16 +312,37 @@ def make_strategy(name: str, seed: int, portfolio: tuple[dict[str, Any], ...]) -
 
 def simulate(strategy: Strategy, pool: Pool, workers: int, horizon: float) -> list[tuple[float, float]]:
     """Drive `strategy` over `pool` on a simulated clock; returns (time, best value so far) steps."""
+    best, trace = -math.inf, [(0.0, -math.inf)]
+
+    def seen(now: float, run: Run, value: float) -> bool:
+        nonlocal best
+        if value > best:
+            best = value
+            trace.append((now, best))
+        return best >= pool.best  # nothing left to find
+
+    drive(strategy, pool, workers, horizon, seen)
+    return trace
+
+
+def drive(strategy: Strategy, pool: Pool, workers: int, horizon: float,
+          seen: Callable[[float, Run, float], bool],
+          costs: Callable[[Run], dict[str, float]] = lambda run: {}) -> None:
+    """The simulated cluster: `workers` trials at a time, each epoch taking its recorded
+    seconds, reported to the strategy (which may prune it) and handed to `seen(time, run,
+    value)`, which returns True when nothing is left to find. `costs`: a run's costs, put on
+    its trial before it starts, as a job's bridge does."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = strategy.create_study(optuna.storages.InMemoryStorage(), "replay")
     events: list[tuple[float, int, optuna.Trial, Run, int]] = []
     order = itertools.count()
-    best, trace = -math.inf, [(0.0, -math.inf)]
 
     def start(now: float) -> None:
         trial = strategy.ask(study)
         run = pool.nearest(strategy.suggest(trial))
+        if measured := costs(run):
+            trial.set_user_attr(keys.COSTS, measured)
         heapq.heappush(events, (now + run.cost[0], next(order), trial, run, 1))
 
     for _ in range(workers):
@@ -330,22 +352,19 @@ def simulate(strategy: Strategy, pool: Pool, workers: int, horizon: float) -> li
         if now > horizon:
             break
         value = run.curve[epoch - 1]
-        if value > best:
-            best = value
-            trace.append((now, best))
-            if best >= pool.best:
-                break  # nothing left to find
-        trial.report(value, epoch)
+        if seen(now, run, value):
+            break
         last = min(len(run.curve), MAX_EPOCHS)
+        pruned = strategy.report(study, trial, epoch, value, last=epoch == last)
         if epoch == last:
-            study.tell(trial, max(run.curve[:last]))
-        elif trial.should_prune():
+            curve = dict(enumerate(run.curve[:last], start=1))
+            study.tell(trial, strategy.final_values(curve, costs(run)))
+        elif pruned:
             study.tell(trial, state=TrialState.PRUNED)
         else:
             heapq.heappush(events, (now + run.cost[epoch], next(order), trial, run, epoch + 1))
             continue
         start(now)
-    return trace
 
 
 def regrets(trace: list[tuple[float, float]], pool: Pool, budgets: Sequence[float]) -> list[float]:

@@ -16,8 +16,6 @@ Pareto job with no strategy gets (`default`), its portfolio derived without the 
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import statistics
 import warnings
@@ -26,15 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
-from optuna.trial import TrialState
-
-from automl.search import keys
 from automl.search.pareto import hypervolume_2d
 from automl.search.space import SearchSpace
 from automl.search.strategy import Strategy
 from benchmarks import backbone_costs
-from benchmarks.replay import MAX_EPOCHS, Pool, held_out_portfolio, in_processes, load_pools
+from benchmarks.replay import (
+    MAX_EPOCHS,
+    Pool,
+    Run,
+    drive,
+    held_out_portfolio,
+    in_processes,
+    load_pools,
+)
 
 STRATEGIES = ("mo-random", "nsga2", "mo-asha", "default")
 FRONT = ("latency_ms",)
@@ -60,40 +62,15 @@ def make_strategy(name: str, seed: int, portfolio: tuple[dict[str, Any], ...]) -
 def simulate(strategy: Strategy, pool: Pool, latency: dict[str, float], workers: int,
              horizon: float) -> list[Point]:
     """Drive `strategy` over `pool` on a simulated clock; every finished epoch's point."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    study = strategy.create_study(optuna.storages.InMemoryStorage(), "replay-front")
-    events: list[tuple[float, int, optuna.Trial, Any, int]] = []
-    order = itertools.count()
     points: list[Point] = []
 
-    def start(now: float) -> None:
-        trial = strategy.ask(study)
-        run = pool.nearest(strategy.suggest(trial))
-        trial.set_user_attr(keys.COSTS, {"latency_ms": latency[run.config["backbone"]]})
-        heapq.heappush(events, (now + run.cost[0], next(order), trial, run, 1))
+    def seen(now: float, run: Run, value: float) -> bool:
+        points.append((now, value, latency[run.config["backbone"]]))
+        return False
 
-    for _ in range(workers):
-        start(0.0)
-    while events:
-        now, _, trial, run, epoch = heapq.heappop(events)
-        if now > horizon:
-            break
-        value = run.curve[epoch - 1]
-        lat = latency[run.config["backbone"]]
-        points.append((now, value, lat))
-        last = min(len(run.curve), MAX_EPOCHS)
-        pruned = strategy.report(study, trial, epoch, value, last=epoch == last)
-        if epoch == last:
-            seen = dict(enumerate(run.curve[:last], start=1))
-            study.tell(trial, strategy.final_values(seen, {"latency_ms": lat}))
-        elif pruned:
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            heapq.heappush(events, (now + run.cost[epoch], next(order), trial, run, epoch + 1))
-            continue
-        start(now)
+    drive(strategy, pool, workers, horizon, seen,
+          costs=lambda run: {"latency_ms": latency[run.config["backbone"]]})
     return points
 
 

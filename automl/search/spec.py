@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import optuna
 import yaml
 from pydantic import (
     BaseModel,
@@ -29,7 +28,7 @@ from pydantic import (
 
 from automl.errors import SpecError, UserError
 from automl.search.space import SearchSpace, SpaceError
-from automl.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, Strategy
+from automl.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS, Strategy
 from workers.config import OBJECTIVES
 from workers.costs import COSTS, LatencyTarget
 from workers.datasets import is_under
@@ -237,17 +236,6 @@ class StrategySpec(_Strict):
         return self
 
 
-# The classes `Strategy` builds for each name (a front's sha takes a subset of sha's keywords;
-# building the strategy at validation refuses the rest)
-SAMPLERS: dict[str, type] = {
-    "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-    "gp": optuna.samplers.GPSampler, "cmaes": optuna.samplers.CmaEsSampler,
-    "nsga2": optuna.samplers.NSGAIISampler,
-}
-PRUNERS: dict[str, type] = {
-    "hyperband": optuna.pruners.HyperbandPruner, "sha": optuna.pruners.SuccessiveHalvingPruner,
-    "median": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner,
-}
 _PLAIN = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
 _SET_BY_THE_JOB = {"seed"}  # strategy.seed
 

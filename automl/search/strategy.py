@@ -34,6 +34,18 @@ from automl.search.space import SearchSpace
 # regret than Ray Tune's usual ASHA and than random sampling at every budget there).
 DEFAULT_SAMPLER = "random"
 DEFAULT_PRUNER = "sha"
+# The Optuna class each name builds, whose constructor's keywords its options are (the spec
+# checks them against it; a front's sha takes a subset of sha's, and the fast pruners subclass
+# Optuna's with the same keywords)
+SAMPLERS: dict[str, Any] = {
+    "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+    "gp": optuna.samplers.GPSampler, "cmaes": optuna.samplers.CmaEsSampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+}
+PRUNERS: dict[str, Any] = {
+    "hyperband": optuna.pruners.HyperbandPruner, "sha": optuna.pruners.SuccessiveHalvingPruner,
+    "median": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner,
+}
 
 
 def portfolio_size(n_images: int) -> int:
@@ -95,12 +107,8 @@ class Strategy:
 
     def _base_sampler(self, seed: int | None) -> BaseSampler:
         options = dict(self.sampler_options)
-        if self.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed, **options)
-        if self.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, **options)
-        if self.sampler == "gp":
-            return optuna.samplers.GPSampler(seed=seed, **options)
+        if self.sampler in ("random", "nsga2", "gp"):
+            return SAMPLERS[self.sampler](seed=seed, **options)
         if self.sampler == "cmaes":
             options.setdefault("warn_independent_sampling", False)
             return optuna.samplers.CmaEsSampler(seed=seed, **options)
