@@ -9,6 +9,8 @@ state change is a return value here; the job service words it for users.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,6 +23,21 @@ from storage.db import migrate, sessions
 from storage.models import FINISHED_STATES, JOB_STATES, Job, JobEvent, utcnow
 
 STALE_AFTER = timedelta(seconds=60)  # a running job's heartbeat older than this: its driver is gone
+
+
+class LeaseLost(RuntimeError):
+    """A write refused because its driver no longer holds the job (another claim moved the
+    row's `attempts` on, or the job ended)."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One driver's claim on its job: the row's `attempts` when the claim was made. Every claim
+    moves `attempts` on, so a write made in a transaction that finds the row still at this value
+    (and locks it, `JobStore.fenced`) comes from the job's one current driver: a fencing token."""
+
+    job_id: str
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -180,6 +197,23 @@ class JobStore:
             )
             cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
             return Beat(ours=beat.rowcount == 1, cancel=bool(cancel))  # type: ignore[attr-defined]
+
+    @contextmanager
+    def fenced(self, lease: Lease) -> Iterator[Session]:
+        """A transaction that holds `lease`: the job row is checked and locked first (a claim
+        waits for the commit), so what the caller writes in it lands only while `lease` is the
+        job's current one. Raises `LeaseLost`, having written nothing, otherwise."""
+        with self._sessions.begin() as session:
+            held = session.execute(
+                update(Job)
+                .where(Job.id == lease.job_id, Job.attempts == lease.attempts,
+                       Job.state == "running")
+                .values(heartbeat_at=utcnow())
+            )
+            if held.rowcount != 1:  # type: ignore[attr-defined]
+                raise LeaseLost(f"job {lease.job_id}: claim {lease.attempts} is no longer the "
+                                "job's current one")
+            yield session
 
     def set_study(self, job_id: str, study_id: int) -> None:
         with self._sessions.begin() as session:

@@ -1,0 +1,47 @@
+"""The job queue's fencing: a write made under a lease lands only while that lease is current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from storage.jobs import JobStore, Lease, LeaseLost
+from storage.models import JobEvent
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
+    if request.param == "sqlite":
+        return JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    return JobStore(request.getfixturevalue("pg_url"))
+
+
+def test_a_fenced_write_lands_while_its_lease_is_current(store: JobStore) -> None:
+    store.submit("job-1", "job", {})
+    job = store.claim("runner-a")
+    assert job is not None
+    with store.fenced(Lease("job-1", job.attempts)) as session:
+        session.add(JobEvent(job_id="job-1", kind="published"))
+    assert [e.kind for e in store.events("job-1")][-1] == "published"
+
+
+def test_a_fenced_write_under_a_lease_another_claim_replaced_writes_nothing(store: JobStore) -> None:
+    store.submit("job-1", "job", {})
+    first = store.claim("runner-a")
+    assert first is not None
+    store.restart("job-1", "runner-b", first.attempts, "taken over")  # the claim moves on
+    with pytest.raises(LeaseLost), store.fenced(Lease("job-1", first.attempts)) as session:
+        session.add(JobEvent(job_id="job-1", kind="published"))
+        session.flush()
+    assert "published" not in [e.kind for e in store.events("job-1")]
+
+
+def test_a_fenced_write_after_the_job_ended_writes_nothing(store: JobStore) -> None:
+    store.submit("job-1", "job", {})
+    job = store.claim("runner-a")
+    assert job is not None
+    store.finish("job-1", "cancelled", attempts=job.attempts)
+    with pytest.raises(LeaseLost), store.fenced(Lease("job-1", job.attempts)) as session:
+        session.execute(select(JobEvent))
