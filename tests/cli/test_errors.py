@@ -169,9 +169,9 @@ def test_pull_writes_nothing_outside_its_folder(tmp_path: Path) -> None:
     import json
 
     import optuna
-    from optuna.artifacts import FileSystemArtifactStore
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-    from automl.jobs.publish import CHECKPOINT_FILES, publish, pull
+    from automl.jobs.publish import CHECKPOINT_FILES, pull
     from automl.search.keys import BEST_TRIAL as BEST_TRIAL_ATTR
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'db.sqlite'}")
@@ -184,7 +184,8 @@ def test_pull_writes_nothing_outside_its_folder(tmp_path: Path) -> None:
     names = [*CHECKPOINT_FILES, "automl.json"]
     for name in names:
         (files / name).write_text(name)
-    publish(study, store, files)
+    for name in names:  # published the way jobs did before they recorded a manifest
+        upload_artifact(artifact_store=store, file_path=str(files / name), study_or_trial=study)
     meta = {"artifact_id": "evil", "filename": "../../escape.txt", "mimetype": "text/plain",
             "encoding": None}
     storage.set_study_system_attr(study._study_id, "artifacts:evil", json.dumps(meta))
@@ -201,20 +202,17 @@ def test_push_without_network_is_one_line_naming_the_hub_and_the_fix(tmp_path: P
     import sys
 
     import optuna
-    from optuna.artifacts import FileSystemArtifactStore
 
     from automl.jobs.publish import CHECKPOINT_FILES, publish
     from automl.search.keys import BEST_TRIAL as BEST_TRIAL_ATTR
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     study = optuna.create_study(storage=url, study_name="job-1")
-    study.set_user_attr(BEST_TRIAL_ATTR, 0)
-    (tmp_path / "artifacts").mkdir()
     files = tmp_path / "files"
     files.mkdir()
     for name in [*CHECKPOINT_FILES, "automl.json"]:
         (files / name).write_text(name)
-    publish(study, FileSystemArtifactStore(str(tmp_path / "artifacts")), files)
+    publish(study, str(tmp_path / "artifacts"), files, {BEST_TRIAL_ATTR: 0})
     automl = str(Path(sys.executable).with_name("automl"))
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_test"}
     flags = ["--storage", url, "--artifacts", str(tmp_path / "artifacts")]
