@@ -38,11 +38,11 @@ class Digest:
     size: int
     sha256: str
 
-    def describe_difference(self, other: Digest) -> str:
-        """How `other` (a copy) differs from this, for a message."""
-        if other.size != self.size:
-            return f"{other.size:,} bytes of {self.size:,}"
-        return "same size, different sha256"
+    def describe_difference(self, copy: Digest, done: str) -> str:
+        """How `copy` differs from the file that was `done` ("written", "published")."""
+        if copy.size != self.size:
+            return f"{copy.size:,} bytes of the {self.size:,} {done}"
+        return f"its sha256 is not the one {done}"
 
 
 class ArtifactLocationError(ValueError):
@@ -97,7 +97,7 @@ def put(store: ArtifactStore, path: Path, written: list[str]) -> tuple[str, Dige
     with contextlib.closing(store.open_reader(artifact_id)) as reader:
         copy = digest(reader)
     if copy != expected:
-        raise StoredCopyDiffers(f"{path.name} came back {expected.describe_difference(copy)}")
+        raise StoredCopyDiffers(f"{path.name}: {expected.describe_difference(copy, 'written')}")
     return artifact_id, expected
 
 

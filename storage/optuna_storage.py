@@ -296,7 +296,6 @@ def set_study_attrs(
         system_attr = models.StudySystemAttributeModel
         session.execute(delete(system_attr).where(system_attr.study_id == study_id,
                                                   system_attr.key.in_(list(drop_system))))
-    session.flush()
 
 
 def rank_among(

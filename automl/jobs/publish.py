@@ -149,18 +149,17 @@ def publish(
             artifact_id, digest = put(store, path, written)
             files[path.name] = {"artifact_id": artifact_id, "size": digest.size,
                                 "sha256": digest.sha256}
-    except (OSError, StoredCopyDiffers) as error:
+    except BaseException as error:
         if written:
             remove_quietly(store, written)
-        raise PublishError(_cannot_publish(study.study_name, artifacts, paths, error)) from None
-    except BaseException:
-        if written:
-            remove_quietly(store, written)
+        if isinstance(error, OSError | StoredCopyDiffers):
+            raise PublishError(_cannot_publish(study.study_name, artifacts, paths, error)) from None
         raise
     previous: dict[str, dict[str, Any]] = study.user_attrs.get(keys.PUBLISHED_FILES) or {}
+    begin = transaction or (lambda: study_transaction(storage_of(study)))
 
     def register() -> None:
-        with (transaction or (lambda: study_transaction(storage_of(study))))() as session:
+        with begin() as session:
             set_study_attrs(
                 session, study_id(study), user={**(record or {}), keys.PUBLISHED_FILES: files},
                 system=dict(artifact_record(f["artifact_id"], name) for name, f in files.items()),
@@ -173,7 +172,8 @@ def publish(
     except LeaseLost:  # refused before anything was written
         remove_quietly(store, written)
         raise
-    # any other failure may have come after the commit landed: the files stay
+    # any other failure (the database lost while committing) may have come after the commit
+    # landed: the files stay, unreferenced at worst
     remove_quietly(store, [f["artifact_id"] for f in previous.values()])
     return files
 
@@ -232,11 +232,12 @@ def pull(
                 raise _not_in_store(job_id, name, artifact_id, artifacts) from None
             expected = Digest(published["size"], published["sha256"])
             if copy != expected:
+                damage = expected.describe_difference(copy, "published")
                 raise PullError(
                     f"job {job_id!r}: its {name} ({artifact_id}) in the artifact store "
-                    f"{_where(artifacts)} is damaged ({expected.describe_difference(copy)} "
-                    "published); restore that file from a backup of the store, or publish the "
-                    f"job again: `automl run JOB_FILE --job-id {job_id}`")
+                    f"{_where(artifacts)} is damaged ({damage}); restore that file from a "
+                    "backup of the store, or publish the job again: "
+                    f"`automl run JOB_FILE --job-id {job_id}`")
 
     return _all_or_nothing(out, fill)
 
@@ -280,7 +281,8 @@ def _not_in_store(job_id: str, name: str, artifact_id: str, artifacts: str) -> P
     return PullError(
         f"job {job_id!r}: its {name} ({artifact_id}) is not in the artifact store "
         f"{_where(artifacts)}; point --artifacts (or AUTOML_ARTIFACTS) at the store the job "
-        "wrote to")
+        f"wrote to (if it was deleted there, publish the job again: "
+        f"`automl run JOB_FILE --job-id {job_id}`)")
 
 
 def kept_checkpoint_of(run_folder: Path, ray_trial_id: str) -> Path | None:

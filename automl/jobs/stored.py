@@ -9,7 +9,9 @@ takes over a job whose heartbeat is older than `AUTOML_STALE_AFTER` (60 s); so a
 beats keep failing, or do not return, stops its own job well before that, counted from its last
 written beat (as Ctrl-C would: trials stop, Ray Tune's state and the study stay as they are,
 nothing is finished or published), and so does a driver whose job another runner has claimed.
-The runner that takes the job over resumes it.
+The runner that takes the job over resumes it. A driver that lost its job without noticing
+publishes nothing either: the publication's transaction checks its claim (`Lease`, fenced by
+`JobStore.fenced`), and a refused one ends the driver as a lost heartbeat does.
 """
 
 from __future__ import annotations

@@ -172,24 +172,33 @@ def test_the_model_card_names_the_dataset_by_its_folder_not_its_server_path(
         assert str(published.dataset.parent) not in text
 
 
-def test_a_file_damaged_in_the_store_after_publishing_is_refused_by_pull(
+def test_a_file_damaged_in_the_store_is_refused_by_pull_until_the_job_is_published_again(
     published: Published, tmp_path: Path
 ) -> None:
     blob = published.model_blob()
-    original = blob.read_bytes()
-    try:
-        with blob.open("r+b") as file:
-            file.truncate(45_000)
-        pulled = published.pull(tmp_path / "model")
-    finally:
-        blob.write_bytes(original)
+    size = blob.stat().st_size
+    with blob.open("r+b") as file:
+        file.truncate(45_000)
+    pulled = published.pull(tmp_path / "model")
     assert pulled.exit_code == 2 and "Traceback" not in pulled.output
     line = " ".join(pulled.output.split())
     assert (f"job '{published.job_id}': its model.safetensors ({blob.name}) in the "
             f"artifact store {published.settings.artifacts_path} is damaged (45,000 bytes of "
-            f"{len(original):,} published); restore that file from a backup of the store, or "
+            f"the {size:,} published); restore that file from a backup of the store, or "
             f"publish the job again: `automl run JOB_FILE --job-id {published.job_id}`") in line
     assert not (tmp_path / "model").exists()  # nothing written, not even the good files
+
+    before = published.manifest()
+    published.store.resume(published.job_id, "foreground")  # `automl run --job-id`'s claim
+    again = execute_job(published.job_id, published.settings, published.store)
+    assert again.state == "succeeded", again.error
+    manifest = published.manifest()
+    assert not {f["artifact_id"] for f in manifest.values()} & {
+        f["artifact_id"] for f in before.values()}  # all new: nothing kept from the old one
+    listed = {m.filename: m.artifact_id for m in get_all_artifact_meta(published.study())}
+    assert listed == {name: f["artifact_id"] for name, f in manifest.items()}  # old ones gone
+    assert published.blobs() == set(listed.values())
+    assert published.pull(tmp_path / "model").exit_code == 0
 
 
 def test_a_file_of_the_same_name_uploaded_through_the_dashboard_changes_nothing_pulled(
