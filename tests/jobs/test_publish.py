@@ -37,7 +37,7 @@ from automl.search.spec import parse_spec
 from automl.service.server import build, start_dashboard
 from automl.settings import Settings
 from storage.jobs import JobStore
-from tests.support import TINY_SPACE, free_port, load_study, proxy_to, write_images
+from tests.support import TINY_SPACE, free_port, load_study, proxy_to, wait_for, write_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 SMALL, ROOMY = "256k", "16m"  # the store's size: the model (1.5 MB) does not fit, then does
@@ -251,8 +251,8 @@ def test_a_driver_that_lost_its_job_publishes_nothing_and_leaves_the_job_to_the_
         cut_off = JobStore(proxy.url_for(pg_module_url))  # its job row's connection
 
         def take_over() -> None:
-            while not any(t.name == f"heartbeat-{job_id}" for t in threading.enumerate()):
-                threading.Event().wait(0.1)
+            wait_for(lambda: any(t.name == f"heartbeat-{job_id}" for t in threading.enumerate()),
+                     120, "the driver's heartbeat")
             proxy.cut()
             store.resume(job_id, "driver-2")
 
