@@ -99,10 +99,10 @@ def published(pg_module_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
                             artifacts=str(artifacts))
         store = JobStore(settings.storage_url)
         spec = parse_spec({"name": "colors", "dataset": {"source": str(dataset)},
-                "budget": {"n_trials": 2, "max_epochs": 1}, "max_concurrent_trials": 1,
-                "resources": {"cpu": 1},
-                "strategy": {"seed": 0, "warm_start": False, "pruner": "none"},
-                "space": TINY_SPACE})
+                           "budget": {"n_trials": 2, "max_epochs": 1}, "max_concurrent_trials": 1,
+                           "resources": {"cpu": 1},
+                           "strategy": {"seed": 0, "warm_start": False, "pruner": "none"},
+                           "space": TINY_SPACE})
         job_id = "colors-publish"
         store.submit(job_id, spec.name, spec.model_dump(mode="json"))
         store.claim("runner-1")
