@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from workers.errors import UserError
 
-__all__ = ["ApiError", "JobConflict", "JobError", "NotReady", "PullError", "SpecError",
-           "UnknownJob", "UserError"]
+__all__ = ["ApiError", "JobConflict", "JobError", "NotReady", "PublishError", "PullError",
+           "SpecError", "UnknownJob", "UserError"]
 
 
 class SpecError(UserError, ValueError):
@@ -34,6 +34,12 @@ class JobConflict(UserError):
 
 class NotReady(UserError):
     """The job has no published best trial yet (queued, running, failed or cancelled)."""
+
+
+class PublishError(UserError):
+    """The job's best model could not be published (a full or unwritable artifact store) and
+    nothing of it was: the job fails, and succeeds once resumed after the fix. Not a JobError,
+    which is a job refused before it ran."""
 
 
 class PullError(UserError, LookupError):

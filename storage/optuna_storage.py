@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import json
 import logging
+import mimetypes
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Collection, Container, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
+from optuna.artifacts import ArtifactMeta
+from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 from optuna.distributions import (
     BaseDistribution,
     check_distribution_compatibility,
@@ -34,7 +39,7 @@ from optuna.exceptions import StorageInternalError
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Float, and_, case, cast, exists, func, insert, literal, select
+from sqlalchemy import Float, and_, case, cast, delete, exists, func, insert, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
@@ -74,6 +79,10 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
         ("trial_id", "step", "intermediate_value", "intermediate_value_type"),
     "optuna.storages._rdb.models.TrialSystemAttributeModel": ("trial_id", "key", "value_json"),
     "optuna.storages._rdb.models.TrialUserAttributeModel": ("trial_id", "key", "value_json"),
+    "optuna.storages._rdb.models.StudyUserAttributeModel": ("study_id", "key", "value_json"),
+    "optuna.storages._rdb.models.StudySystemAttributeModel": ("study_id", "key", "value_json"),
+    # the study system attribute key prefix of Optuna's artifact records (`artifact_record`)
+    "optuna.artifacts._upload": ("ARTIFACTS_ATTR_PREFIX",),
 }
 
 
@@ -238,6 +247,55 @@ class TrialCache(_CachedStorage):
         if count is None:
             raise KeyError(f"No study with study_id {study_id} exists.")
         return int(count)
+
+
+def artifact_record(artifact_id: str, filename: str) -> tuple[str, str]:
+    """The study system attribute (key, value) by which Optuna lists an artifact of a study
+    (`get_all_artifact_meta`, and optuna-dashboard's study page): what `upload_artifact`
+    writes, without its upload."""
+    mimetype, encoding = mimetypes.guess_type(filename)
+    meta = ArtifactMeta(artifact_id=artifact_id, filename=filename,
+                        mimetype=mimetype or "application/octet-stream", encoding=encoding)
+    return ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(asdict(meta))
+
+
+@contextmanager
+def study_transaction(storage: optuna.storages.BaseStorage) -> Iterator[Session]:
+    """A transaction on the storage's database, for `set_study_attrs`."""
+    rdb = getattr(storage, "_backend", storage)
+    assert isinstance(rdb, optuna.storages.RDBStorage)
+    with Session(rdb.engine) as session, session.begin():
+        yield session
+
+
+def set_study_attrs(
+    session: Session,
+    study_id: int,
+    *,
+    user: Mapping[str, Any] | None = None,
+    system: Mapping[str, Any] | None = None,
+    drop_system: Collection[str] = (),
+) -> None:
+    """Set (or replace) a study's user and system attributes, and delete system attributes
+    `drop_system`, all in the caller's transaction: Optuna writes each attribute in a
+    transaction of its own, so several written its way can be seen (or left) half done.
+    Study attributes are read from the database on every access (the trial cache keeps none),
+    so every reader sees them once the transaction commits."""
+    written: tuple[tuple[Any, Mapping[str, Any] | None], ...] = (
+        (models.StudyUserAttributeModel, user), (models.StudySystemAttributeModel, system))
+    for model, attrs in written:
+        for key, value in (attrs or {}).items():
+            row = session.scalars(
+                select(model).where(model.study_id == study_id, model.key == key)
+            ).one_or_none()
+            if row is None:
+                session.add(model(study_id=study_id, key=key, value_json=json.dumps(value)))
+            else:
+                row.value_json = json.dumps(value)
+    if drop_system:
+        system_attr = models.StudySystemAttributeModel
+        session.execute(delete(system_attr).where(system_attr.study_id == study_id,
+                                                  system_attr.key.in_(list(drop_system))))
 
 
 def rank_among(

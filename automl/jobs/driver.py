@@ -41,7 +41,7 @@ from automl.jobs.preflight import (
 from automl.jobs.publish import publish_best
 from automl.search import keys
 from automl.search.keys import state_name
-from automl.search.spec import JobSpec
+from automl.search.spec import JobSpec, dataset_name
 from automl.search.strategy import Strategy, portfolio_for
 from automl.settings import Settings
 from automl.tune.bridge import LISTENERS, Events, StudyLink
@@ -52,6 +52,7 @@ from automl.tune.experiment import (
     tracking_of,
 )
 from automl.tune.retention import folders_of
+from storage.jobs import Lease
 from storage.optuna_storage import optuna_storage, retry
 from workers.tune_adapter import remove_orphaned_trial_folders
 
@@ -92,7 +93,10 @@ def run_job(
     cancelled: Callable[[], bool] | None = None,
     connect_seconds: float = 60.0,
     dataset_roots: tuple[Path, ...] = (),
+    lease: Lease | None = None,
 ) -> JobOutcome:
+    """`lease`: the claim of the job's row this driver runs under, if it has one: its
+    publication lands only while that claim holds (else `LeaseLost`)."""
     started = time.monotonic()
     # before anything is stored: an impossible job leaves no trace
     check_paths(spec, dataset_roots)
@@ -144,9 +148,10 @@ def run_job(
             else:
                 checkpoint = kept_checkpoint(result, spec)
                 keep = None if runs is None else partial(track_model_card, runs)
-                test = publish_best(study, settings.artifacts_path, checkpoint, best,
-                                    spec.objective.metric, score_on_test(checkpoint, spec), counts,
-                                    also=keep)
+                test = publish_best(study, settings, checkpoint, best, spec.objective.metric,
+                                    score_on_test(checkpoint, spec), counts,
+                                    dataset=dataset_name(spec.dataset.source, spec.dataset.name),
+                                    lease=lease, also=keep)
                 if spec.objective.front_costs:
                     front = score_front(study, results, spec, best.number, test)
                     retry(lambda: study.set_user_attr(keys.FRONT, front), what="record the front")

@@ -33,6 +33,7 @@ def model_card_body(
     job_id: str,
     trial_number: int,
     config: dict[str, Any],
+    dataset: str,
     classes: list[str],
     val_value: float,
     objective: str,
@@ -40,14 +41,16 @@ def model_card_body(
     counts: TrialCounts,
     costs: dict[str, float] | None = None,
 ) -> str:
-    """The card's text (also the study's note in optuna-dashboard)."""
+    """The card's text (also the study's note in optuna-dashboard). The dataset is named by
+    `dataset` (`automl.search.spec.dataset_name`), not by the trial's source path."""
     scalars = {k: v for k, v in test_metrics.items() if isinstance(v, int | float)}
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                      for k, v in sorted(scalars.items()))
     cost_rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted((costs or {}).items()))
     cost_section = (f"\n## Costs (measured before it trained)\n\n| cost | value |\n| --- | --- |\n"
                     f"{cost_rows}\n") if costs else ""
-    settings = json.dumps(config, indent=2, sort_keys=True)
+    settings = json.dumps({k: v for k, v in config.items() if k != "source"}, indent=2,
+                          sort_keys=True)
     return f"""# Model card: {job_id}, trial {trial_number}
 
 Backbone `{config.get("backbone")}` fine-tuned by automl; best of {counts.complete}
@@ -55,7 +58,7 @@ completed trials ({counts.pruned} pruned, {counts.failed} failed).
 
 - Selection: best validation {objective} = {val_value:.4f}
 - Classes ({len(classes)}): {", ".join(classes[:50])}{" ..." if len(classes) > 50 else ""}
-- Dataset: `{config.get("source")}`, split seed {config.get("split_seed")}
+- Dataset: {dataset}, split seed {config.get("split_seed")}
 
 ## Test split (evaluated once, after the search)
 
@@ -87,13 +90,11 @@ transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, mod
 
 
 def write_hub_card(path: Path, body: str, *, job_id: str, config: dict[str, Any],
-                   test_metrics: dict[str, Any]) -> Path:
+                   dataset: str, test_metrics: dict[str, Any]) -> Path:
     """README.md as the Hugging Face Hub reads a model card: YAML front matter (timm, tags,
     the test scores as model-index results), then the card's text."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    source = str(config.get("source", "images"))
-    dataset = "digits" if source == "builtin:digits" else Path(source).name or "images"
     results = [EvalResult(task_type="image-classification", dataset_type="imagefolder",
                           dataset_name=dataset, dataset_split="test",
                           metric_type=name.removeprefix("test_"), metric_value=float(value))

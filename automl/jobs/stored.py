@@ -9,7 +9,9 @@ takes over a job whose heartbeat is older than `AUTOML_STALE_AFTER` (60 s); so a
 beats keep failing, or do not return, stops its own job well before that, counted from its last
 written beat (as Ctrl-C would: trials stop, Ray Tune's state and the study stay as they are,
 nothing is finished or published), and so does a driver whose job another runner has claimed.
-The runner that takes the job over resumes it.
+The runner that takes the job over resumes it. A driver that lost its job without noticing
+publishes nothing either: the publication's transaction checks its claim (`Lease`, fenced by
+`JobStore.fenced`), and a refused one ends the driver as a lost heartbeat does.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import TrialState
 
-from automl.errors import JobError
+from automl.errors import JobError, PublishError
 from automl.jobs.driver import run_job
 from automl.jobs.outcome import JobOutcome
 from automl.search.keys import TrialCounts
 from automl.search.spec import JobSpec, new_job_id, parse_spec
 from automl.settings import Settings
 from automl.tune.bridge import Events
-from storage.jobs import Beat, JobStore, Progress
+from storage.jobs import Beat, JobStore, Lease, LeaseLost, Progress
 from storage.optuna_storage import optuna_storage
 
 log = logging.getLogger(__name__)
@@ -209,7 +211,12 @@ def execute_job(
     beat.start()
     try:
         outcome = run_job(spec, job_id, settings, events=events, cancelled=beat.cancel.is_set,
-                          **run_options)
+                          lease=Lease(job_id, job.attempts), **run_options)
+    except LeaseLost:  # at publishing: another driver holds the job, and nothing was published
+        beat.done.set()
+        raise HeartbeatLost(f"job {job_id}: the driver stopped the job: another runner has "
+                            "taken the job over, so its publication was refused; the runner "
+                            "that took it over resumes it") from None
     except KeyboardInterrupt:
         beat.done.set()
         if beat.lost is not None:
@@ -224,8 +231,12 @@ def execute_job(
             raise
         message = (str(error) if isinstance(error, JobError)  # written for the user as is
                    else "".join(traceback.format_exception_only(error)).strip())
+        if isinstance(error, PublishError):  # nothing was published: resuming publishes afresh
+            message = f"{error}, then {resume_hint(job_id, job_file)}"
         store.finish(job_id, "failed", error=message, progress=read_progress(storage, job_id),
                      attempts=job.attempts)
+        if isinstance(error, PublishError):
+            raise PublishError(message) from None
         raise
     beat.done.set()
     if beat.lost is not None:  # the interrupt came too late to stop Tune: the outcome stands

@@ -16,6 +16,9 @@ SPEC = "spec"  # the job spec the study was created for
 STARTED_AT = "started_at"  # wall-clock start of the job: the time limit counts from it
 BEST_TRIAL = "best_trial"  # number of the published trial, once published
 TEST_METRICS = "test_metrics"  # its scores on the test split
+# the files published with it, the only ones `automl pull` takes:
+# {filename: {"artifact_id": ..., "size": bytes, "sha256": hex}}
+PUBLISHED_FILES = "published_files"
 
 # trial user attributes
 RAY_TRIAL_ID = "ray_trial_id"  # the Ray Tune trial running it

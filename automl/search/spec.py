@@ -61,12 +61,28 @@ class DatasetSpec(_Strict):
     split_seed: int = Field(0, ge=0, le=2**32 - 1, description="numpy seeds are 0..2**32-1")
     image_column: str | None = Field(None, min_length=1, description="parquet/arrow tables only")
     label_column: str | None = Field(None, min_length=1, description="parquet/arrow tables only")
+    name: str | None = Field(None, min_length=1, max_length=100,
+                             description="how the model card names it (default: the source's "
+                             "last folder)")
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> DatasetSpec:
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must leave training images (sum < 1)")
         return self
+
+
+def dataset_name(source: str, name: str | None = None) -> str:
+    """How a published model names its dataset: `dataset.name`, else the source's last folder
+    (the folder of a manifest or a parquet file), never the server's path to it: a model card
+    is pushed to the Hugging Face Hub as it is."""
+    if name:
+        return name
+    if source.startswith("builtin:"):
+        return source.removeprefix("builtin:")
+    path = Path(source)
+    folder = path.parent if path.is_file() else path
+    return folder.name or "images"
 
 
 class LatencySpec(_Strict):

@@ -14,7 +14,7 @@ from automl.errors import JobConflict, NotReady, PullError, UnknownJob
 from automl.jobs.publish import kept_checkpoint_of, pull, pull_checkpoint
 from automl.search import keys
 from automl.search.keys import TrialCounts, state_name
-from automl.search.spec import JobSpec, new_job_id
+from automl.search.spec import JobSpec, dataset_name, new_job_id
 from automl.service.views import (
     Best,
     BestView,
@@ -134,10 +134,12 @@ class JobService:
                 f"checkpoints.keep_trials complete trials, and a Pareto front, keep one); "
                 f"trials with one: {', '.join(map(str, kept)) or 'none'}")
         test = front.get(number, {}).get("test_metrics")
-        objective = study.user_attrs.get(keys.SPEC, {}).get("objective", {}).get("metric",
-                                                                              "val_accuracy")
+        spec = study.user_attrs.get(keys.SPEC, {})
+        objective = spec.get("objective", {}).get("metric", "val_accuracy")
+        dataset = spec.get("dataset", {})
         counts = TrialCounts.of(t.state for t in trials.values())
-        return pull_checkpoint(folder, out, job_id, frozen, objective, test, counts)
+        return pull_checkpoint(folder, out, job_id, frozen, objective, test, counts,
+                               dataset_name(dataset.get("source", "images"), dataset.get("name")))
 
     def pareto(self, job_id: str) -> ParetoView:
         """From the job row's spec, or the study's own (a study written by `run_job`)."""

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -162,21 +163,18 @@ def test_list_prints_each_job_on_one_whole_line_when_piped(
     assert len(line) > 80
 
 
-def test_pull_writes_nothing_outside_its_folder(tmp_path: Path) -> None:
-    """An artifact whose name climbs out of the folder (set in the database by hand, or by a
-    dashboard upload) is skipped; the checkpoint itself is pulled."""
-    import io
-    import json
-
+def published_without_manifest(tmp_path: Path) -> tuple[Any, Any, list[str]]:
+    """A study published the way jobs were before publications recorded a manifest: each file
+    uploaded through Optuna's artifact API. Returns its storage, its store, and the names."""
     import optuna
-    from optuna.artifacts import FileSystemArtifactStore
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-    from automl.jobs.publish import CHECKPOINT_FILES, publish, pull
-    from automl.search.keys import BEST_TRIAL as BEST_TRIAL_ATTR
+    from automl.jobs.publish import CHECKPOINT_FILES
+    from automl.search.keys import BEST_TRIAL
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'db.sqlite'}")
     study = optuna.create_study(storage=storage, study_name="job-1")
-    study.set_user_attr(BEST_TRIAL_ATTR, 0)
+    study.set_user_attr(BEST_TRIAL, 0)
     (tmp_path / "artifacts").mkdir()
     store = FileSystemArtifactStore(str(tmp_path / "artifacts"))
     files = tmp_path / "files"
@@ -184,15 +182,52 @@ def test_pull_writes_nothing_outside_its_folder(tmp_path: Path) -> None:
     names = [*CHECKPOINT_FILES, "automl.json"]
     for name in names:
         (files / name).write_text(name)
-    publish(study, store, files)
+        upload_artifact(artifact_store=store, file_path=str(files / name), study_or_trial=study)
+    return storage, store, names
+
+
+def test_pull_writes_nothing_outside_its_folder(tmp_path: Path) -> None:
+    """An artifact whose name climbs out of the folder (set in the database by hand, or by a
+    dashboard upload) is skipped; the checkpoint itself is pulled."""
+    import io
+    import json
+
+    from automl.jobs.publish import pull
+
+    storage, store, names = published_without_manifest(tmp_path)
     meta = {"artifact_id": "evil", "filename": "../../escape.txt", "mimetype": "text/plain",
             "encoding": None}
-    storage.set_study_system_attr(study._study_id, "artifacts:evil", json.dumps(meta))
+    storage.set_study_system_attr(storage.get_study_id_from_name("job-1"), "artifacts:evil",
+                                  json.dumps(meta))
     store.write("evil", io.BytesIO(b"gotcha"))
     out = tmp_path / "deep" / "model"
     pull(storage, str(tmp_path / "artifacts"), "job-1", out)
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     assert not list(tmp_path.rglob("escape.txt"))
+
+
+def test_a_job_published_without_a_manifest_and_a_name_taken_twice_names_the_fix(
+    tmp_path: Path
+) -> None:
+    """Nothing tells which of the two is the job's: pull refuses, rather than taking either
+    (or failing on the second with a server error)."""
+    import optuna
+    from optuna.artifacts import upload_artifact
+
+    from automl.errors import PullError
+    from automl.jobs.publish import pull
+
+    storage, store, _ = published_without_manifest(tmp_path)
+    other = tmp_path / "upload" / "config.json"
+    other.parent.mkdir()
+    other.write_text("{}")
+    upload_artifact(artifact_store=store, file_path=str(other),
+                    study_or_trial=optuna.load_study(study_name="job-1", storage=storage))
+    with pytest.raises(PullError, match=r"job 'job-1' was published without a manifest, and its "
+                       r"study holds more than one config\.json .*: delete the ones that are not "
+                       r"the job's in the dashboard, or publish the job again"):
+        pull(storage, str(tmp_path / "artifacts"), "job-1", tmp_path / "model")
+    assert not (tmp_path / "model").exists()
 
 
 def test_push_without_network_is_one_line_naming_the_hub_and_the_fix(tmp_path: Path) -> None:
@@ -201,20 +236,17 @@ def test_push_without_network_is_one_line_naming_the_hub_and_the_fix(tmp_path: P
     import sys
 
     import optuna
-    from optuna.artifacts import FileSystemArtifactStore
 
     from automl.jobs.publish import CHECKPOINT_FILES, publish
     from automl.search.keys import BEST_TRIAL as BEST_TRIAL_ATTR
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     study = optuna.create_study(storage=url, study_name="job-1")
-    study.set_user_attr(BEST_TRIAL_ATTR, 0)
-    (tmp_path / "artifacts").mkdir()
     files = tmp_path / "files"
     files.mkdir()
     for name in [*CHECKPOINT_FILES, "automl.json"]:
         (files / name).write_text(name)
-    publish(study, FileSystemArtifactStore(str(tmp_path / "artifacts")), files)
+    publish(study, str(tmp_path / "artifacts"), files, {BEST_TRIAL_ATTR: 0})
     automl = str(Path(sys.executable).with_name("automl"))
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_test"}
     flags = ["--storage", url, "--artifacts", str(tmp_path / "artifacts")]

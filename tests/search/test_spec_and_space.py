@@ -17,7 +17,7 @@ from automl.cli import app
 from automl.errors import SpecError
 from automl.jobs.driver import strategy_for
 from automl.search.space import DEFAULT_BACKBONES
-from automl.search.spec import load_spec, parse_spec
+from automl.search.spec import dataset_name, load_spec, parse_spec
 from automl.search.strategy import portfolio_for
 from workers.config import TrialConfig
 
@@ -136,6 +136,21 @@ def test_a_relative_dataset_path_is_read_from_the_job_files_folder(
     job.write_text(yaml.safe_dump({**BASE, "dataset": {"source": "../data/flowers"}}))
     monkeypatch.chdir("/")  # wherever the user runs it from, and wherever trials run
     assert load_spec(job).dataset.source == str(tmp_path / "data" / "flowers")
+
+
+def test_a_published_model_names_its_dataset_without_the_servers_path(tmp_path: Path) -> None:
+    """A model card goes to the Hugging Face Hub as it is: `dataset.name`, else the source's
+    last folder (a manifest's or a parquet file's folder)."""
+    folder = tmp_path / "srv" / "flowers"
+    folder.mkdir(parents=True)
+    (folder / "labels.csv").write_text("path,label\n")
+    named = parse_spec({**BASE, "dataset": {"source": str(folder), "name": "Oxford flowers"}})
+    assert dataset_name(named.dataset.source, named.dataset.name) == "Oxford flowers"
+    assert dataset_name(str(folder)) == "flowers"
+    assert dataset_name(str(folder / "labels.csv")) == "flowers"
+    assert dataset_name("builtin:digits") == "digits"
+    with pytest.raises(SpecError, match=r"dataset\.name"):
+        parse_spec({**BASE, "dataset": {"source": str(folder), "name": ""}})
 
 
 def test_cli_errors_keep_brackets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,12 +10,23 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.artifacts import (
+    ArtifactMeta,
+    FileSystemArtifactStore,
+    get_all_artifact_meta,
+    upload_artifact,
+)
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from automl.search._optuna import FastHyperbandPruner
-from storage.optuna_storage import optuna_storage
+from storage.optuna_storage import (
+    artifact_record,
+    optuna_storage,
+    set_study_attrs,
+    study_transaction,
+)
 
 DATABASES = ["postgresql", "sqlite"]
 
@@ -154,3 +165,33 @@ def test_hyperband_through_the_guarded_view_decides_as_optunas_own(
 
     assert decided == _search(optuna.pruners.HyperbandPruner(**options), None)
     assert {1, 3, None} <= {epoch for _, _, epoch in decided}  # both rungs pruned, some ran out
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_study_attributes_set_in_one_transaction_are_what_optuna_reads(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """How a publication registers its files: Optuna's artifact listing (and so
+    optuna-dashboard's) and a study's user attributes read them through the trial cache, and
+    a transaction that fails registers none of them."""
+    storage = optuna_storage(_url(database, tmp_path, request))
+    study = optuna.create_study(storage=storage)
+    store = FileSystemArtifactStore(str(tmp_path))
+    (tmp_path / "old.txt").write_text("old")
+    old = upload_artifact(artifact_store=store, file_path=str(tmp_path / "old.txt"),
+                          study_or_trial=study)
+    key, value = artifact_record("1234-abcd", "README.md")
+    with study_transaction(storage) as session:
+        set_study_attrs(session, study._study_id, user={"manifest": {"README.md": 1}},
+                        system={key: value}, drop_system=[artifact_record(old, "old.txt")[0]])
+    assert get_all_artifact_meta(study) == [
+        ArtifactMeta(artifact_id="1234-abcd", filename="README.md", mimetype="text/markdown",
+                     encoding=None)]
+    assert study.user_attrs["manifest"] == {"README.md": 1}
+
+    with pytest.raises(RuntimeError), study_transaction(storage) as session:
+        set_study_attrs(session, study._study_id, user={"manifest": {}},
+                        system=dict([artifact_record("5678", "model.safetensors")]))
+        raise RuntimeError("a failure before the commit")
+    assert study.user_attrs["manifest"] == {"README.md": 1}
+    assert [m.artifact_id for m in get_all_artifact_meta(study)] == ["1234-abcd"]
