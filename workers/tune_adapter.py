@@ -41,11 +41,11 @@ def run_tune_trial(config: dict[str, Any]) -> None:
     except Exception as error:
         if not isinstance(error, ray.exceptions.RayError):  # a lost actor, node or object: Ray's
             with contextlib.suppress(Exception):  # unsaid, the error is retried: as it was
-                tune.report({TRIAL_ERROR: error_line(error)})
+                tune.report({TRIAL_ERROR: _error_line(error)})
         raise
 
 
-def error_line(error: BaseException) -> str:
+def _error_line(error: BaseException) -> str:
     """The last line of an error as Ray's error text for it ends (a multi-line message's last)."""
     lines = [line.strip() for line in "".join(traceback.format_exception_only(error)).splitlines()]
     return next((line for line in reversed(lines) if line), type(error).__name__)[:500]

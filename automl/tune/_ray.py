@@ -1,4 +1,4 @@
-"""The one Ray Tune internal the control plane relies on, at the Ray pinned in requirements.lock.
+"""A Ray Tune internal the bridge relies on, at the Ray pinned in requirements.lock.
 
 Tune retries a failed trial (`FailureConfig.max_failures`) whatever failed it, a lost worker or
 the trial's own exception alike, and no public API marks an error as not worth a retry. When a

@@ -24,6 +24,7 @@ from automl.jobs.driver import run_job
 from automl.jobs.local_ray import descendants
 from automl.jobs.outcome import JobOutcome
 from automl.search.keys import BEST_TRIAL as BEST_TRIAL_ATTR
+from automl.search.keys import ERROR
 from automl.search.spec import parse_spec
 from automl.settings import Settings
 from tests.support import DIGITS_JOB, load_study, misfit_weights, trial_folders
@@ -264,4 +265,4 @@ def test_a_trial_whose_own_code_raises_fails_once_and_is_not_retried(tmp_path: P
     study = load_study(settings.storage_url, "errors-once")
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     for trial in study.trials:
-        assert trial.user_attrs["error"].startswith("size mismatch for conv1.0.weight"), trial.user_attrs
+        assert trial.user_attrs[ERROR].startswith("size mismatch for conv1.0.weight"), trial.user_attrs

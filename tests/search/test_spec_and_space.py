@@ -506,7 +506,7 @@ def test_every_configuration_the_space_can_produce_is_one_a_trial_can_run(
     try:
         spec = parse_spec({**BASE, "budget": {"max_epochs": max_epochs}, "space": space})
     except SpecError as error:
-        assert len(str(error).strip().splitlines()) == 2, str(error)  # "invalid:" + the line
+        assert "space." in str(error), str(error)  # refused, naming the field
         return
     sampled = spec.search_space().sample(DrawnTrial(data))  # type: ignore[arg-type]
     config = TrialConfig.from_dict({**sampled, **spec.trial_settings()})
