@@ -28,6 +28,9 @@ def overhead(
     img_size: Annotated[int, typer.Option()] = 64,
 ) -> None:
     """The same trials through `automl run` vs the trial engine in a plain loop."""
+    from automl.jobs.local_ray import own_ray_auth
+
+    own_ray_auth(None)  # before Ray is imported: the local Ray it starts takes a token
     from benchmarks.overhead import run
 
     result = run(trials=trials, epochs=epochs, img_size=img_size)
@@ -152,12 +155,14 @@ def loader(
 @app.command()
 def gpu(
     steps: Annotated[int, typer.Option(min=5)] = 30,
+    images: Annotated[int, typer.Option(
+        min=0, help="the trial's dataset; 0: 24 batches on a GPU, 8 on a CPU")] = 0,
     share: Annotated[bool, typer.Option(help="also run four small trials on one device")] = True,
 ) -> None:
     """Images/s of one trial's training loop vs timm's benchmark loop (GPU when there is one)."""
     from benchmarks.gpu_throughput import run, sharing
 
-    rows = run(steps=steps)
+    rows = run(steps=steps, n_images=images)
     table = Table("model", "device", "batch", "px", "timm loop (img/s)", "trial engine (img/s)",
                   "ratio", title="training throughput (bf16 autocast on CUDA)")
     for row in rows:
@@ -324,8 +329,8 @@ def api(
 
 @app.command()
 def soak(
-    trials: Annotated[int, typer.Option(min=10)] = 200,
-    images: Annotated[int, typer.Option(min=100)] = 10_000,
+    trials: Annotated[int, typer.Option(min=2)] = 200,
+    images: Annotated[int, typer.Option(min=30, help="10 classes, 3 images each at least")] = 10_000,
     url: Annotated[str | None, typer.Option(
         help="PostgreSQL URL; default $AUTOML_TEST_DATABASE_URL or the local test database")] = None,
     at: Annotated[str, typer.Option(help="finished-trial marks to measure at")] = "10,50,100,200",

@@ -68,6 +68,7 @@ def varied_jpegs(n_images: int, root: Path | None = None, n_classes: int = 100) 
     final = _fixture_path(n_images, root)
     if (final / ".complete").exists():
         return final
+    n_classes = min(n_classes, max(1, n_images // 3))  # a split needs 3 images of each class
     staging = final.with_name(f".{final.name}.partial")
     for k in range(n_classes):
         (staging / f"class{k:03d}").mkdir(parents=True, exist_ok=True)

@@ -75,6 +75,21 @@ def trial_folders() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("automl-trial-*"))
 
 
+def misfit_weights(folder: Path) -> Path:
+    """Weights for DIGITS_JOB's backbone whose first layer has the wrong shape: every trial
+    that loads them fails the same way, and only when it builds its model (seen with workers
+    that cannot reach the model hub)."""
+    import safetensors.torch
+    import timm
+    import torch
+
+    state = timm.create_model(DIGITS_JOB["space"]["backbone"]).state_dict()
+    state["conv1.0.weight"] = torch.zeros(3, 3)
+    weights = folder / "misfit.safetensors"
+    safetensors.torch.save_file(state, str(weights))
+    return weights
+
+
 def write_images(folder: Path, count: int, color: tuple[int, int, int], seed: int = 0) -> None:
     """Small noisy images of one dominant color: two colors make an easy two-class dataset."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -207,7 +207,9 @@ class TrialConfig:
         _within("ra_num_ops", self.ra_num_ops, 0, 10)
         if not 0 <= self.ra_magnitude <= 30:
             raise ConfigError(f"ra_magnitude={self.ra_magnitude} must be in [0, 30]")
-        _within("decay_rate", self.decay_rate, 0.0, 1.0, low_open=True)
+        if not 0.0 < self.decay_rate < 1.0:  # 1 would never decay (and plateau refuses it)
+            raise ConfigError(f"decay_rate={self.decay_rate} must be in (0, 1): the factor each "
+                              "decay multiplies the lr by (for no decay, schedule: constant)")
         for name in ("decay_epochs", "cycle_epochs", "plateau_patience"):
             _within(name, getattr(self, name), 1, MAX_EPOCHS)
         for milestone in self.milestones:

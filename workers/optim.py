@@ -81,13 +81,11 @@ class EpochSchedule:
         return float(self.optimizer.param_groups[0]["lr"])
 
 
-def _linear_warmup(config: TrialConfig, optimizer: torch.optim.Optimizer) -> lr_scheduler.LinearLR:
-    return lr_scheduler.LinearLR(
-        optimizer,
-        start_factor=config.warmup_lr / config.lr,
-        end_factor=1.0,
-        total_iters=config.warmup_epochs,
-    )
+def _linear_warmup(config: TrialConfig, optimizer: torch.optim.Optimizer) -> lr_scheduler.LambdaLR:
+    """`warmup_lr` to `lr` in a straight line. Not torch's LinearLR: it refuses a start of 0 or
+    above `lr`, both of which a trial's settings (and so a search space) allow."""
+    start, epochs = config.warmup_lr / config.lr, config.warmup_epochs
+    return lr_scheduler.LambdaLR(optimizer, lambda epoch: start + (1 - start) * min(epoch, epochs) / epochs)
 
 
 def _torch_schedule(
@@ -98,13 +96,14 @@ def _torch_schedule(
         # One-cycle's rising phase is its warmup: warmup_lr -> lr over warmup_epochs (or the
         # first 30% of the epochs when warmup_epochs is 0), then cosine annealing to min_lr.
         pct_start = (warmup + 1) / (config.epochs + 1) if warmup else 0.3
+        start = max(config.warmup_lr, 1e-12)  # OneCycleLR divides by either end: never by 0
         return lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=config.lr,
             total_steps=config.epochs + 1,
             pct_start=pct_start,
-            div_factor=config.lr / max(config.warmup_lr, 1e-12),
-            final_div_factor=config.warmup_lr / max(config.min_lr, 1e-12),
+            div_factor=config.lr / start,
+            final_div_factor=start / max(config.min_lr, 1e-12),
             cycle_momentum=False,
         )
     main = _main_schedule(config, optimizer, config.epochs - warmup)

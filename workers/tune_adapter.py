@@ -4,14 +4,21 @@ Each epoch is reported with its full checkpoint; Ray Tune copies it into the run
 before `tune.report` returns, so the trial's own working folder is scratch: a temporary folder,
 gone when the trial ends however it ends. One a killed worker could not remove is removed by the
 next trial on that machine (its folder names its process, and that process is gone).
+
+An error the trial's own code raises (a bad setting, a dataset it cannot read, out of memory, a
+bug) would be the same on every retry: the trial says so in one last result (`TRIAL_ERROR`, its
+last line) before the error reaches Ray, and the driver fails it at once. Ray's retries
+(`max_failures`) are for what the trial cannot see: its worker or node lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +30,32 @@ from workers.costs import COSTS_REQUEST, COSTS_RESULT, LatencyTarget, broken_lim
 from workers.engine import EpochResult, train
 
 TRIAL_FOLDER = "automl-trial-"
+TRIAL_ERROR = "trial_error"  # result key: the last line of the trial's own error, raised next
 
 
 def run_tune_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: config is the flat trial config the searcher suggested,
-    with, in a deployment-aware job, a request for the configuration's costs: they are
-    measured (or taken from the job's earlier measurement) and reported before anything
-    trains, and a configuration over a limit ends there."""
+    """Ray Tune function trainable (`_run_trial`); an error of the trial's own is reported
+    (`TRIAL_ERROR`) before it is raised."""
+    try:
+        _run_trial(config)
+    except Exception as error:
+        if not isinstance(error, ray.exceptions.RayError):  # a lost actor, node or object: Ray's
+            with contextlib.suppress(Exception):  # unsaid, the error is retried: as it was
+                tune.report({TRIAL_ERROR: _error_line(error)})
+        raise
+
+
+def _error_line(error: BaseException) -> str:
+    """The last line of an error as Ray's error text for it ends (a multi-line message's last)."""
+    lines = [line.strip() for line in "".join(traceback.format_exception_only(error)).splitlines()]
+    return next((line for line in reversed(lines) if line), type(error).__name__)[:500]
+
+
+def _run_trial(config: dict[str, Any]) -> None:
+    """config is the flat trial config the searcher suggested, with, in a deployment-aware job,
+    a request for the configuration's costs: they are measured (or taken from the job's earlier
+    measurement) and reported before anything trains, and a configuration over a limit ends
+    there."""
     config = dict(config)
     request = config.pop(COSTS_REQUEST, None)
     trial_config = TrialConfig.from_dict(config)

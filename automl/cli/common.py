@@ -3,8 +3,6 @@ storage options, and the settings they make."""
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -36,15 +34,6 @@ class Commands(TyperGroup):
             fail(str(error), error.exit_code)
         except DatabaseUnavailable as error:
             fail(str(error))
-
-
-def own_ray_auth(address: str | None) -> None:
-    """A Ray cluster automl starts itself keeps Ray's default, token authentication, but chosen
-    explicitly, which spares every run Ray's warning about that default. Ray reads the mode once,
-    when it is imported, so this must come first (set later, the driver cannot reach its own
-    cluster); a cluster at an address is left as its owner set it up."""
-    if address in (None, "local") and "ray" not in sys.modules:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 StorageOpt = Annotated[

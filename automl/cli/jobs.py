@@ -20,11 +20,11 @@ from automl.cli.common import (
     err,
     fail,
     out,
-    own_ray_auth,
     settings_from,
     storage_flags,
 )
 from automl.cli.render import LiveView, jobs_table, pareto_table, print_outcome, status_panel
+from automl.jobs.local_ray import own_ray_auth
 
 
 def run(

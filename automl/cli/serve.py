@@ -12,10 +12,10 @@ from automl.cli.common import (
     RayOpt,
     StorageOpt,
     err,
-    own_ray_auth,
     require_free_port,
     settings_from,
 )
+from automl.jobs.local_ray import own_ray_auth
 
 
 def serve(

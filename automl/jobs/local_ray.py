@@ -86,14 +86,23 @@ def _reap_children() -> None:
             return
 
 
+def own_ray_auth(address: str | None) -> None:
+    """A Ray cluster automl starts itself keeps Ray's default, token authentication, but chosen
+    explicitly, which spares every run Ray's warning about that default. Ray reads the mode once,
+    when it is imported, so this must come first in a process that starts or connects to a
+    local Ray (set later, it cannot reach its own cluster: "InvalidAuthToken ... RAY_AUTH_MODE
+    is currently 'disabled'"); the processes it starts inherit it. A cluster at an address is
+    left as its owner set it up."""
+    if address in (None, "local") and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def main() -> None:
     if sys.platform.startswith("linux"):
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # Ray's default for a cluster ray.init starts, said explicitly: the drivers that connect to
-    # it must say the same (they inherit it from the process that started this one)
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    own_ray_auth(None)  # the owner's choice, inherited; else the same default, said explicitly
     import ray
 
     try:
@@ -146,6 +155,8 @@ _ADDRESS = ""
 
 def connect_local_ray() -> str:
     """The GCS address of a local Ray that ends with this process, started on first use."""
+    if "RAY_AUTH_MODE" not in os.environ:  # Ray, imported without it, could not connect
+        raise RuntimeError("connect_local_ray: call own_ray_auth(None) before Ray is imported")
     global _KEEPER, _ADDRESS
     if _KEEPER is None or _KEEPER.poll() is not None:
         _KEEPER, _ADDRESS = _start_keeper()

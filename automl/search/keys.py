@@ -27,6 +27,7 @@ ORPHANED = "orphaned"  # asked after Ray last saved its state: the next suggesti
 DRIVER_MS = "driver_ms"  # the driver's time on it: ask, and each epoch's report + should_prune
 COSTS = "costs"  # params_m, macs_g, latency_ms of its configuration, measured before it trained
 OVER_LIMIT = "over_limit"  # the limits its costs broke (it never trained): {cost: [value, limit]}
+ERROR = "error"  # a failed trial's own error, its last line (it was not retried)
 
 # study user attributes, deployment-aware jobs
 MEASURED_COSTS = "measured_costs"  # costs by "backbone@img_size@target", measured once a job

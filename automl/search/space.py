@@ -310,7 +310,10 @@ class SearchSpace:
             c["decay_epochs"] = ask.int("decay_epochs", 1, max(1, epochs // 2))
             c["decay_rate"] = ask.float("decay_rate", 0.1, 0.5)
         elif c["schedule"] == "multistep":
-            c["milestones"] = ask.fixed("milestones", [epochs // 2, (3 * epochs) // 4])
+            # halfway and three quarters through, each once and never before the end of epoch
+            # 1 (over one epoch, both would be epoch 0, which no trial can decay at)
+            halfway, three_quarters = max(1, epochs // 2), max(1, (3 * epochs) // 4)
+            c["milestones"] = ask.fixed("milestones", sorted({halfway, three_quarters}))
             c["decay_rate"] = ask.float("decay_rate", 0.1, 0.5)
         elif c["schedule"] == "cyclic":
             c["cycle_epochs"] = ask.int("cycle_epochs", 1, max(1, epochs // 2))

@@ -300,7 +300,8 @@ class JobSpec(_Strict):
     max_concurrent_trials: int = Field(1, ge=1, le=256)
     resources: ResourcesSpec = ResourcesSpec()
     max_failures: int = Field(
-        2, ge=0, le=20, description="retries of a failed trial (a dead worker, an error)"
+        2, ge=0, le=20, description="retries of a trial whose worker or node was lost, from its "
+        "last checkpoint (an error the trial raises itself fails it at once)"
     )
     strategy: StrategySpec = StrategySpec()
     checkpoints: CheckpointsSpec = CheckpointsSpec()

@@ -7,6 +7,10 @@
 Ray's own OptunaSearch cannot do this: it hard-codes NopPruner and tells stopped trials as
 complete. Here a pruned trial is told PRUNED at the moment it is pruned and never told again.
 
+A trial whose own code raises reports the error's line first (`TRIAL_ERROR`): the scheduler
+records it on the trial and takes the trial off Ray's retries, which are for lost workers, so it
+fails once and is told FAIL.
+
 All state lives in the study (each Optuna trial carries its Ray trial id), so both halves survive
 being pickled into Ray's experiment state and a driver restart: after `Tuner.restore` they
 reconnect to the database and find their trials again. Database calls are retried while the
@@ -36,9 +40,11 @@ from automl.search import keys
 from automl.search._optuna import trial_id
 from automl.search.keys import state_name
 from automl.search.strategy import Strategy
+from automl.tune._ray import no_retries
 from automl.tune.stopper import JobStopper
 from storage.optuna_storage import optuna_storage, retry
 from workers.costs import COSTS, COSTS_REQUEST, COSTS_RESULT, broken_limits
+from workers.tune_adapter import TRIAL_ERROR
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -337,6 +343,12 @@ class OptunaPruningScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE
         if known.finished:
             return TrialScheduler.STOP  # pruned before a driver restart: stays stopped
+        if TRIAL_ERROR in result:  # its own error comes next: it fails once, not retried
+            no_retries(trial)
+            line = str(result[TRIAL_ERROR])
+            self.link.call(lambda: self.link.storage.set_trial_user_attr(
+                known.trial_id, keys.ERROR, line), "record a trial's error")
+            return TrialScheduler.CONTINUE
         if COSTS_RESULT in result:  # measured before training: over a limit, it never trains
             costs = {name: float(result[name]) for name in COSTS if result.get(name) is not None}
             if broken := self.link.record_costs(known, str(result[COSTS_RESULT]), costs):

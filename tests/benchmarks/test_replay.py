@@ -107,16 +107,22 @@ def test_shipped_portfolios_hold_no_near_twins() -> None:
         assert len(members) == 32 and nearest >= MIN_SPACING, n_images
 
 
-def test_pareto_replay_scores_each_arm_by_its_share_of_the_pools_hypervolume(tmp_path: Path) -> None:
-    from benchmarks import backbone_costs
+def write_backbone_costs(path: Path) -> None:
+    """A latency for each backbone of `write_recorded_runs`, in backbone_costs.json's format."""
     from benchmarks.replay import _BACKBONE, _RECORDED_BACKBONE
-    from benchmarks.replay_pareto import shares
 
-    write_recorded_runs(tmp_path / "data")
     latency = dict(zip(MODELS, (800.0, 9.0, 12.0, 385.0), strict=True))
     table = {"backbones": {_RECORDED_BACKBONE.get(m) or _BACKBONE[m]: {"latency_ms": v}
                            for m, v in latency.items()}}
-    (tmp_path / "costs.json").write_text(json.dumps(table))
+    path.write_text(json.dumps(table))
+
+
+def test_pareto_replay_scores_each_arm_by_its_share_of_the_pools_hypervolume(tmp_path: Path) -> None:
+    from benchmarks import backbone_costs
+    from benchmarks.replay_pareto import shares
+
+    write_recorded_runs(tmp_path / "data")
+    write_backbone_costs(tmp_path / "costs.json")
     lat = {b: row["latency_ms"] for b, row in backbone_costs.load(tmp_path / "costs.json").items()}
     pool = load_pools(tmp_path / "data")["D0"]
     every_run = [(0.0, max(r.curve), lat[r.config["backbone"]]) for r in pool.runs]

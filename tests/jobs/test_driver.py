@@ -24,7 +24,7 @@ from automl.jobs.outcome import JobOutcome
 from automl.search.spec import parse_spec
 from automl.settings import Settings
 from storage.optuna_storage import optuna_storage
-from tests.support import DIGITS_JOB, load_study, serve_onnx, trial_folders
+from tests.support import DIGITS_JOB, load_study, misfit_weights, serve_onnx, trial_folders
 from workers.predict import evaluate_checkpoint, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
@@ -416,15 +416,7 @@ def test_trials_that_all_fail_stop_the_job_with_one_line_each(tmp_path: Path) ->
     the backbone, which only building the model finds; seen with workers that cannot reach the
     model hub): the job stops after 3 of its 6 trials instead of failing them all, and its
     error says why once."""
-    import safetensors.torch
-    import timm
-    import torch
-
-    state = timm.create_model(DIGITS_JOB["space"]["backbone"]).state_dict()
-    state["conv1.0.weight"] = torch.zeros(3, 3)
-    weights = tmp_path / "misfit.safetensors"
-    safetensors.torch.save_file(state, str(weights))
-    space = {**DIGITS_JOB["space"], "pretrained": str(weights)}
+    space = {**DIGITS_JOB["space"], "pretrained": str(misfit_weights(tmp_path))}
     job = tmp_path / "job.yaml"
     job.write_text(json.dumps({**DIGITS_JOB, "budget": {"n_trials": 6, "max_epochs": 1},
                                "max_failures": 0, "space": space}))

@@ -24,9 +24,10 @@ from automl.jobs.driver import run_job
 from automl.jobs.local_ray import descendants
 from automl.jobs.outcome import JobOutcome
 from automl.search.keys import BEST_TRIAL as BEST_TRIAL_ATTR
+from automl.search.keys import ERROR
 from automl.search.spec import parse_spec
 from automl.settings import Settings
-from tests.support import DIGITS_JOB, load_study, trial_folders
+from tests.support import DIGITS_JOB, load_study, misfit_weights, trial_folders
 
 pytestmark = pytest.mark.slow
 AUTOML = str(Path(sys.executable).with_name("automl"))
@@ -245,3 +246,23 @@ def test_a_cancel_seen_with_no_trial_running_ends_the_job(tmp_path: Path) -> Non
     assert result["out"].state == "cancelled"
     study = load_study(settings.storage_url, "faults-cancel-idle")
     assert study.trials == []
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_trial_whose_own_code_raises_fails_once_and_is_not_retried(tmp_path: Path) -> None:
+    """`max_failures` is for lost workers: an error of the trial's own (here weights that do not
+    fit its backbone) would be the same on every retry. Each trial runs once and is told FAIL
+    with its error's line, which the job's error names."""
+    space = {**DIGITS_JOB["space"], "pretrained": str(misfit_weights(tmp_path))}
+    spec = parse_spec({**DIGITS_JOB, "name": "errors", "budget": {"n_trials": 2, "max_epochs": 1},
+                       "max_concurrent_trials": 1, "max_failures": 3, "space": space})
+    settings = Settings(home=tmp_path / "automl-data")
+    outcome = run_job(spec, "errors-once", settings)
+    assert outcome.state == "failed"
+    assert "size mismatch for conv1.0.weight" in str(outcome.error), outcome.error
+    ray_trials = tune.ExperimentAnalysis(str(settings.runs_path / "errors-once")).trials
+    assert [t.run_metadata.num_failures for t in ray_trials] == [1, 1]  # each ran once
+    study = load_study(settings.storage_url, "errors-once")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    for trial in study.trials:
+        assert trial.user_attrs[ERROR].startswith("size mismatch for conv1.0.weight"), trial.user_attrs

@@ -89,3 +89,14 @@ def test_no_warmup_starts_at_lr() -> None:
     config = TrialConfig(schedule="cosine", lr=LR, epochs=5, warmup_epochs=0)
     optimizer = create_optimizer(config, torch.nn.Linear(4, 2))
     assert EpochSchedule(config, optimizer).lr == pytest.approx(LR)
+
+
+@pytest.mark.parametrize("warmup_lr", [0.0, 2 * LR])
+def test_a_warmup_from_zero_or_from_above_lr_is_a_straight_line_to_lr(warmup_lr: float) -> None:
+    """Both are settings a trial accepts (torch's LinearLR refuses them); one-cycle takes them
+    too."""
+    got = trajectory("constant", warmup_lr=warmup_lr)
+    ramp = [warmup_lr + (LR - warmup_lr) * e / WARMUP for e in range(WARMUP)]
+    assert got == pytest.approx(ramp + [LR] * (EPOCHS - WARMUP))
+    onecycle = trajectory("onecycle", warmup_lr=warmup_lr)
+    assert onecycle[0] == pytest.approx(max(warmup_lr, 1e-12)) and max(onecycle) >= LR
