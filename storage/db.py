@@ -22,6 +22,7 @@ from storage.optuna_storage import (
     DatabaseUnavailable,
     engine_kwargs,
     ensure_sqlite_parent,
+    is_outage as is_outage,  # judges DATABASE_ERRORS; defined where `retry` needs it
     redact,
     retry,
 )
@@ -29,15 +30,6 @@ from storage.optuna_storage import (
 # What a call may raise when the database is away (restarting, unreachable); Optuna wraps
 # every SQLAlchemy error, a bad request's included, in StorageInternalError: see `is_outage`.
 DATABASE_ERRORS = (DatabaseUnavailable, StorageInternalError, OperationalError, InterfaceError)
-
-
-def is_outage(error: BaseException) -> bool:
-    """Whether `error` says the database is away, rather than that a request was bad (a value
-    it cannot store, a broken constraint): only an outage is worth waiting out."""
-    if isinstance(error, DatabaseUnavailable | OperationalError | InterfaceError):
-        return True
-    cause = error.__cause__
-    return isinstance(error, StorageInternalError) and cause is not None and is_outage(cause)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "automl_alembic_version"
