@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeAlias
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from workers.datasets import DatasetError, decode_error, verify_images
+from workers.datasets import DatasetError, bound_pixels, decode_error, verify_images
 from workers.digits import default_cache_dir
 
 if TYPE_CHECKING:
@@ -209,15 +209,18 @@ def check_cache_budget(
 def decode_one(path: Path, size: int, interpolation: str = "bicubic") -> np.ndarray:
     """Resize the shorter side to `size`, center-crop a square; (3, size, size) uint8."""
     try:
-        return _decode(path, size, interpolation)
+        return _decode(path, size, interpolation, f"image {path}")
+    except DatasetError:
+        raise
     except DECODE_ERRORS as error:
         raise DatasetError(
             f"cannot decode image {path}: {error}; replace or remove the file"
         ) from error
 
 
-def _decode(source: Path | BinaryIO, size: int, interpolation: str) -> np.ndarray:
+def _decode(source: Path | BinaryIO, size: int, interpolation: str, where: str) -> np.ndarray:
     with Image.open(source) as image:
+        bound_pixels(image, size, where)
         rgb = to_rgb(image)
     width, height = rgb.size
     scale = size / min(width, height)
@@ -265,7 +268,9 @@ def _decode_item(chunk: _Chunk, j: int, size: int, interpolation: str) -> np.nda
     if isinstance(item, Path):
         return decode_one(item, size, interpolation)
     try:
-        return _decode(io.BytesIO(item), size, interpolation)
+        return _decode(io.BytesIO(item), size, interpolation, f"{chunk.where[j]}: the image")
+    except DatasetError:
+        raise
     except DECODE_ERRORS as error:
         raise DatasetError(
             f"{chunk.where[j]}: cannot decode image ({decode_error(error)}); "

@@ -52,7 +52,7 @@ def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
         if roots and not spec.dataset.source.startswith("builtin:") and not all(
                 is_under(p, roots) for p in index.files):
             raise DatasetError(
-                f"some of its images resolve outside the dataset roots ({':'.join(map(str, roots))}) "
+                "some of its images resolve outside the dataset roots (AUTOML_DATASET_ROOTS) "
                 "through symlinks; this service reads only under them"
             )
         check_cache_room(spec, index)

@@ -335,6 +335,34 @@ def test_jobs_over_http_read_only_under_the_dataset_roots(tmp_path: Path) -> Non
         assert response.status_code == 422 and "AUTOML_DATASET_ROOTS" in response.text
 
 
+def test_a_refusal_over_http_does_not_say_where_the_dataset_roots_are(tmp_path: Path) -> None:
+    roots = (tmp_path / "operator-only-a", tmp_path / "operator-only-b")
+    with guarded_client(tmp_path, dataset_roots=roots) as client:
+        for spec in ({**SPEC, "dataset": {"source": "/etc"}},
+                     {**SPEC, "space": {"pretrained": "/srv/w.safetensors"}}):
+            response = client.post("/jobs", headers=AUTH, json=spec)
+            assert response.status_code == 422, response.text
+            assert "outside the dataset roots (AUTOML_DATASET_ROOTS)" in response.text
+            assert "operator-only" not in response.text
+
+
+def test_a_body_nested_20000_deep_is_one_line_4xx_and_the_service_serves_on(
+    tmp_path: Path
+) -> None:
+    """JSON's parser has no aliases to expand, and refuses what its recursion cannot read."""
+    with guarded_client(tmp_path) as client:
+        for depth in (20_000, 40):
+            body = ('{"name": "t", "dataset": {"source": "builtin:digits"}, "space": {"lr": '
+                    + "[" * depth + "]" * depth + "}}")
+            response = client.post("/jobs", headers={**AUTH, "Content-Type": "application/json"},
+                                   content=body)
+            assert 400 <= response.status_code < 500, response.text
+            assert "\n" not in response.text and len(response.text) < 600, response.text
+        assert "nested deeper than 32 levels" in response.text
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/jobs", headers=AUTH).json()["total"] == 0
+
+
 def test_jobs_over_http_track_only_to_the_services_mlflow_server(tmp_path: Path) -> None:
     """Any other URI would have the runner write wherever the token holder names (a local
     store) or call whatever the runner can reach and report its answer (an internal server);
