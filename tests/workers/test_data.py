@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from automl.cli import app
 from tests.support import one_colour_png, write_images
 from workers.config import ConfigError, DataConfig, TrialConfig
-from workers.datasets import DEFAULT_MAX_PIXELS, DatasetError, load_index, verify_images
+from workers.datasets import DatasetError, load_index, verify_images
 from workers.decoded_cache import (
     cache_budget,
     check_cache_budget,
@@ -123,9 +123,9 @@ def test_an_image_over_the_pixel_bound_is_refused_from_its_header(color_folder: 
     it takes seconds)."""
     big = color_folder / "red" / "huge.png"
     big.write_bytes(one_colour_png(8193, 8192))
-    message = (f"image {big} has 8193x8192 pixels, more than the {DEFAULT_MAX_PIXELS:,} one "
-               "image may have (AUTOML_MAX_IMAGE_PIXELS; training resizes every image to at "
-               "most about 1,200 px a side): downscale it, or raise AUTOML_MAX_IMAGE_PIXELS")
+    message = (f"image {big} has 8193x8192 pixels, over the bound of 67,108,864 pixels an "
+               "image (AUTOML_MAX_IMAGE_PIXELS; training resizes every image to at most about "
+               "1,200 px a side): downscale it, or raise AUTOML_MAX_IMAGE_PIXELS")
     paths = sorted(color_folder.rglob("*.png"))
     for check in (lambda: verify_images(paths), lambda: load_decoded(paths, 32),
                   lambda: decode_one(big, 32)):
@@ -157,7 +157,7 @@ def test_a_jpeg_over_the_pixel_bound_is_decoded_reduced(tmp_path: Path) -> None:
 def test_the_pixel_bound_is_a_setting(color_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = sorted(color_folder.rglob("*.png"))  # 24 x 20 pixels each
     monkeypatch.setenv("AUTOML_MAX_IMAGE_PIXELS", "400")
-    with pytest.raises(DatasetError, match=r"has 24x20 pixels, more than the 400 one image"):
+    with pytest.raises(DatasetError, match=r"has 24x20 pixels, over the bound of 400 pixels an image"):
         verify_images(paths)
     monkeypatch.setenv("AUTOML_MAX_IMAGE_PIXELS", "480")
     verify_images(paths)
@@ -289,6 +289,21 @@ def test_missing_weights_file_is_named(tmp_path: Path) -> None:
         create_backbone(TrialConfig(pretrained=str(tmp_path / "nope.pth")), 10)
 
 
+def test_weights_that_do_not_fit_the_backbone_are_a_user_error(tmp_path: Path) -> None:
+    """What a user gave (weights of another model) is theirs to fix: one line naming the file
+    and the first parameter that differs, not torch's list of every one."""
+    state = timm.create_model("test_resnet").state_dict()
+    state["conv1.0.weight"] = torch.zeros(3, 3)
+    weights = tmp_path / "misfit.safetensors"
+    safetensors.torch.save_file(state, str(weights))
+    with pytest.raises(ConfigError) as refused:
+        create_backbone(TrialConfig(backbone="test_resnet", pretrained=str(weights)), 10)
+    assert str(refused.value) == (
+        f"pretrained weights {weights} do not fit test_resnet (size mismatch for conv1.0.weight: "
+        "copying a param with shape torch.Size([3, 3]) from checkpoint, the shape in current "
+        "model is torch.Size([16, 3, 3, 3])); give weights saved from test_resnet")
+
+
 def test_one_space_spans_vits_and_convnets() -> None:
     """img_size resizes a ViT's position embedding; a DLA without stochastic depth ignores it."""
     vit = create_backbone(TrialConfig(backbone="vit_tiny_patch16_224", img_size=64), 10)
@@ -335,7 +350,7 @@ def test_the_budget_counts_what_other_datasets_already_hold(
     monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("AUTOML_CACHE_MAX_GB", "0.00005")  # room for one 41 KB dataset, not two
     load_decoded(sorted((color_folder / "red").glob("*.png")) * 2, 24)
-    with pytest.raises(DatasetError, match=r"less 4\d\.\d KB other cached datasets hold"):
+    with pytest.raises(DatasetError, match=r"less 4\d\.\d KB other cached datasets hold\)"):
         load_decoded(sorted((color_folder / "blue").glob("*.png")) * 2, 24)
     monkeypatch.setenv("AUTOML_CACHE_MAX_GB", "lots")
     with pytest.raises(DatasetError, match="AUTOML_CACHE_MAX_GB='lots' is not a size in GB"):
@@ -346,9 +361,11 @@ def test_without_a_budget_the_free_disk_less_a_margin_is_the_limit(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AUTOML_CACHE_MAX_GB", raising=False)
     budget = cache_budget(tmp_path / "not-yet-created")
-    assert "free disk on" in budget.reason and "safety margin" in budget.reason
-    with pytest.raises(DatasetError, match="free disk on"):
+    assert "free disk under AUTOML_CACHE_DIR" in budget.reason
+    assert "safety margin" in budget.reason and str(tmp_path) not in budget.reason
+    with pytest.raises(DatasetError, match="free disk under AUTOML_CACHE_DIR") as refused:
         check_cache_budget(10**9, 1024, tmp_path)  # 3 PB
+    assert str(tmp_path) not in str(refused.value)  # the server's folders are its operator's
 
 
 def test_a_file_changed_after_verification_is_verified_again(color_folder: Path) -> None:
