@@ -22,13 +22,14 @@ from storage.optuna_storage import (
     DatabaseUnavailable,
     engine_kwargs,
     ensure_sqlite_parent,
-    is_outage as is_outage,  # judges DATABASE_ERRORS; defined where `retry` needs it
+    is_outage,
     redact,
     retry,
 )
 
 # What a call may raise when the database is away (restarting, unreachable); Optuna wraps
-# every SQLAlchemy error, a bad request's included, in StorageInternalError: see `is_outage`.
+# every SQLAlchemy error, a bad request's included, in StorageInternalError: see
+# `storage.optuna_storage.is_outage`, which tells the two apart (and which `retry` uses).
 DATABASE_ERRORS = (DatabaseUnavailable, StorageInternalError, OperationalError, InterfaceError)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -50,6 +51,19 @@ def engine_for(url: str) -> Engine:
             cursor.close()
 
     return engine
+
+
+def database_answers(url: str) -> bool:
+    """Whether the database answers now (one `SELECT 1`): False in an outage; any other error
+    (a bug, a refused login) is raised."""
+    try:
+        with engine_for(url).connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except DATABASE_ERRORS as error:
+        if not is_outage(error):
+            raise
+        return False
+    return True
 
 
 def sessions(url: str) -> sessionmaker[Session]:

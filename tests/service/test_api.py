@@ -108,6 +108,23 @@ def test_token_required_everywhere_but_healthz(tmp_path: Path) -> None:
         assert client.post("/jobs", json=SPEC, headers=ok).status_code == 201
 
 
+def test_a_database_outage_is_a_503_with_retry_after(pg_url: str, tmp_path: Path) -> None:
+    from sqlalchemy.engine import make_url
+
+    from tests.support import proxy_to
+
+    target = make_url(pg_url)
+    with proxy_to(target.host or "127.0.0.1", target.port or 5432) as proxy, TestClient(
+            create_app(Settings(home=tmp_path, database_url=proxy.url_for(pg_url)))) as client:
+        assert client.get("/jobs").status_code == 200
+        proxy.cut()
+        away = client.get("/jobs")
+        assert away.status_code == 503 and away.headers["Retry-After"] == "5", away.text
+        assert away.json()["detail"].startswith("database unavailable, retry shortly")
+        proxy.restore()
+        assert client.get("/jobs").status_code == 200
+
+
 def test_openapi_is_served(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/trials", "/jobs/{job_id}/cancel",
