@@ -260,7 +260,7 @@ def bound_pixels(image: Image.Image, side: int, where: str) -> None:
     image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))  # JPEG only
     if image.width * image.height > bound:
         raise DatasetError(
-            f"{where} has {width}x{height} pixels, more than the {bound:,} one image may have "
+            f"{where} has {width}x{height} pixels, over the bound of {bound:,} pixels an image "
             f"({MAX_PIXELS_ENV}; training resizes every image to at most about 1,200 px a "
             f"side): downscale it, or raise {MAX_PIXELS_ENV}"
         )

@@ -496,6 +496,7 @@ class _Loader(yaml.SafeLoader):
             node = super().compose_node(parent, index)
         finally:
             self._open -= 1
+        assert node is not None  # typed optional; every event composed gives a node
         if alias:
             if id(node) not in self._expanded:  # still being composed: it holds itself
                 raise YamlRefused(None, None, "an alias inside its own anchor (a structure "
