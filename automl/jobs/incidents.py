@@ -11,12 +11,9 @@ where the operator finds it.
 
 from __future__ import annotations
 
-import logging
 import secrets
 
 from workers.errors import UserError
-
-log = logging.getLogger(__name__)
 
 
 def one_line(text: str) -> str:

@@ -144,10 +144,10 @@ def why_nothing_completed(
     failed = [r.error for r in results if r.error]
     incident = new_incident()
     shown: dict[str, None] = {}
-    for error in failed:
+    for text, error in {str(e): e for e in failed}.items():  # each distinct error once
         message = user_message(error)
         if message is None:
-            log.error("job %s: internal error %s in a trial:\n%s", job_id, incident, error)
+            log.error("job %s: internal error %s in a trial:\n%s", job_id, incident, text)
             message = f"internal error {incident}: {kind(error)}"
         shown[message] = None
     errors = list(shown)[:3]
