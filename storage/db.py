@@ -22,22 +22,15 @@ from storage.optuna_storage import (
     DatabaseUnavailable,
     engine_kwargs,
     ensure_sqlite_parent,
+    is_outage,
     redact,
     retry,
 )
 
 # What a call may raise when the database is away (restarting, unreachable); Optuna wraps
-# every SQLAlchemy error, a bad request's included, in StorageInternalError: see `is_outage`.
+# every SQLAlchemy error, a bad request's included, in StorageInternalError: see
+# `storage.optuna_storage.is_outage`, which tells the two apart (and which `retry` uses).
 DATABASE_ERRORS = (DatabaseUnavailable, StorageInternalError, OperationalError, InterfaceError)
-
-
-def is_outage(error: BaseException) -> bool:
-    """Whether `error` says the database is away, rather than that a request was bad (a value
-    it cannot store, a broken constraint): only an outage is worth waiting out."""
-    if isinstance(error, DatabaseUnavailable | OperationalError | InterfaceError):
-        return True
-    cause = error.__cause__
-    return isinstance(error, StorageInternalError) and cause is not None and is_outage(cause)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "automl_alembic_version"
@@ -58,6 +51,19 @@ def engine_for(url: str) -> Engine:
             cursor.close()
 
     return engine
+
+
+def database_answers(url: str) -> bool:
+    """Whether the database answers now (one `SELECT 1`): False in an outage; any other error
+    (a bug, a refused login) is raised."""
+    try:
+        with engine_for(url).connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except DATABASE_ERRORS as error:
+        if not is_outage(error):
+            raise
+        return False
+    return True
 
 
 def sessions(url: str) -> sessionmaker[Session]:

@@ -41,7 +41,7 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Float, and_, case, cast, delete, exists, func, insert, literal, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 T = TypeVar("T")
@@ -359,14 +359,29 @@ def trial_page(
         return [rdb._build_frozen_trial_from_trial_model(row) for row in rows], total
 
 
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` says the database is away, rather than that a request was bad (a value
+    it cannot store, a broken constraint): only an outage is worth waiting out. Optuna wraps
+    every SQLAlchemy error, a bad request's included, in StorageInternalError: its cause says."""
+    if isinstance(error, DatabaseUnavailable | OperationalError | InterfaceError):
+        return True
+    if isinstance(error, DBAPIError):  # SQLAlchemy's judgement of the driver's error
+        return error.connection_invalidated
+    cause = error.__cause__
+    return isinstance(error, StorageInternalError) and cause is not None and is_outage(cause)
+
+
 def retry(fn: Callable[[], T], *, what: str, seconds: float = 60.0) -> T:
-    """Call `fn`, retrying with backoff while the database is unreachable."""
+    """Call `fn`, retrying with backoff while the database is unreachable; any other database
+    error (a bad request: a broken constraint, a value too long) is raised at once."""
     deadline = time.monotonic() + seconds
     delay = 0.2
     while True:
         try:
             return fn()
-        except (StorageInternalError, OperationalError, DBAPIError) as error:
+        except (StorageInternalError, DBAPIError) as error:
+            if not is_outage(error):
+                raise
             reason = _reason(error)
             if time.monotonic() + delay > deadline:
                 raise DatabaseUnavailable(

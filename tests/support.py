@@ -100,6 +100,21 @@ def write_images(folder: Path, count: int, color: tuple[int, int, int], seed: in
         Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
 
 
+def one_colour_png(width: int, height: int) -> bytes:
+    """A black grayscale PNG of any size, written row by row: 8193 x 8192 pixels take 65 KB
+    and no more memory than a row, where decoding them takes seconds and 200 MB as RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\0" * (width + 1)  # filter byte, then the pixels
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

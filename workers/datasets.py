@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
+import os
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -24,9 +26,16 @@ from workers.digits import ensure_digits
 from workers.errors import UserError
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from workers.tables import EncodedImage, StoredImages
 
 SPLITS = ("train", "val", "test")
+MAX_PIXELS_ENV = "AUTOML_MAX_IMAGE_PIXELS"
+# 8192 x 8192: eight times the largest img_size (1024) a side. Every image is resized to at
+# most about 1,200 px a side; decoding more than this is work (and memory: 200 MB as RGB)
+# thrown away, and below PIL's own bomb limit (89 MP warned, 179 MP refused) it is not stopped.
+DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
 class DatasetError(UserError, ValueError):
@@ -68,13 +77,14 @@ def confined(path: Path, where: str) -> Path:
 
     Called on every path a dataset's files name, and every file or folder indexing looks
     into, before it is tested or opened: everything outside gets this one answer, so an
-    error tells neither what is there nor whether it exists.
+    error tells neither what is there nor whether it exists. Nor where the roots are: that is
+    the operator's setting, and the answer goes to whoever sent the job.
     """
     roots = _ROOTS.get()
     if roots and not is_under(path, roots):
         raise DatasetError(
-            f"{where} resolves outside the dataset roots ({':'.join(map(str, roots))}); this "
-            "service reads only under them"
+            f"{where} resolves outside the dataset roots (AUTOML_DATASET_ROOTS); this service "
+            "reads only under them"
         )
     return path
 
@@ -201,7 +211,10 @@ def _broken_file(path: Path) -> str | None:
 
     try:
         with Image.open(path) as image:
+            bound_pixels(image, 1, f"image {path}")  # reduced as far as a JPEG goes
             image.verify()
+    except DatasetError:
+        raise
     except Exception as error:  # PIL raises many types for damaged files
         return f"{path} ({type(error).__name__}: {error})"
     return None
@@ -214,10 +227,43 @@ def _broken_row(row: EncodedImage) -> str | None:
 
     try:
         with Image.open(io.BytesIO(row.data)) as image:
+            bound_pixels(image, 1, f"{row.where}: the image")
             image.verify()
+    except DatasetError:
+        raise
     except Exception as error:  # PIL raises many types for damaged files
         return f"{row.where}: cannot decode image ({decode_error(error)})"
     return None
+
+
+def max_image_pixels() -> int:
+    """The most pixels one image may decode to: `AUTOML_MAX_IMAGE_PIXELS`, or 8192 x 8192."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    if not raw.isdigit() or int(raw) < 1:
+        raise DatasetError(f"{MAX_PIXELS_ENV}={raw[:40]!r} is not a number of pixels; set it to "
+                           f"a whole number such as {DEFAULT_MAX_PIXELS}, or unset it")
+    return int(raw)
+
+
+def bound_pixels(image: Image.Image, side: int, where: str) -> None:
+    """Refuse an opened image, from its header and before it is decoded, that would decode to
+    more pixels than `max_image_pixels()`. A JPEG over the bound is set to decode reduced
+    instead (by 2, 4 or 8 a side, PIL's `draft`), its shorter side kept at least `side`, when
+    that brings it under; any other image is decoded in full or not at all."""
+    bound = max_image_pixels()
+    width, height = image.size
+    if width * height <= bound:
+        return
+    scale = side / min(width, height)
+    image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))  # JPEG only
+    if image.width * image.height > bound:
+        raise DatasetError(
+            f"{where} has {width}x{height} pixels, over the bound of {bound:,} pixels an image "
+            f"({MAX_PIXELS_ENV}; training resizes every image to at most about 1,200 px a "
+            f"side): downscale it, or raise {MAX_PIXELS_ENV}"
+        )
 
 
 def decode_error(error: Exception) -> str:

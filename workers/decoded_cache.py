@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeAlias
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from workers.datasets import DatasetError, decode_error, verify_images
+from workers.datasets import DatasetError, bound_pixels, decode_error, verify_images
 from workers.digits import default_cache_dir
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 CHUNK_IMAGES = 256  # decoded per write: bounds the build's memory, whatever the dataset's size
 GB = 1e9
 MAX_GB_ENV = "AUTOML_CACHE_MAX_GB"
+CACHE_ENV = "AUTOML_CACHE_DIR"  # named in messages, never its path: they reach HTTP clients
 MARGIN_SHARE, MARGIN_MIN = 0.05, 1 * GB  # of the cache's filesystem, left free by default
 
 Images: TypeAlias = "Sequence[Path] | StoredImages"  # image files, or images held in tables
@@ -173,13 +174,13 @@ def cache_budget(cache_dir: Path | None = None) -> CacheBudget:
         if allowed <= free:
             return CacheBudget(
                 max(allowed, 0),
-                f"{MAX_GB_ENV}={raw} less {_gb(held)} other cached datasets hold in {folder}",
+                f"{MAX_GB_ENV}={raw} less {_gb(held)} other cached datasets hold",
             )
-        return CacheBudget(free, f"the free disk on {probe}, below {MAX_GB_ENV}={raw}")
+        return CacheBudget(free, f"the free disk under {CACHE_ENV}, below {MAX_GB_ENV}={raw}")
     margin = max(MARGIN_MIN, MARGIN_SHARE * total)
     return CacheBudget(
         max(int(free - margin), 0),
-        f"the free disk on {probe} ({_gb(free)}) less a {_gb(margin)} safety margin",
+        f"the free disk under {CACHE_ENV} ({_gb(free)}) less a {_gb(margin)} safety margin",
     )
 
 
@@ -201,7 +202,7 @@ def check_cache_budget(
     raise DatasetError(
         f"the decoded-image cache needs {_gb(need)} for {n_images:,} images at {shape} px "
         f"(3 bytes a pixel), over its budget of {_gb(budget.available)} ({budget.reason}); "
-        f"raise {MAX_GB_ENV}, free disk there, point AUTOML_CACHE_DIR at a larger disk, "
+        f"raise {MAX_GB_ENV}, free disk there, point {CACHE_ENV} at a larger disk, "
         "or use a smaller img_size"
     )
 
@@ -209,15 +210,18 @@ def check_cache_budget(
 def decode_one(path: Path, size: int, interpolation: str = "bicubic") -> np.ndarray:
     """Resize the shorter side to `size`, center-crop a square; (3, size, size) uint8."""
     try:
-        return _decode(path, size, interpolation)
+        return _decode(path, size, interpolation, f"image {path}")
+    except DatasetError:
+        raise
     except DECODE_ERRORS as error:
         raise DatasetError(
             f"cannot decode image {path}: {error}; replace or remove the file"
         ) from error
 
 
-def _decode(source: Path | BinaryIO, size: int, interpolation: str) -> np.ndarray:
+def _decode(source: Path | BinaryIO, size: int, interpolation: str, where: str) -> np.ndarray:
     with Image.open(source) as image:
+        bound_pixels(image, size, where)
         rgb = to_rgb(image)
     width, height = rgb.size
     scale = size / min(width, height)
@@ -265,7 +269,9 @@ def _decode_item(chunk: _Chunk, j: int, size: int, interpolation: str) -> np.nda
     if isinstance(item, Path):
         return decode_one(item, size, interpolation)
     try:
-        return _decode(io.BytesIO(item), size, interpolation)
+        return _decode(io.BytesIO(item), size, interpolation, f"{chunk.where[j]}: the image")
+    except DatasetError:
+        raise
     except DECODE_ERRORS as error:
         raise DatasetError(
             f"{chunk.where[j]}: cannot decode image ({decode_error(error)}); "
@@ -298,10 +304,11 @@ def _decode_all(images: Images, size: int, interpolation: str, target: Path) -> 
                 if pending is not None:
                     _write_chunk(out, *pending)
             written = out.tell()
-        if written != decoded_bytes(len(images), size):
+        due = decoded_bytes(len(images), size)
+        if written != due:
             raise DatasetError(
-                f"{target.parent}: wrote {written:,} bytes where {decoded_bytes(len(images), size):,} "
-                "were due; the dataset changed while it was decoded, start the trial again"
+                f"the decoded-image cache: wrote {written:,} bytes where {due:,} were due; the "
+                "dataset changed while it was decoded, start the trial again"
             )
         os.replace(tmp_name, target)
     finally:

@@ -219,6 +219,15 @@ def create_backbone(config: TrialConfig, num_classes: int) -> torch.nn.Module:
             if refused != "img_size":
                 warnings.warn(f"{config.backbone} has no {refused}; ignoring it", stacklevel=2)
             optional.pop(refused)
+        except RuntimeError as error:  # torch's load_state_dict: a heading, a line a problem
+            lines = str(error).strip().splitlines()
+            if not isinstance(config.pretrained, str) or "loading state_dict" not in str(error):
+                raise
+            first = " ".join(lines[1].split()).rstrip(".")[:300] if len(lines) > 1 else "torch refused them"
+            raise ConfigError(
+                f"pretrained weights {config.pretrained} do not fit {config.backbone} ({first}); "
+                f"give weights saved from {config.backbone}"
+            ) from None
 
 
 def preprocessing(model: torch.nn.Module, img_size: int | None) -> Preprocessing:

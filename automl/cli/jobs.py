@@ -98,7 +98,8 @@ def submit(
     """Queue a search job; a runner (`automl runner`) picks it up. Prints the job id."""
     from automl.search.spec import load_spec
 
-    job = backend(api, storage).submit(load_spec(job_file))
+    spec = load_spec(job_file)  # before the backend: a refused spec leaves nothing behind
+    job = backend(api, storage).submit(spec)
     err.print(f"submitted {job.id} ({job.state}); watch it: automl status {job.id} --watch",
               highlight=False, soft_wrap=True)
     out.print(job.id, highlight=False)

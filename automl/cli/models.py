@@ -18,17 +18,18 @@ from workers.errors import UserError
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`key=value` pairs; values are read as YAML scalars (0.1, 1e-4, true, all, [30, 60])."""
-    from automl.search.spec import load_yaml
+    from automl.search.spec import load_yaml, yaml_problem
 
     values: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--set {pair!r}: expected key=value, e.g. --set lr=0.001")
+            raise UserError(f"--set {pair[:64]!r}: expected key=value, e.g. --set lr=0.001")
         try:
             values[key.strip()] = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as error:
-            raise UserError(f"--set {pair!r}: value is not valid YAML ({error})") from error
+            raise UserError(f"--set {key.strip()[:64]}=...: the value is "
+                            f"{yaml_problem(error)}") from None
     return values
 
 

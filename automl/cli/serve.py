@@ -28,7 +28,7 @@ def serve(
     """The REST API and optuna-dashboard for the same storage, in one process."""
     import uvicorn
 
-    from automl.service.server import build, start_dashboard
+    from automl.service.server import GRACEFUL_SHUTDOWN_SECONDS, build, start_dashboard
     from storage.optuna_storage import redact
 
     settings = settings_from(storage, artifacts)
@@ -46,7 +46,8 @@ def serve(
         f"{settings.dashboard_url}{gate}; storage {redact(settings.storage_url)}",
         highlight=False, soft_wrap=True,
     )
-    uvicorn.run(api, host=host, port=port, log_level="warning")
+    uvicorn.run(api, host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
 
 
 def dashboard(

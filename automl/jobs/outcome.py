@@ -14,6 +14,7 @@ import ray
 from optuna.trial import TrialState
 from ray import tune
 
+from automl.jobs.incidents import in_the_log, kind, new_incident, user_message
 from automl.search import keys
 from automl.search.keys import TrialCounts, state_name
 from automl.search.spec import JobSpec
@@ -138,9 +139,18 @@ def why_nothing_completed(
     spec: JobSpec, job_id: str, study: optuna.Study, results: list[tune.Result]
 ) -> str:
     """The job's error when no trial completed: the first distinct errors, why the job stopped,
-    and the fix when every trial met the same known fault."""
-    errors = list(dict.fromkeys(str(r.error).strip().splitlines()[-1]
-                                for r in results if r.error))[:3]
+    and the fix when every trial met the same known fault. A trial's user error is quoted; any
+    other is named by its type and an incident id, its traceback logged under that id."""
+    failed = [r.error for r in results if r.error]
+    incident = new_incident()
+    shown: dict[str, None] = {}
+    for text, error in {str(e): e for e in failed}.items():  # each distinct error once
+        message = user_message(error)
+        if message is None:
+            log.error("job %s: internal error %s in a trial:\n%s", job_id, incident, text)
+            message = f"internal error {incident}: {kind(error)}"
+        shown[message] = None
+    errors = list(shown)[:3]
     detail = f"; first errors: {' | '.join(errors)}" if errors else ""
     if JobStopper.gave_up(job_id):
         detail = (f"; stopped after the first {FAIL_FAST_TRIALS} trials failed before an "
@@ -148,7 +158,9 @@ def why_nothing_completed(
     elif _time_is_up(spec, study):
         detail = (f"; the time limit ({spec.budget.time_limit:g} s) ran out before any trial "
                   f"finished an epoch: raise budget.time_limit{detail}")
-    return f"no trial completed{detail}{failure_hint(errors)}"
+    last_lines = [str(e).strip().splitlines()[-1] for e in failed if str(e).strip()]
+    internal = f"; {in_the_log(job_id)}" if any(incident in e for e in errors) else ""
+    return f"no trial completed{detail}{failure_hint(last_lines)}{internal}"
 
 
 def _time_is_up(spec: JobSpec, study: optuna.Study) -> bool:

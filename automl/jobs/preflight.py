@@ -52,7 +52,7 @@ def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
         if roots and not spec.dataset.source.startswith("builtin:") and not all(
                 is_under(p, roots) for p in index.files):
             raise DatasetError(
-                f"some of its images resolve outside the dataset roots ({':'.join(map(str, roots))}) "
+                "some of its images resolve outside the dataset roots (AUTOML_DATASET_ROOTS) "
                 "through symlinks; this service reads only under them"
             )
         check_cache_room(spec, index)
@@ -98,14 +98,12 @@ def check_pretrained_weights(spec: JobSpec) -> None:
     why = hub_unreachable()
     if why is None:
         return
-    from huggingface_hub import constants
-
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-    raise JobError(
+    raise JobError(  # the cache named by its setting: its path is the server's
         f"pretrained weights cannot be fetched: {why}, and {len(missing)} of the space's "
-        f"backbones ({', '.join(missing[:3])}{more}) are not in the Hugging Face cache "
-        f"{constants.HF_HUB_CACHE}; give the machines network access or a filled cache "
-        "(HF_HOME), or set space.pretrained: false or to a weights file"
+        f"backbones ({', '.join(missing[:3])}{more}) are not in the machines' Hugging Face "
+        "cache (HF_HOME); give the machines network access or a filled cache, or set "
+        "space.pretrained: false or to a weights file"
     )
 
 

@@ -32,9 +32,9 @@ from optuna.trial import TrialState
 from automl.jobs.local_ray import die_with_parent, local_ray
 from automl.jobs.stored import resume_hint
 from automl.settings import Settings
-from storage.db import DATABASE_ERRORS, is_outage
+from storage.db import DATABASE_ERRORS
 from storage.jobs import JobStore
-from storage.optuna_storage import engine_kwargs
+from storage.optuna_storage import engine_kwargs, is_outage
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,9 @@ class Runner:
             if job is None:
                 return
             if job.restarts > self.settings.job_restarts:
+                log.warning("job %s: last seen on runner %s", job.id, job.runner)
                 self._give_up(job.id, job.attempts, f"its driver stopped heartbeating "
-                              f"{job.restarts} times (last seen on runner {job.runner})")
+                              f"{job.restarts} times")
                 continue
             self.children[job.id] = self._spawn(job.id, job.attempts, address)
 
@@ -143,7 +144,8 @@ class Runner:
                 log.warning("job %s finished: %s", job_id, job.state)
                 continue
             # died without recording an outcome, and no other runner has taken the job over
-            why = f"job process {_exit(code)}: {_tail(child.log_path)}"
+            why = f"job process {_exit(code)}"
+            log.warning("job %s: %s; its log ends: %s", job_id, why, _tail(child.log_path))
             if not restart:
                 continue
             if job.restarts < self.settings.job_restarts:
@@ -162,7 +164,8 @@ class Runner:
         self.store.finish(
             job_id, "failed", attempts=attempts,
             error=f"{why}; gave up after {limit} restart(s) (AUTOML_JOB_RESTARTS), {failed} "
-                  f"running trial(s) told FAIL; {resume_hint(job_id)} once the cause is fixed",
+                  f"running trial(s) told FAIL; its driver's log is logs/{job_id}.log on its "
+                  f"runner; {resume_hint(job_id)} once the cause is fixed",
         )
         log.warning("job %s failed: %s", job_id, why)
 

@@ -20,7 +20,6 @@ import _thread
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import Any, TypeVar
@@ -28,8 +27,9 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import TrialState
 
-from automl.errors import JobError, PublishError
+from automl.errors import PublishError
 from automl.jobs.driver import run_job
+from automl.jobs.incidents import error_line
 from automl.jobs.outcome import JobOutcome
 from automl.search.keys import TrialCounts
 from automl.search.spec import JobSpec, new_job_id, parse_spec
@@ -229,10 +229,9 @@ def execute_job(
         beat.done.set()
         if beat.lost is not None:  # the row is another driver's now, or unreachable
             raise
-        message = (str(error) if isinstance(error, JobError)  # written for the user as is
-                   else "".join(traceback.format_exception_only(error)).strip())
+        message = error_line(error, job_id)  # one line: never a traceback, a path, a host
         if isinstance(error, PublishError):  # nothing was published: resuming publishes afresh
-            message = f"{error}, then {resume_hint(job_id, job_file)}"
+            message = f"{message}, then {resume_hint(job_id, job_file)}"
         store.finish(job_id, "failed", error=message, progress=read_progress(storage, job_id),
                      attempts=job.attempts)
         if isinstance(error, PublishError):

@@ -42,6 +42,7 @@ MAX_STRING = 4096  # longer than any path or timm name; a spec is a few KB
 MAX_ITEMS = 1000  # choices in one list, keys in one mapping
 MAX_KEY = 200  # characters of one mapping key: far longer than any field or option name
 MAX_DEPTH = 32  # levels of nesting: a spec has four or five
+MAX_VALUES = 100_000  # values a YAML spec stands for, aliases expanded: a spec has a few hundred
 MAX_TIME_LIMIT = 365 * 86400.0
 MAX_OPTION = 10_000  # |x| of a sampler or pruner option: far above any useful count or weight
 MAX_OPTION_TEXT = 64  # characters of a string option ("auto", a restart strategy's name)
@@ -481,8 +482,63 @@ def parse_spec(payload: Any, source: str = "job spec") -> JobSpec:
         raise SpecError(f"{source} is invalid:\n" + format_errors(error)) from None
 
 
+class YamlRefused(yaml.MarkedYAMLError):
+    """A YAML document refused for its size once its aliases are expanded, or its depth."""
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-4` as a string (it wants `1.0e-4`); users mean a number."""
+    """A SafeLoader (no arbitrary objects) that bounds what a document stands for, before it
+    is constructed, and that reads `1e-4` as a number.
+
+    Composing is cheap, and so is construction: an alias is one shared object. The cost comes
+    in whatever walks the result as a tree (the spec's checks, pydantic, JSON), where a 600-byte
+    "billion laughs" document of aliases nested nine deep stands for 9**9 values. So each node
+    composed is counted as it would be expanded (`MAX_VALUES`), and nesting is bounded by the
+    spec's own `MAX_DEPTH` before the composer recurses into it: 20,000 levels would otherwise
+    end in a RecursionError.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._open = 0  # collections being composed around the current node
+        self._expanded: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth below)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        mark = self.peek_event().start_mark
+        if self._open > MAX_DEPTH:
+            raise YamlRefused(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+        alias = self.check_event(yaml.AliasEvent)
+        self._open += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._open -= 1
+        assert node is not None  # typed optional; every event composed gives a node
+        if alias:
+            if id(node) not in self._expanded:  # still being composed: it holds itself
+                raise YamlRefused(None, None, "an alias inside its own anchor (a structure "
+                                  "that holds itself)", mark)
+        else:
+            self._expanded[id(node)] = self._measure(node)
+        values, below = self._expanded[id(node)]
+        if values > MAX_VALUES:
+            raise YamlRefused(None, None, f"more than {MAX_VALUES:,} values once its aliases "
+                              "are expanded (a job spec has a few hundred)", mark)
+        if self._open + below > MAX_DEPTH:
+            raise YamlRefused(None, None, f"nested deeper than {MAX_DEPTH} levels once its "
+                              "aliases are expanded", mark)
+        return node
+
+    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+        """(values, levels of nesting) `node` stands for; its children are measured already."""
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            return 1, 0
+        parts = [self._expanded[id(child)] for child in children]
+        return 1 + sum(v for v, _ in parts), 1 + max((d for _, d in parts), default=0)
 
 
 _Loader.add_implicit_resolver(
@@ -493,7 +549,16 @@ _Loader.add_implicit_resolver(
 
 
 def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+    return yaml.load(text, Loader=_Loader)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """What is wrong with a YAML text, and where, on one line (PyYAML's own text spans four)."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    refused = "refused" if isinstance(error, YamlRefused) else "invalid YAML"
+    return f"{refused}{where}: {problem}"
 
 
 def load_spec(path: Path) -> JobSpec:
@@ -506,10 +571,7 @@ def load_spec(path: Path) -> JobSpec:
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a text file (job files are YAML in UTF-8)") from None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+        raise SpecError(f"{path}: {yaml_problem(error)}") from None
     spec = parse_spec(with_paths_from(payload, path.parent), str(path))
     try:
         check_weights(spec)
@@ -587,11 +649,12 @@ def require_under_roots(spec: JobSpec, roots: tuple[Path, ...]) -> None:
     symlinks are resolved: the runner may read much more (it runs as whoever deployed it), and a
     token must not be a key to its files. Every path the spec names is judged before any is
     opened, and every path outside gets the same answer, so nothing is said of what is there or
-    whether it exists; the weights files are checked after."""
+    whether it exists, nor where the roots are (the operator's setting); the weights files are
+    checked after."""
     require_absolute_dataset(spec)
     for field, value in paths_read(spec):
         if not is_under(value, roots):
-            where = (f"the dataset roots ({':'.join(map(str, roots))})" if roots else
+            where = ("the dataset roots (AUTOML_DATASET_ROOTS)" if roots else
                      "any dataset root: this service has none (AUTOML_DATASET_ROOTS), so jobs "
                      "sent over HTTP may use builtin datasets only")
             raise SpecError(

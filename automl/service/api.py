@@ -21,9 +21,11 @@ from automl.search.spec import MAX_DEPTH, MAX_ERRORS, field_part
 from automl.service.guard import RequestGuard
 from automl.service.routes import health, jobs
 from automl.service.service import JobService
+from automl.service.views import OUTAGE, RETRY_AFTER_SECONDS
 from automl.settings import Settings
-from storage.db import DATABASE_ERRORS, is_outage
+from storage.db import DATABASE_ERRORS
 from storage.jobs import JobStore
+from storage.optuna_storage import is_outage
 
 MAX_MESSAGE = 500  # characters of one error message; an echo of a huge input is cut here
 STATUS = {UnknownJob: status.HTTP_404_NOT_FOUND, JobConflict: status.HTTP_409_CONFLICT,
@@ -79,8 +81,8 @@ async def _database(_: Request, error: Exception) -> JSONResponse:
     if not is_outage(error):  # a bad request or a bug: a 500 with its traceback in the log
         raise error
     return JSONResponse(
-        {"detail": f"database unavailable, retry shortly ({type(error).__name__})"},
-        status.HTTP_503_SERVICE_UNAVAILABLE,
+        {"detail": f"{OUTAGE} ({type(error).__name__})"},
+        status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 

@@ -16,6 +16,11 @@ from automl.service.dashboard import dashboard_server
 from automl.settings import Settings
 from storage.optuna_storage import optuna_storage
 
+# How long `automl serve` waits, once told to stop, for requests in flight: a checkpoint being
+# downloaded ends, a client that stalls mid-request (which would keep it alive for as long as
+# it stalls) is cut off. Below docker's 10 s between SIGTERM and SIGKILL, and Kubernetes' 30 s.
+GRACEFUL_SHUTDOWN_SECONDS = 8
+
 
 def build(
     settings: Settings, host: str, dashboard_port: int, connect_seconds: float = 10.0

@@ -9,6 +9,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+# The API's and the dashboard's answer while the database is away: 503, and how many seconds
+# to wait before asking again (a PostgreSQL restart takes a few)
+RETRY_AFTER_SECONDS = 5
+OUTAGE = "database unavailable, retry shortly"
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TrialState = Literal["running", "complete", "pruned", "failed", "waiting"]
 

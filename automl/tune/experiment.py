@@ -93,7 +93,8 @@ def _fit(
     if left <= 0:
         raise JobError(
             f"job {job_id} has run all {spec.budget.n_trials} trials, but its Ray run folder "
-            f"{path} is gone, and the checkpoints with it; run the job again under a new id"
+            f"(AUTOML_RUNS/{job_id}) is gone, and the checkpoints with it; run the job again "
+            "under a new id"
         )
     metric, mode = spec.objective.metric, spec.objective.mode
     searcher, scheduler = bridge(link, metric, mode, trial_settings(spec, n_classes))

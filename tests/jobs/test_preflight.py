@@ -31,3 +31,22 @@ def test_a_job_with_dataset_roots_reads_only_under_them(tmp_path: Path, color_fo
         check_paths(weights, (root,))
     with pytest.raises(JobError, match=r"space.pretrained: pretrained weights file .* does not exist"):
         check_paths(weights)
+
+
+def test_a_refusal_under_the_roots_does_not_say_where_they_are(
+    tmp_path: Path, color_folder: Path
+) -> None:
+    """The roots are the operator's setting, and a job's error is read back over HTTP by
+    whoever sent it: it names the setting, not the folders."""
+    root = tmp_path / "operator-only-root"
+    for name in ("red", "blue"):  # class folders under the root, images linked from outside
+        (root / "data" / name).mkdir(parents=True)
+        for image in (color_folder / name).glob("*.png"):
+            (root / "data" / name / image.name).symlink_to(image)
+    spec = parse_spec({"name": "t", "dataset": {"source": str(root / "data")},
+                       "space": {"pretrained": "/srv/elsewhere/w.pth"}})
+    for check in (check_paths, check_dataset):
+        with pytest.raises(JobError) as refused:
+            check(spec, (root,))
+        assert "outside the dataset roots (AUTOML_DATASET_ROOTS)" in str(refused.value)
+        assert "operator-only-root" not in str(refused.value).replace(str(root / "data"), "")

@@ -121,6 +121,8 @@ def test_a_killed_driver_is_restarted_then_given_up_then_resumed(pg_url: str, tm
         failed = store.get(job_id)
         assert failed.error is not None and "was killed by SIGKILL" in failed.error
         assert f"automl resume {job_id}" in failed.error, failed.error
+        # the line says where the driver's log is, and quotes none of it (it may hold anything)
+        assert f"its driver's log is logs/{job_id}.log" in failed.error and " | " not in failed.error
         assert failed.n_running == 0
         study = load_study(pg_url, job_id)
         assert not [t for t in study.trials if t.state == TrialState.RUNNING]

@@ -108,6 +108,23 @@ def test_token_required_everywhere_but_healthz(tmp_path: Path) -> None:
         assert client.post("/jobs", json=SPEC, headers=ok).status_code == 201
 
 
+def test_a_database_outage_is_a_503_with_retry_after(pg_url: str, tmp_path: Path) -> None:
+    from sqlalchemy.engine import make_url
+
+    from tests.support import proxy_to
+
+    target = make_url(pg_url)
+    with proxy_to(target.host or "127.0.0.1", target.port or 5432) as proxy, TestClient(
+            create_app(Settings(home=tmp_path, database_url=proxy.url_for(pg_url)))) as client:
+        assert client.get("/jobs").status_code == 200
+        proxy.cut()
+        away = client.get("/jobs")
+        assert away.status_code == 503 and away.headers["Retry-After"] == "5", away.text
+        assert away.json()["detail"].startswith("database unavailable, retry shortly")
+        proxy.restore()
+        assert client.get("/jobs").status_code == 200
+
+
 def test_openapi_is_served(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/trials", "/jobs/{job_id}/cancel",
@@ -333,6 +350,34 @@ def test_jobs_over_http_read_only_under_the_dataset_roots(tmp_path: Path) -> Non
         response = client.post("/jobs", headers=AUTH,
                                json={**SPEC, "dataset": {"source": str(roots / "flowers")}})
         assert response.status_code == 422 and "AUTOML_DATASET_ROOTS" in response.text
+
+
+def test_a_refusal_over_http_does_not_say_where_the_dataset_roots_are(tmp_path: Path) -> None:
+    roots = (tmp_path / "operator-only-a", tmp_path / "operator-only-b")
+    with guarded_client(tmp_path, dataset_roots=roots) as client:
+        for spec in ({**SPEC, "dataset": {"source": "/etc"}},
+                     {**SPEC, "space": {"pretrained": "/srv/w.safetensors"}}):
+            response = client.post("/jobs", headers=AUTH, json=spec)
+            assert response.status_code == 422, response.text
+            assert "outside the dataset roots (AUTOML_DATASET_ROOTS)" in response.text
+            assert "operator-only" not in response.text
+
+
+def test_a_body_nested_20000_deep_is_one_line_4xx_and_the_service_serves_on(
+    tmp_path: Path
+) -> None:
+    """JSON's parser has no aliases to expand, and refuses what its recursion cannot read."""
+    with guarded_client(tmp_path) as client:
+        for depth in (20_000, 40):
+            body = ('{"name": "t", "dataset": {"source": "builtin:digits"}, "space": {"lr": '
+                    + "[" * depth + "]" * depth + "}}")
+            response = client.post("/jobs", headers={**AUTH, "Content-Type": "application/json"},
+                                   content=body)
+            assert 400 <= response.status_code < 500, response.text
+            assert "\n" not in response.text and len(response.text) < 600, response.text
+        assert "nested deeper than 32 levels" in response.text
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/jobs", headers=AUTH).json()["total"] == 0
 
 
 def test_jobs_over_http_track_only_to_the_services_mlflow_server(tmp_path: Path) -> None:

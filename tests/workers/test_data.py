@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,13 @@ import torch
 from typer.testing import CliRunner
 
 from automl.cli import app
-from tests.support import write_images
+from tests.support import one_colour_png, write_images
 from workers.config import ConfigError, DataConfig, TrialConfig
-from workers.datasets import DatasetError, load_index
+from workers.datasets import DatasetError, load_index, verify_images
 from workers.decoded_cache import (
     cache_budget,
     check_cache_budget,
+    decode_one,
     decoded_bytes,
     load_decoded,
     verify_once,
@@ -113,6 +115,56 @@ def test_corrupt_image_is_named(color_folder: Path) -> None:
     assert code == 2
     assert "cannot decode image" in output and "broken.png" in output
     assert "replace or remove the file" in output
+
+
+def test_an_image_over_the_pixel_bound_is_refused_from_its_header(color_folder: Path) -> None:
+    """8193 x 8192 pixels, one over the bound: the dataset check, the decoded cache a trial
+    builds and prediction each refuse it by name, reading its header only (a full decode of
+    it takes seconds)."""
+    big = color_folder / "red" / "huge.png"
+    big.write_bytes(one_colour_png(8193, 8192))
+    message = (f"image {big} has 8193x8192 pixels, over the bound of 67,108,864 pixels an "
+               "image (AUTOML_MAX_IMAGE_PIXELS; training resizes every image to at most about "
+               "1,200 px a side): downscale it, or raise AUTOML_MAX_IMAGE_PIXELS")
+    paths = sorted(color_folder.rglob("*.png"))
+    for check in (lambda: verify_images(paths), lambda: load_decoded(paths, 32),
+                  lambda: decode_one(big, 32)):
+        started = time.monotonic()
+        with pytest.raises(DatasetError) as refused:
+            check()
+        assert str(refused.value) == message
+        assert time.monotonic() - started < 0.5
+    code, output = run_cli("--dataset", str(color_folder), "--backbone", "test_resnet",
+                           "--epochs", "1", "--set", "img_size=32")
+    assert code == 2 and " ".join(output.split()) == f"error: {message}", output
+
+
+def test_a_jpeg_over_the_pixel_bound_is_decoded_reduced(tmp_path: Path) -> None:
+    """A JPEG decodes at 1/2, 1/4 or 1/8 of its size for little more than that costs: one over
+    the bound is read so, its shorter side still above what training resizes it to."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (8200, 8200), (10, 200, 30)).save(photo, quality=90)
+    verify_images([photo])
+    started = time.monotonic()
+    pixels = decode_one(photo, 32)
+    assert time.monotonic() - started < 0.5
+    assert pixels.shape == (3, 32, 32)
+    assert np.abs(pixels[:, 16, 16].astype(int) - [10, 200, 30]).max() <= 3
+
+
+def test_the_pixel_bound_is_a_setting(color_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = sorted(color_folder.rglob("*.png"))  # 24 x 20 pixels each
+    monkeypatch.setenv("AUTOML_MAX_IMAGE_PIXELS", "400")
+    with pytest.raises(DatasetError, match=r"has 24x20 pixels, over the bound of 400 pixels an image"):
+        verify_images(paths)
+    monkeypatch.setenv("AUTOML_MAX_IMAGE_PIXELS", "480")
+    verify_images(paths)
+    monkeypatch.setenv("AUTOML_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(DatasetError, match=r"^AUTOML_MAX_IMAGE_PIXELS='lots' is not a number of "
+                       r"pixels; set it to a whole number such as 67108864, or unset it$"):
+        decode_one(paths[0], 32)
 
 
 def test_empty_class_folder_is_named(color_folder: Path) -> None:
@@ -237,6 +289,21 @@ def test_missing_weights_file_is_named(tmp_path: Path) -> None:
         create_backbone(TrialConfig(pretrained=str(tmp_path / "nope.pth")), 10)
 
 
+def test_weights_that_do_not_fit_the_backbone_are_a_user_error(tmp_path: Path) -> None:
+    """What a user gave (weights of another model) is theirs to fix: one line naming the file
+    and the first parameter that differs, not torch's list of every one."""
+    state = timm.create_model("test_resnet").state_dict()
+    state["conv1.0.weight"] = torch.zeros(3, 3)
+    weights = tmp_path / "misfit.safetensors"
+    safetensors.torch.save_file(state, str(weights))
+    with pytest.raises(ConfigError) as refused:
+        create_backbone(TrialConfig(backbone="test_resnet", pretrained=str(weights)), 10)
+    assert str(refused.value) == (
+        f"pretrained weights {weights} do not fit test_resnet (size mismatch for conv1.0.weight: "
+        "copying a param with shape torch.Size([3, 3]) from checkpoint, the shape in current "
+        "model is torch.Size([16, 3, 3, 3])); give weights saved from test_resnet")
+
+
 def test_one_space_spans_vits_and_convnets() -> None:
     """img_size resizes a ViT's position embedding; a DLA without stochastic depth ignores it."""
     vit = create_backbone(TrialConfig(backbone="vit_tiny_patch16_224", img_size=64), 10)
@@ -283,7 +350,7 @@ def test_the_budget_counts_what_other_datasets_already_hold(
     monkeypatch.setenv("AUTOML_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("AUTOML_CACHE_MAX_GB", "0.00005")  # room for one 41 KB dataset, not two
     load_decoded(sorted((color_folder / "red").glob("*.png")) * 2, 24)
-    with pytest.raises(DatasetError, match=r"less 4\d\.\d KB other cached datasets hold"):
+    with pytest.raises(DatasetError, match=r"less 4\d\.\d KB other cached datasets hold\)"):
         load_decoded(sorted((color_folder / "blue").glob("*.png")) * 2, 24)
     monkeypatch.setenv("AUTOML_CACHE_MAX_GB", "lots")
     with pytest.raises(DatasetError, match="AUTOML_CACHE_MAX_GB='lots' is not a size in GB"):
@@ -294,9 +361,11 @@ def test_without_a_budget_the_free_disk_less_a_margin_is_the_limit(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AUTOML_CACHE_MAX_GB", raising=False)
     budget = cache_budget(tmp_path / "not-yet-created")
-    assert "free disk on" in budget.reason and "safety margin" in budget.reason
-    with pytest.raises(DatasetError, match="free disk on"):
+    assert "free disk under AUTOML_CACHE_DIR" in budget.reason
+    assert "safety margin" in budget.reason and str(tmp_path) not in budget.reason
+    with pytest.raises(DatasetError, match="free disk under AUTOML_CACHE_DIR") as refused:
         check_cache_budget(10**9, 1024, tmp_path)  # 3 PB
+    assert str(tmp_path) not in str(refused.value)  # the server's folders are its operator's
 
 
 def test_a_file_changed_after_verification_is_verified_again(color_folder: Path) -> None:
@@ -326,7 +395,7 @@ def test_under_the_roots_a_manifest_says_nothing_of_what_lies_outside(
             load_index(DataConfig(source=str(manifest)), (root,))
         answers.add(str(caught.value))
     assert answers == {f"{manifest}:2: the image that line names resolves outside the dataset "
-                       f"roots ({root}); this service reads only under them"}
+                       "roots (AUTOML_DATASET_ROOTS); this service reads only under them"}
     rows = [f"{p},{p.parent.name}" for p in sorted(color_folder.rglob("*.png"))]
     manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
     assert len(load_index(DataConfig(source=str(manifest))).paths) == 24

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.support import one_colour_png
 from workers.config import DataConfig, TrialConfig
 from workers.datasets import DatasetError, load_index, verify_images
 from workers.decoded_cache import load_decoded
@@ -168,6 +169,21 @@ def test_a_corrupt_row_is_named_by_file_and_row(tmp_path: Path) -> None:
         load_decoded(index.images, 24)  # in a trial, had the driver not checked
 
 
+def test_a_row_over_the_pixel_bound_is_named_by_file_and_row(tmp_path: Path) -> None:
+    table = hub_table(alternating(30), ["red", "blue"])
+    images = table.column("image").to_pylist()
+    images[17]["bytes"] = one_colour_png(8193, 8192)
+    path = tmp_path / "train.parquet"
+    pq.write_table(table.set_column(0, "image", pa.array(images, table.schema.field("image").type)),
+                   path, row_group_size=8)
+    index = load_index(DataConfig(source=str(path)))
+    refused = r"train.parquet row 17: the image has 8193x8192 pixels, over the bound of 67,108,864"
+    with pytest.raises(DatasetError, match=refused):
+        verify_images(index.images)
+    with pytest.raises(DatasetError, match=refused):
+        load_decoded(index.images, 24)
+
+
 def test_an_empty_file_and_a_one_class_file_are_refused(tmp_path: Path) -> None:
     empty = hub_table([], ["red", "blue"])
     pq.write_table(empty, tmp_path / "empty.parquet")
@@ -303,8 +319,8 @@ def test_under_the_roots_a_table_says_nothing_of_what_lies_outside(tmp_path: Pat
             load_index(DataConfig(source=str(root / "paths.parquet")), (root,))
         answers.add(str(caught.value))
     assert answers == {f"{root / 'paths.parquet'} row 0: the image file that row names "
-                       f"resolves outside the dataset roots ({root}); this service reads only "
-                       "under them"}
+                       "resolves outside the dataset roots (AUTOML_DATASET_ROOTS); this service "
+                       "reads only under them"}
     saved = root / "saved"
     saved.mkdir()
     answers = set()
