@@ -151,6 +151,21 @@ class JobStore:
             session.add(JobEvent(job_id=job_id, kind="restarted", message=why))
         return self.get(job_id)
 
+    def release(self, job_id: str, attempts: int, why: str) -> bool:
+        """Hand a running job back to the queue, for the next runner to claim at once: its
+        runner is stopping and has stopped its driver. Not a fault, so not a restart. Only under
+        claim `attempts` (a job another runner has taken over is left to it). Returns whether
+        it was handed back."""
+        with self._sessions.begin() as session:
+            handed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempts == attempts, Job.state == "running")
+                .values(state="queued", runner=None, heartbeat_at=None)
+            ).rowcount == 1  # type: ignore[attr-defined]
+            if handed:
+                session.add(JobEvent(job_id=job_id, kind="released", message=why))
+        return handed
+
     def requeue(self, job_id: str) -> tuple[Job | None, bool]:
         """A failed or cancelled job back in the queue (`automl resume`): a runner resumes it
         with the spec, study and Ray Tune state it had. Returns the job (None if unknown) and

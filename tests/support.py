@@ -68,6 +68,40 @@ def load_study(url: str, name: str) -> Any:
     return optuna.load_study(study_name=name, storage=_storage(url))
 
 
+def assert_budget_met_once(study: Any, n_trials: int) -> None:
+    """Exactly the budget's trials, all finished, none run twice: each by its own Ray trial,
+    with its epochs reported from the first on, none missing."""
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == n_trials, [(t.number, t.state) for t in trials]
+    assert all(t.state.is_finished() for t in trials), [(t.number, t.state) for t in trials]
+    assert len({t.user_attrs.get("ray_trial_id") for t in trials}) == n_trials
+    for trial in trials:
+        epochs = sorted(trial.intermediate_values)
+        assert epochs == list(range(1, len(epochs) + 1)), (trial.number, epochs)
+
+
+def assert_only_kept_checkpoints(study: Any, run_folder: Path) -> None:
+    """Retention applied to every finished trial: a failed or pruned one keeps no checkpoint, a
+    complete one at most one, without optimizer state."""
+    from ray import tune
+
+    from automl.tune.retention import OPTIMIZER_FILES, checkpoint_folders
+
+    folders = {t.trial_id: Path(t.path) for t in tune.ExperimentAnalysis(str(run_folder)).trials
+               if t.path is not None}
+    for trial in study.get_trials(deepcopy=False):
+        folder = folders.get(trial.user_attrs.get("ray_trial_id"))
+        if folder is None or not trial.state.is_finished():
+            continue
+        kept = checkpoint_folders(folder)
+        if trial.state.name != "COMPLETE":
+            assert kept == [], (trial.number, trial.state, kept)
+            continue
+        assert len(kept) <= 1, (trial.number, kept)
+        left = [k / name for k in kept for name in OPTIMIZER_FILES if (k / name).exists()]
+        assert left == [], (trial.number, left)
+
+
 def trial_folders() -> set[Path]:
     """The trial engine's working folders in TMPDIR (what a finished trial must not leave)."""
     import tempfile

@@ -140,3 +140,18 @@ def test_jobs_are_tracked_in_the_mlflow_service() -> None:
     for name in ("api", "runner"):
         assert SERVICES[name]["environment"]["AUTOML_MLFLOW_URI"] == f"http://mlflow:{port}"
     assert f"mlflow:{port}" in command[command.index("--allowed-hosts") + 1].split(",")
+
+
+def test_a_stopped_runner_has_the_time_to_hand_its_jobs_back() -> None:
+    """`docker compose stop` sends SIGTERM, then SIGKILL once the grace period is over: the
+    signal must reach the runner (an exec-form entrypoint under an init that forwards it) and
+    its drain (its drivers stopped, their jobs handed back) must fit in the grace period."""
+    from automl.jobs.runner import DRAIN_SECONDS
+
+    runner = SERVICES["runner"]
+    assert runner.get("init") is True
+    assert re.search(r"^ENTRYPOINT \[", DOCKERFILE, re.MULTILINE)  # no shell between
+    units = {"h": 3600, "m": 60, "s": 1}
+    grace = sum(int(n) * units[unit]
+                for n, unit in re.findall(r"(\d+)([hms])", runner["stop_grace_period"]))
+    assert grace >= DRAIN_SECONDS + 15, runner["stop_grace_period"]

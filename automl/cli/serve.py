@@ -79,8 +79,12 @@ def runner(
         Path | None, typer.Option(help="touched on every pass of the loop (a liveness probe)")
     ] = None,
 ) -> None:
-    """Claim queued jobs and run them on the Ray cluster, each in its own process."""
+    """Claim queued jobs and run them on the Ray cluster, each in its own process. SIGTERM or
+    Ctrl-C drains it: its jobs go back to the queue, resumable by the next runner at once (a
+    second signal ends it at once)."""
     import logging
+    import signal
+    from types import FrameType
 
     settings = settings_from(storage, artifacts, ray_address)
     own_ray_auth(settings.ray_address)  # before anything imports Ray: its children inherit it
@@ -88,7 +92,12 @@ def runner(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     worker = Runner(settings, max_jobs=max_jobs, health_file=health_file)
-    try:
-        worker.run(until_idle=until_idle)
-    except KeyboardInterrupt:
+
+    def drain(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         worker.stop.set()
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    worker.run(until_idle=until_idle)

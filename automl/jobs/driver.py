@@ -4,7 +4,8 @@ The study is named after the job id, so `optuna-dashboard <storage URL>` and the
 it while it runs. When the budget is spent the best trial (by validation) is scored once on the
 test split (by the driver itself, unless the trials had GPUs the driver lacks), and its checkpoint
 and reports are published as Optuna artifacts of the study. Running a job whose Ray experiment
-already exists resumes it: a driver restart loses no trial.
+already exists resumes it: a driver restart loses no trial, and a resumed job runs what its
+budget has left (trials and running time).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from automl.search.spec import JobSpec, dataset_name
 from automl.search.strategy import Strategy, portfolio_for
 from automl.settings import Settings
 from automl.tune.bridge import LISTENERS, Events, StudyLink
+from automl.tune.control import JobControl, RunClock, register, unregister
 from automl.tune.experiment import (
     no_missing_metrics_warning,
     retention_for,
@@ -91,12 +93,16 @@ def run_job(
     *,
     events: Events | None = None,
     cancelled: Callable[[], bool] | None = None,
+    held: Callable[[], bool] | None = None,
     connect_seconds: float = 60.0,
     dataset_roots: tuple[Path, ...] = (),
     lease: Lease | None = None,
 ) -> JobOutcome:
-    """`lease`: the claim of the job's row this driver runs under, if it has one: its
-    publication lands only while that claim holds (else `LeaseLost`)."""
+    """Run the job, or resume it. `cancelled`, `held`: flags read on every step of Tune's loop
+    (not queries): whether the job was cancelled, and whether this driver still holds the job
+    (`automl.tune.control`); one that does not stops with `LeaseLost` before it asks, reports,
+    tells or publishes anything. `lease`: the claim of the job's row this driver runs under, if
+    it has one: its publication lands only while that claim holds (else `LeaseLost`)."""
     started = time.monotonic()
     # before anything is stored: an impossible job leaves no trace
     check_paths(spec, dataset_roots)
@@ -119,6 +125,11 @@ def run_job(
         what=f"create study {job_id}",
         seconds=connect_seconds,
     )
+    job = JobControl(clock=RunClock.of(study, spec.budget.time_limit))
+    if cancelled is not None:
+        job.cancelled = cancelled
+    if held is not None:
+        job.held = held
     if runs is not None:
         runs.start_job(spec.model_dump(mode="json", exclude={"tracking"}))
     if events is not None:
@@ -126,30 +137,36 @@ def run_job(
         replay_history(study, events)
     link = StudyLink(settings.storage_url, job_id, strategy)
     link.attach(storage, study)
+    register(job_id, job)
     try:
         with no_missing_metrics_warning():
-            grid = run_experiment(spec, job_id, settings, link, cancelled, dataset.classes)
+            grid = run_experiment(spec, job_id, settings, link, dataset.classes)
+            ran = job.clock.used()
+            link.call(lambda: study.set_user_attr(keys.RUN_SECONDS, ran), "record the running time")
             timings["database"] = link.db_seconds
             counts = finish_leftovers(link, events)
             results = [grid[i] for i in range(len(grid))]
-            if cancelled is not None and cancelled():
+            publishing = time.monotonic()
+            # what Tune ended and the leftovers, however the job ends (a cancel too)
+            retention_for(spec, link).apply(folders_of(results))
+            if job.cancelled():
                 outcome = JobOutcome(job_id, "cancelled", counts, elapsed=time.monotonic() - started,
                                      timings=timings)
                 track_end(runs, study, outcome, settings.runs_path / job_id, spec)
                 return outcome
-            publishing = time.monotonic()
-            retention_for(spec, link).apply(folders_of(results))  # what Tune ended, and leftovers
             best, result = best_with_checkpoint(study, results, spec.objective.maximize)
             if best is None or result is None:
                 complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                error = (why_nothing_completed(spec, job_id, study, results) if not complete
+                error = (why_nothing_completed(spec, job_id, results) if not complete
                          else "no complete trial left a checkpoint")
                 outcome = JobOutcome(job_id, "failed", counts, error=error)
             else:
                 checkpoint = kept_checkpoint(result, spec)
                 keep = None if runs is None else partial(track_model_card, runs)
+                scores = score_on_test(checkpoint, spec)
+                job.require_held(job_id, "publish the best trial")
                 test = publish_best(study, settings, checkpoint, best, spec.objective.metric,
-                                    score_on_test(checkpoint, spec), counts,
+                                    scores, counts,
                                     dataset=dataset_name(spec.dataset.source, spec.dataset.name),
                                     lease=lease, also=keep)
                 if spec.objective.front_costs:
@@ -161,6 +178,7 @@ def run_job(
             track_end(runs, study, outcome, settings.runs_path / job_id, spec)
     finally:
         LISTENERS.pop(job_id, None)
+        unregister(job_id)
         # a trial's scratch folder outlives a worker Ray killed (one that would not stop in
         # time for its actor to be reused): this machine's go now, other nodes' with their
         # next trial

@@ -4,7 +4,6 @@ split, or the reason no trial could be (with the fix, when every trial shared on
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from automl.search import keys
 from automl.search.keys import TrialCounts, state_name
 from automl.search.spec import JobSpec
 from automl.tune.bridge import Events, StudyLink
+from automl.tune.control import control_of
 from automl.tune.retention import kept_checkpoint_folder
 from automl.tune.stopper import FAIL_FAST_TRIALS, JobStopper
-from storage.optuna_storage import retry
 from workers.tune_adapter import can_evaluate_here, evaluate_on_split
 
 log = logging.getLogger(__name__)
@@ -41,12 +40,13 @@ class JobOutcome:
 
 
 def finish_leftovers(link: StudyLink, events: Events | None = None) -> TrialCounts:
-    """Trials still RUNNING after Tune returned were stopped by the budget, the target or a cancel:
-    those with results are told COMPLETE with their best epoch, the others FAIL. Returns the
-    final counts."""
+    """Trials still RUNNING after Tune returned were stopped by the budget, the target, the time
+    limit or a cancel: those with results are told COMPLETE with their best epoch, the others
+    FAIL (as a cancelled job may never be resumed: it holds no running trial, and retention
+    keeps of its trials what it keeps of any). Returns the final counts."""
     study = link.study
-    running = retry(
-        lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="list trials"
+    running = link.call(
+        lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), "list trials"
     )
     for frozen in running:
         values = link.values_of(frozen)
@@ -56,12 +56,12 @@ def finish_leftovers(link: StudyLink, events: Events | None = None) -> TrialCoun
                  values: float | list[float] | None = values) -> None:
             study.tell(number, values, state=state, skip_if_finished=True)
 
-        retry(tell, what="finish a trial")
+        link.call(tell, "finish a trial")
         if events is not None:
             events.on_event(state_name(state), frozen.number,
                             values[0] if isinstance(values, list) else values)
-    return retry(lambda: TrialCounts.of(t.state for t in study.get_trials(deepcopy=False)),
-                 what="count trials")
+    return link.call(lambda: TrialCounts.of(t.state for t in study.get_trials(deepcopy=False)),
+                     "count trials")
 
 
 def best_with_checkpoint(
@@ -135,9 +135,7 @@ def score_on_test(checkpoint: tune.Checkpoint, spec: JobSpec) -> dict[str, Any]:
     return ray.get(evaluate.remote(checkpoint, "test"))
 
 
-def why_nothing_completed(
-    spec: JobSpec, job_id: str, study: optuna.Study, results: list[tune.Result]
-) -> str:
+def why_nothing_completed(spec: JobSpec, job_id: str, results: list[tune.Result]) -> str:
     """The job's error when no trial completed: the first distinct errors, why the job stopped,
     and the fix when every trial met the same known fault. A trial's user error is quoted; any
     other is named by its type and an incident id, its traceback logged under that id."""
@@ -155,18 +153,12 @@ def why_nothing_completed(
     if JobStopper.gave_up(job_id):
         detail = (f"; stopped after the first {FAIL_FAST_TRIALS} trials failed before an "
                   f"epoch{detail}")
-    elif _time_is_up(spec, study):
+    elif control_of(job_id).clock.out_of_time():
         detail = (f"; the time limit ({spec.budget.time_limit:g} s) ran out before any trial "
                   f"finished an epoch: raise budget.time_limit{detail}")
     last_lines = [str(e).strip().splitlines()[-1] for e in failed if str(e).strip()]
     internal = f"; {in_the_log(job_id)}" if any(incident in e for e in errors) else ""
     return f"no trial completed{detail}{failure_hint(last_lines)}{internal}"
-
-
-def _time_is_up(spec: JobSpec, study: optuna.Study) -> bool:
-    limit = spec.budget.time_limit
-    started = study.user_attrs.get(keys.STARTED_AT)
-    return limit is not None and started is not None and time.time() >= float(started) + limit
 
 
 def failure_hint(errors: list[str]) -> str:

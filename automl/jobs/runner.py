@@ -11,6 +11,11 @@ kill): the job is restarted where it stopped, like a job whose heartbeat went st
 `AUTOML_JOB_RESTARTS` times; then it fails, its running trials told FAIL, with how to resume it.
 A job process dies with its runner (a job whose heartbeat then stops is taken over by the next
 runner and resumed there).
+
+A runner told to stop (SIGTERM, Ctrl-C) drains instead: it claims nothing more, stops each of
+its jobs' drivers as Ctrl-C would (trials stop; Ray Tune's state and the study stay resumable;
+nothing is published) and hands each job back to the queue, where the next runner claims it at
+once and resumes it (not a restart); then it exits, within `DRAIN_SECONDS`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +43,7 @@ from storage.jobs import JobStore
 from storage.optuna_storage import engine_kwargs, is_outage
 
 log = logging.getLogger(__name__)
+DRAIN_SECONDS = 30.0  # for the drivers to stop on a drain, before they are killed
 
 
 @dataclass
@@ -97,13 +104,39 @@ class Runner:
             if self.health_file is not None:
                 self.health_file.touch()
             self.stop.wait(self.poll_seconds)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Stop every driver (SIGINT: as Ctrl-C, which they take as their runner stopping) and
+        hand its job back. A driver still running after DRAIN_SECONDS is killed: its job
+        resumes from Ray's last saved state, as after any kill."""
+        if self.children:
+            log.warning("runner %s: stopping; handing %d job(s) back to the queue", self.name,
+                        len(self.children))
         for child in self.children.values():
-            child.process.wait()
-        try:  # a job whose driver died now is left running: the next runner resumes it
-            self._reap(address, restart=False)
-        except DATABASE_ERRORS as error:
-            if not is_outage(error):
-                raise
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + DRAIN_SECONDS
+        for child in self.children.values():
+            try:
+                child.process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                log.warning("job %s: its driver did not stop in %.0f s; killing it", child.job_id,
+                            DRAIN_SECONDS)
+                child.process.kill()
+                child.process.wait()
+        for job_id, child in self.children.items():
+            try:
+                handed = self.store.release(job_id, child.attempts, f"runner {self.name} stopped")
+            except DATABASE_ERRORS as error:
+                if not is_outage(error):
+                    raise
+                log.warning("job %s: could not hand it back (%s); the next runner takes it over "
+                            "once its heartbeat is stale", job_id, _first_line(error))
+                continue
+            if handed:
+                log.warning("job %s: handed back to the queue", job_id)
+        self.children.clear()
 
     def _fill(self, address: str) -> None:
         while len(self.children) < self.max_jobs:
@@ -133,7 +166,7 @@ class Runner:
         log.warning("job %s started (pid %d, log %s)", job_id, process.pid, log_path)
         return _Child(job_id, attempts, process, log_path)
 
-    def _reap(self, address: str, restart: bool = True) -> None:
+    def _reap(self, address: str) -> None:
         for job_id, child in list(self.children.items()):
             code = child.process.poll()
             if code is None:
@@ -146,8 +179,6 @@ class Runner:
             # died without recording an outcome, and no other runner has taken the job over
             why = f"job process {_exit(code)}"
             log.warning("job %s: %s; its log ends: %s", job_id, why, _tail(child.log_path))
-            if not restart:
-                continue
             if job.restarts < self.settings.job_restarts:
                 taken = self.store.restart(job_id, self.name, child.attempts, why)
                 if taken is not None:

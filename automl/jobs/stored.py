@@ -9,15 +9,22 @@ takes over a job whose heartbeat is older than `AUTOML_STALE_AFTER` (60 s); so a
 beats keep failing, or do not return, stops its own job well before that, counted from its last
 written beat (as Ctrl-C would: trials stop, Ray Tune's state and the study stay as they are,
 nothing is finished or published), and so does a driver whose job another runner has claimed.
-The runner that takes the job over resumes it. A driver that lost its job without noticing
-publishes nothing either: the publication's transaction checks its claim (`Lease`, fenced by
-`JobStore.fenced`), and a refused one ends the driver as a lost heartbeat does.
+The runner that takes the job over resumes it. The driver does not count on the interrupt alone
+(a signal handler can be missing, or the interrupt land where it is caught): past that give-up
+time every step of the job checks the hold (`held`, `automl.tune.control`) and refuses, and the
+driver writes nothing, even when its search had finished. A driver that lost its job without
+noticing publishes nothing either: the publication's transaction checks its claim (`Lease`,
+fenced by `JobStore.fenced`), and a refused one ends the driver as a lost heartbeat does.
+
+Each beat also saves the job's running time in the study (`automl.tune.control.RunClock`), so a
+driver that dies without a word has its time counted up to its last beat.
 """
 
 from __future__ import annotations
 
 import _thread
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -31,10 +38,12 @@ from automl.errors import PublishError
 from automl.jobs.driver import run_job
 from automl.jobs.incidents import error_line
 from automl.jobs.outcome import JobOutcome
+from automl.search import keys
 from automl.search.keys import TrialCounts
 from automl.search.spec import JobSpec, new_job_id, parse_spec
 from automl.settings import Settings
 from automl.tune.bridge import Events
+from automl.tune.control import registered
 from storage.jobs import Beat, JobStore, Lease, LeaseLost, Progress
 from storage.optuna_storage import optuna_storage
 
@@ -45,6 +54,11 @@ T = TypeVar("T")
 
 class HeartbeatLost(RuntimeError):
     """The driver stopped its own job: it could not prove it still owns it."""
+
+
+class HandedBack(RuntimeError):
+    """A runner's driver stopped by its runner, which is stopping: the runner hands the job back
+    to the queue."""
 
 
 def read_progress(storage: optuna.storages.BaseStorage, job_id: str) -> Progress | None:
@@ -89,19 +103,29 @@ class _Heartbeat(threading.Thread):
         self.cancel = threading.Event()
         self.done = threading.Event()
         self.lost: str | None = None  # why the driver stopped its own job
+        self.last_written = time.monotonic()  # the claim wrote one just before this process began
+
+    def held(self) -> bool:
+        """Whether the driver can still prove it holds its job: its last written beat is younger
+        than the give-up time (another runner's stale clock runs from that beat too)."""
+        return self.lost is None and time.monotonic() - self.last_written < self.give_up_seconds
+
+    def lost_error(self) -> HeartbeatLost:
+        why = self.lost or f"no heartbeat could be written for {self.give_up_seconds:.0f} s"
+        return HeartbeatLost(f"job {self.job_id}: the driver stopped the job: {why}; the runner "
+                             "that takes it over resumes it")
 
     def run(self) -> None:
         """One beat every HEARTBEAT_SECONDS. The give-up clock runs from the last beat written
         (another runner's stale clock runs from it too), and a beat that never returns (a
         locked row, a database that stopped answering) counts as failing: each one is waited
         for only until the give-up time."""
-        last_written = time.monotonic()  # the claim wrote one just before this process began
         why = "none was attempted in time"
         while True:
-            left = self.give_up_seconds - (time.monotonic() - last_written)
+            left = self.give_up_seconds - (time.monotonic() - self.last_written)
             if self.done.wait(min(HEARTBEAT_SECONDS, max(left, 0.0))):
                 return
-            left = self.give_up_seconds - (time.monotonic() - last_written)
+            left = self.give_up_seconds - (time.monotonic() - self.last_written)
             if left <= 0:
                 self._lose(f"no heartbeat could be written for {self.give_up_seconds:.0f} s "
                            f"({why})")
@@ -115,9 +139,9 @@ class _Heartbeat(threading.Thread):
                 why = _first_line(error)
                 log.warning("job %s: heartbeat failed (%s); the driver stops the job after "
                             "%.0f s without one (%.0f s so far)", self.job_id, why,
-                            self.give_up_seconds, time.monotonic() - last_written)
+                            self.give_up_seconds, time.monotonic() - self.last_written)
                 continue
-            last_written = time.monotonic()
+            self.last_written = time.monotonic()
             if self.done.is_set():
                 return
             if not beat.ours:
@@ -132,7 +156,16 @@ class _Heartbeat(threading.Thread):
         except Exception as error:  # progress is optional; liveness is not
             log.warning("job %s: cannot read its progress (%s)", self.job_id, _first_line(error))
             progress = None
-        return self.store.heartbeat(self.job_id, self.attempts, progress)
+        beat = self.store.heartbeat(self.job_id, self.attempts, progress)
+        job = registered(self.job_id)  # None before the driver has the study
+        study_id = None if progress is None else progress.study_id
+        if beat.ours and job is not None and study_id is not None:
+            try:
+                self.storage.set_study_user_attr(study_id, keys.RUN_SECONDS, job.clock.used())
+            except Exception as error:  # counted at the next beat, or at the search's end
+                log.warning("job %s: cannot record its running time (%s)", self.job_id,
+                            _first_line(error))
+        return beat
 
     def _lose(self, why: str) -> None:
         if self.done.is_set():  # the job ended meanwhile: there is nothing left to stop
@@ -198,11 +231,15 @@ def give_up_seconds(settings: Settings) -> float:
 
 def execute_job(
     job_id: str, settings: Settings, store: JobStore, events: Events | None = None,
-    job_file: str | None = None, spec: JobSpec | None = None, **run_options: Any,
+    job_file: str | None = None, spec: JobSpec | None = None, hand_back: bool = False,
+    **run_options: Any,
 ) -> JobOutcome:
     """Run a job whose row exists, the row following it. `spec`: the job's spec, when this
     process has it validated already (the foreground `automl run`); else the stored one is read
-    and validated here, once."""
+    and validated here, once. `hand_back`: the driver of a runner, for which an interrupt means
+    that the runner is stopping: the row is left for the runner to hand the job back to the
+    queue, not marked cancelled. A driver that cannot prove it still holds the job when it ends
+    writes nothing (`HeartbeatLost`), however its search ended."""
     job = store.get(job_id)
     if spec is None or job.spec != spec.model_dump(mode="json"):
         spec = parse_spec(job.spec, f"job {job_id}")
@@ -211,24 +248,28 @@ def execute_job(
     beat.start()
     try:
         outcome = run_job(spec, job_id, settings, events=events, cancelled=beat.cancel.is_set,
-                          lease=Lease(job_id, job.attempts), **run_options)
-    except LeaseLost:  # at publishing: another driver holds the job, and nothing was published
+                          held=beat.held, lease=Lease(job_id, job.attempts), **run_options)
+    except LeaseLost as lost:  # this driver no longer holds the job: nothing was published
         beat.done.set()
+        if not beat.held():
+            raise beat.lost_error() from None
         raise HeartbeatLost(f"job {job_id}: the driver stopped the job: another runner has "
                             "taken the job over, so its publication was refused; the runner "
-                            "that took it over resumes it") from None
+                            "that took it over resumes it") from lost
     except KeyboardInterrupt:
         beat.done.set()
-        if beat.lost is not None:
-            raise HeartbeatLost(f"job {job_id}: the driver stopped the job: {beat.lost}; "
-                                "the runner that takes it over resumes it") from None
+        if not beat.held():
+            raise beat.lost_error() from None
+        if hand_back:
+            raise HandedBack(f"job {job_id}: interrupted: its runner is stopping and hands it "
+                             "back to the queue") from None
         store.finish(job_id, "cancelled", error=f"interrupted; {resume_hint(job_id, job_file)}",
                      progress=read_progress(storage, job_id), attempts=job.attempts)
         raise
     except BaseException as error:
         beat.done.set()
-        if beat.lost is not None:  # the row is another driver's now, or unreachable
-            raise
+        if not beat.held():  # the row is another driver's now, or unreachable
+            raise beat.lost_error() from error
         message = error_line(error, job_id)  # one line: never a traceback, a path, a host
         if isinstance(error, PublishError):  # nothing was published: resuming publishes afresh
             message = f"{message}, then {resume_hint(job_id, job_file)}"
@@ -238,8 +279,8 @@ def execute_job(
             raise PublishError(message) from None
         raise
     beat.done.set()
-    if beat.lost is not None:  # the interrupt came too late to stop Tune: the outcome stands
-        log.warning("job %s finished although its heartbeat was lost", job_id)
+    if not beat.held():  # the search ended, but another runner may be resuming the job now
+        raise beat.lost_error()
     store.finish(
         job_id,
         outcome.state,
@@ -258,12 +299,15 @@ def main() -> None:
     from automl.settings import quiet_optuna
 
     quiet_optuna()
+    # how both the heartbeat and the runner stop this driver; a runner started in the
+    # background by a shell (`automl runner &`) passes SIGINT on ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     (job_id,) = sys.argv[1:]
     settings = Settings()
     try:
-        outcome = execute_job(job_id, settings, JobStore(settings.storage_url),
+        outcome = execute_job(job_id, settings, JobStore(settings.storage_url), hand_back=True,
                               dataset_roots=settings.dataset_roots)
-    except HeartbeatLost as error:
+    except (HeartbeatLost, HandedBack) as error:
         print(error, file=sys.stderr)
         sys.exit(75)  # EX_TEMPFAIL: the job is resumed, not failed
     print(f"job {job_id} {outcome.state}: {outcome.error or ''}", file=sys.stderr)

@@ -13,7 +13,8 @@ from storage.counts import state_name as state_name
 
 # study user attributes
 SPEC = "spec"  # the job spec the study was created for
-STARTED_AT = "started_at"  # wall-clock start of the job: the time limit counts from it
+STARTED_AT = "started_at"  # wall-clock time the job's first driver started it
+RUN_SECONDS = "run_seconds"  # time the job has run under a driver, summed: what time_limit bounds
 BEST_TRIAL = "best_trial"  # number of the published trial, once published
 TEST_METRICS = "test_metrics"  # its scores on the test split
 # the files published with it, the only ones `automl pull` takes:

@@ -18,6 +18,11 @@ database restarts, and a re-reported epoch (a retried trial redoing an epoch) ov
 step, so nothing is lost or counted twice. A trial asked after Ray's last snapshot of its state
 (just before the driver died) is one Ray never resumes but will ask for again: the driver marks
 it orphaned before resuming, and the next suggestion takes it over instead of growing the study.
+
+The budget is the study's too: the searcher asks until the study holds `n_trials` trials, and
+runs at most `max_concurrent` at once, counting what Ray runs now, not what Ray's saved state
+counted (`JobSearch`). Every database call first checks that this driver still holds its job
+(`automl.tune.control`): one that lost it asks, reports and tells nothing.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.experiment import Trial as RayTrial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-from ray.tune.search import Searcher
+from ray.tune.search import Searcher, SearchGenerator
 
 from automl.search import keys
 from automl.search._optuna import trial_id
 from automl.search.keys import state_name
 from automl.search.strategy import Strategy
 from automl.tune._ray import no_retries
+from automl.tune.control import control_of
 from automl.tune.stopper import JobStopper
 from storage.optuna_storage import optuna_storage, retry
 from workers.costs import COSTS, COSTS_REQUEST, COSTS_RESULT, broken_limits
@@ -106,6 +112,7 @@ class StudyLink:
         self._orphans_left = True  # until a suggestion finds none: none are marked after start
         self._costs: dict[str, dict[str, float]] | None = None  # measured, by cost_key
         self.db_seconds = 0.0  # time spent in database calls, for the overhead report
+        self.live: set[str] = set()  # the Ray trials running or waiting to, in this run
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -133,10 +140,17 @@ class StudyLink:
         return self._study
 
     def call(self, fn: Callable[[], T], what: str) -> T:
-        """A database call: retried while the database is away, and timed."""
+        """A database call: retried while the database is away, and timed. Each attempt is
+        made only while this driver holds the job (else `LeaseLost`, not retried)."""
+        job = control_of(self.study_name)
+
+        def held_then_call() -> T:
+            job.require_held(self.study_name, what)
+            return fn()
+
         started = time.perf_counter()
         try:
-            return retry(fn, what=what)
+            return retry(held_then_call, what=what)
         finally:
             self.db_seconds += time.perf_counter() - started
 
@@ -254,6 +268,12 @@ class StudyLink:
         self.call(lambda: trial.set_user_attr(keys.ORPHANED, False), "adopt an orphaned trial")
         return trial
 
+    def asked(self) -> int:
+        """The trials that count against the budget: finished, or running and not an orphan
+        (which a suggestion takes over rather than adds to the study)."""
+        return sum(1 for t in self._all_trials() if t.state.is_finished() or (
+            t.state == TrialState.RUNNING and not t.user_attrs.get(keys.ORPHANED)))
+
     def _running(self) -> list[optuna.trial.FrozenTrial]:
         return self.call(
             lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)),
@@ -272,17 +292,32 @@ def best_of(values: dict[int, float], maximize: bool) -> float | None:
 
 
 class OptunaSearcher(Searcher):
-    """Ray Tune asks it for configs; it asks the study."""
+    """Ray Tune asks it for configs; it asks the study, until the study holds `n_trials`
+    trials, `max_concurrent` at a time."""
 
-    def __init__(self, link: StudyLink, metric: str, mode: str, fixed: dict[str, Any]) -> None:
+    def __init__(self, link: StudyLink, metric: str, mode: str, fixed: dict[str, Any],
+                 n_trials: int, max_concurrent: int) -> None:
         super().__init__(metric=metric, mode=mode)
         self.link, self.fixed = link, dict(fixed)
+        self.n_trials, self.max_concurrent = n_trials, max_concurrent
+        self._asked: int | None = None  # counted from the study by each driver, on first use
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_asked": None}
+
+    def finished(self) -> bool:
+        """Nothing more to ask: the study holds the budget's trials, or the job was cancelled."""
+        if control_of(self.link.study_name).cancelled():
+            return True
+        if self._asked is None:
+            self._asked = self.link.asked()
+        return self._asked >= self.n_trials
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if JobStopper.cancel_requested(self.link.study_name):
-            # start nothing more; not None ("none yet"), on which Tune, with no trial running,
-            # waits up to 10 minutes before its stopper is polled again
+        if self.finished():
             return Searcher.FINISHED  # type: ignore[return-value]
+        if len(self.link.live) >= self.max_concurrent:
+            return None  # none yet
         started = time.perf_counter()
         study = self.link.study
         trial = self.link.adopt() or self.link.call(
@@ -298,6 +333,7 @@ class OptunaSearcher(Searcher):
         self.link.call(lambda: trial.set_user_attr(keys.RAY_TRIAL_ID, trial_id), "tag a trial")
         self.link.call(lambda: trial.set_user_attr(keys.CONFIG, config), "record a trial config")
         self.link.remember(trial_id, trial).ask_ms = round((time.perf_counter() - started) * 1e3, 2)
+        self._asked = (self._asked or 0) + 1
         self.link.emit("start", trial.number)
         return config
 
@@ -325,10 +361,35 @@ class OptunaSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self.link._known.clear()
+        self._asked = None
+
+
+class JobSearch(SearchGenerator):
+    """Ray's search generator, ended by the job's budget as the study counts it, by a cancel,
+    or by the stopper ending this run; never by an end Ray saved with the experiment. Ray
+    keeps its own trial count and a `finished` flag in its saved state, and a cancel sets that
+    flag (the stopper's `stop_all`, the searcher saying FINISHED): `Tuner.restore` brought it
+    back, and a resumed cancelled job ended at once with its budget unspent."""
+
+    def __init__(self, searcher: OptunaSearcher) -> None:
+        super().__init__(searcher)
+        self.job_searcher = searcher
+        self.stopped = False  # by the stopper, in this run
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "stopped": False}
+
+    def set_finished(self) -> None:
+        self.stopped = True
+
+    def is_finished(self) -> bool:
+        return self.stopped or self.job_searcher.finished()
 
 
 class OptunaPruningScheduler(FIFOScheduler):
-    """Reports each epoch to the study and stops the trials its pruner prunes."""
+    """Reports each epoch to the study and stops the trials its pruner prunes. It also keeps
+    the count of the trials Ray runs (the searcher's concurrency: restored ones included), and
+    starts no trial once the job is cancelled, or by a driver that no longer holds its job."""
 
     def __init__(self, link: StudyLink, metric: str, mode: str) -> None:
         super().__init__()
@@ -336,6 +397,35 @@ class OptunaPruningScheduler(FIFOScheduler):
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True  # fixed at construction
+
+    def on_trial_add(self, tune_controller: Any, trial: RayTrial) -> None:
+        if trial.status not in (RayTrial.TERMINATED, RayTrial.ERROR):
+            self.link.live.add(trial.trial_id)
+
+    def on_trial_error(self, tune_controller: Any, trial: RayTrial) -> None:
+        self.link.live.discard(trial.trial_id)
+
+    def on_trial_complete(self, tune_controller: Any, trial: RayTrial, result: dict[str, Any]) -> None:
+        self.link.live.discard(trial.trial_id)
+
+    def on_trial_remove(self, tune_controller: Any, trial: RayTrial) -> None:
+        self.link.live.discard(trial.trial_id)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> RayTrial | None:
+        """Ray starts waiting trials right after asking this (on an actor that is ready, or on
+        a finished trial's), before its stopper looks at the cancel: a cancel seen here stops
+        them instead, each told FAIL, never having run. One Ray has not yet given a folder
+        gets it first (what Ray does before it starts one): a trial's end is kept there."""
+        job = control_of(self.link.study_name)
+        job.require_held(self.link.study_name, "start a trial")
+        if job.cancelled():
+            for waiting in tune_controller.get_trials():
+                if waiting.status in (RayTrial.PENDING, RayTrial.PAUSED):
+                    waiting.init_local_path()
+                    tune_controller.stop_trial(waiting)
+            return None
+        chosen: RayTrial | None = super().choose_trial_to_run(tune_controller)
+        return chosen
 
     def on_trial_result(self, tune_controller: Any, trial: RayTrial, result: dict[str, Any]) -> str:
         known = self.link.lookup(trial.trial_id)
@@ -375,7 +465,9 @@ class OptunaPruningScheduler(FIFOScheduler):
 
 
 def bridge(
-    link: StudyLink, metric: str, mode: str, fixed: dict[str, Any]
-) -> tuple[OptunaSearcher, OptunaPruningScheduler]:
-    return OptunaSearcher(link, metric, mode, fixed), OptunaPruningScheduler(link, metric, mode)
+    link: StudyLink, metric: str, mode: str, fixed: dict[str, Any], n_trials: int,
+    max_concurrent: int,
+) -> tuple[JobSearch, OptunaPruningScheduler]:
+    searcher = OptunaSearcher(link, metric, mode, fixed, n_trials, max_concurrent)
+    return JobSearch(searcher), OptunaPruningScheduler(link, metric, mode)
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from ray.tune.experiment import Trial as RayTrial
 from ray.tune.logger import JsonLoggerCallback
 
 from automl.errors import JobError
-from automl.search import keys
 from automl.search.keys import TrialCounts
 from automl.search.spec import JobSpec
 from automl.settings import Settings
@@ -36,17 +34,17 @@ log = logging.getLogger(__name__)
 
 
 def run_experiment(
-    spec: JobSpec, job_id: str, settings: Settings, link: StudyLink,
-    cancelled: Callable[[], bool] | None, n_classes: int,
+    spec: JobSpec, job_id: str, settings: Settings, link: StudyLink, n_classes: int,
 ) -> tune.ResultGrid:
     """Run (or resume) the job's trials until the budget, the target, the time limit or a
-    cancel ends them."""
+    cancel ends them (the cancel, the time and the driver's hold on the job: the job's
+    `automl.tune.control`, which the caller registers)."""
     _quiet_and_parallel(spec)
     trainable = tune.with_resources(
         run_tune_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     )
     path = settings.runs_path / job_id
-    JobStopper.register(job_id, cancelled)
+    JobStopper.register(job_id)
     with short_trial_errors(path):
         return _fit(spec, job_id, settings, link, path, trainable, n_classes)
 
@@ -86,34 +84,32 @@ def _fit(
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True)
         return tuner.fit()
     # all of them, unless Ray's state is gone (a driver killed before Ray first saved it, or a
-    # runner on another machine taking the job over): a fresh Tune run asks only the rest
+    # runner on another machine taking the job over): a fresh Tune run asks only the rest (the
+    # searcher counts the budget in the study)
     counts = retry(lambda: TrialCounts.of(t.state for t in link.study.get_trials(deepcopy=False)),
                    what="count trials")
-    left = spec.budget.n_trials - counts.finished
-    if left <= 0:
+    if counts.finished >= spec.budget.n_trials:
         raise JobError(
             f"job {job_id} has run all {spec.budget.n_trials} trials, but its Ray run folder "
             f"(AUTOML_RUNS/{job_id}) is gone, and the checkpoints with it; run the job again "
             "under a new id"
         )
     metric, mode = spec.objective.metric, spec.objective.mode
-    searcher, scheduler = bridge(link, metric, mode, trial_settings(spec, n_classes))
-    started_at = float(link.study.user_attrs.get(keys.STARTED_AT, time.time()))
-    deadline = None if spec.budget.time_limit is None else started_at + spec.budget.time_limit
+    search, scheduler = bridge(link, metric, mode, trial_settings(spec, n_classes),
+                               spec.budget.n_trials, spec.max_concurrent_trials)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher,
+            search_alg=search,
             scheduler=scheduler,
-            num_samples=left,
-            max_concurrent_trials=spec.max_concurrent_trials,
+            num_samples=-1,  # as many as the searcher gives: it counts the budget
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=job_id,
             storage_path=str(settings.runs_path),
             verbose=0,
-            stop=JobStopper(job_id, metric, spec.budget.target, spec.objective.maximize, deadline),
+            stop=JobStopper(job_id, metric, spec.budget.target, spec.objective.maximize),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
             ),

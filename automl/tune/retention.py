@@ -57,11 +57,11 @@ class Retention(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[RayTrial], trial: RayTrial,
                           **info: Any) -> None:
-        self.apply({t.trial_id: Path(t.path) for t in trials if t.path is not None})
+        self.apply(_folders(trials))
 
     def on_trial_error(self, iteration: int, trials: list[RayTrial], trial: RayTrial,
                        **info: Any) -> None:
-        self.apply({t.trial_id: Path(t.path) for t in trials if t.path is not None})
+        self.apply(_folders(trials))
 
     def apply(self, folders: dict[str, Path]) -> None:
         """`folders`: each Ray trial's folder by its Ray trial id."""
@@ -85,6 +85,17 @@ class Retention(tune.Callback):
         if self.also_keep is not None:
             keep |= self.also_keep(study)
         return keep
+
+
+def _folders(trials: list[RayTrial]) -> dict[str, Path]:
+    """Each Ray trial's folder. A trial asked but never scheduled (one a cancel stopped while
+    it waited) has none: Ray raises on its `path`."""
+    folders: dict[str, Path] = {}
+    for trial in trials:
+        path = trial.path if trial.relative_logdir else None
+        if path is not None:
+            folders[trial.trial_id] = Path(path)
+    return folders
 
 
 def checkpoint_folders(trial_folder: Path) -> list[Path]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from ray.tune.stopper import Stopper
+
+from automl.tune.control import control_of
 
 FAIL_FAST_TRIALS = 3
 
@@ -17,35 +17,30 @@ class JobStopper(Stopper):
     maxFailedTrialCount, kept for the case where no configuration can work: no network for
     the weights, a broken install; one that fails later is the configuration's doing).
 
-    The time limit is a wall-clock deadline fixed when the job first started, so a resumed job
-    does not get its budget back. Cancel checks (a database read for service jobs) and failure
-    counts are kept per process, like listeners; cancels are polled at most once a second.
+    The cancel, the time used and whether this driver still holds the job come from the
+    driver that runs the experiment now (`automl.tune.control`): Ray saves the stopper with
+    the experiment, and a resumed job must not inherit an earlier driver's view of them.
+    A driver that no longer holds its job stops here with `LeaseLost`, as by Ctrl-C (nothing
+    ended, all resumable): stopping the trials would save them in Ray's state as finished.
+    Failure counts are kept per process, like listeners.
     """
 
-    _cancel_checks: dict[str, Callable[[], bool]] = {}
     _failed: dict[str, int | None] = {}  # trials failed before any epoch; None once one reported
 
-    def __init__(
-        self, job_id: str, metric: str, target: float | None, maximize: bool,
-        deadline: float | None,
-    ) -> None:
+    def __init__(self, job_id: str, metric: str, target: float | None, maximize: bool) -> None:
         self.job_id, self.metric, self.target, self.maximize = job_id, metric, target, maximize
-        self.deadline = deadline
-        self.reason: str | None = None
-        self._next_cancel_check = 0.0
+        self.reason: str | None = None  # why this run ends
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Ray saves the stopper with its experiment state, `reason` too, and `Tuner.restore`
+        brings it back: a resumed cancelled job would stop again at once. The reason is the
+        run's; the resumed run starts without one."""
+        self.__dict__.update(state)
+        self.reason = None
 
     @classmethod
-    def register(cls, job_id: str, cancelled: Callable[[], bool] | None) -> None:
+    def register(cls, job_id: str) -> None:
         cls._failed[job_id] = 0
-        if cancelled is None:
-            cls._cancel_checks.pop(job_id, None)
-        else:
-            cls._cancel_checks[job_id] = cancelled
-
-    @classmethod
-    def cancel_requested(cls, job_id: str) -> bool:
-        check = cls._cancel_checks.get(job_id)
-        return check is not None and check()
 
     @classmethod
     def trial_failed(cls, job_id: str) -> None:
@@ -71,13 +66,12 @@ class JobStopper(Stopper):
         return value >= self.target if self.maximize else value <= self.target
 
     def stop_all(self) -> bool:
-        if self.reason is None and self.deadline is not None and time.time() >= self.deadline:
+        job = control_of(self.job_id)
+        job.require_held(self.job_id, "go on running its trials")
+        if self.reason is None and job.clock.out_of_time():
             self.reason = "time_limit"
         if self.reason is None and self.gave_up(self.job_id):
             self.reason = "failing"
-        check = self._cancel_checks.get(self.job_id)
-        if self.reason is None and check is not None and time.monotonic() >= self._next_cancel_check:
-            self._next_cancel_check = time.monotonic() + 1.0
-            if check():
-                self.reason = "cancelled"
+        if self.reason is None and job.cancelled():
+            self.reason = "cancelled"
         return self.reason is not None

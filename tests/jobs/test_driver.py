@@ -469,20 +469,20 @@ def test_no_trial_starts_once_the_job_is_cancelled(tmp_path: Path) -> None:
     from ray.tune.search import Searcher
 
     from automl.jobs.driver import strategy_for
+    from automl.tune import control
     from automl.tune.bridge import OptunaSearcher, StudyLink
-    from automl.tune.stopper import JobStopper
 
     spec = parse_spec(DIGITS_JOB)
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     strategy = strategy_for(spec, 1797)
     strategy.create_study(optuna_storage(url), "cancel-race")
     searcher = OptunaSearcher(StudyLink(url, "cancel-race", strategy), "val_accuracy", "max",
-                              spec.trial_settings())
-    JobStopper.register("cancel-race", lambda: True)
+                              spec.trial_settings(), n_trials=8, max_concurrent=2)
+    control.register("cancel-race", control.JobControl(cancelled=lambda: True))
     try:
         assert searcher.suggest("ray-trial-1") == Searcher.FINISHED
     finally:
-        JobStopper.register("cancel-race", None)
+        control.unregister("cancel-race")
     assert searcher.suggest("ray-trial-2") is not None
     assert len(load_study(url, "cancel-race").trials) == 1
 
@@ -492,16 +492,16 @@ def test_failures_stop_the_job_only_before_any_epoch() -> None:
     through an epoch, failures are the configurations' and the search goes on."""
     from automl.tune.stopper import JobStopper
 
-    broken = JobStopper("broken-env", "val_accuracy", None, True, None)
-    JobStopper.register("broken-env", None)
+    broken = JobStopper("broken-env", "val_accuracy", None, True)
+    JobStopper.register("broken-env")
     for _ in range(2):
         JobStopper.trial_failed("broken-env")
     assert not broken.stop_all()
     JobStopper.trial_failed("broken-env")
     assert broken.stop_all() and broken.reason == "failing"
 
-    working = JobStopper("some-bad-configs", "val_accuracy", None, True, None)
-    JobStopper.register("some-bad-configs", None)
+    working = JobStopper("some-bad-configs", "val_accuracy", None, True)
+    JobStopper.register("some-bad-configs")
     JobStopper.trial_failed("some-bad-configs")
     working("trial-1", {"val_accuracy": 0.5, "epoch": 1})
     for _ in range(5):

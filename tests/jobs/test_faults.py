@@ -27,7 +27,14 @@ from automl.search.keys import BEST_TRIAL as BEST_TRIAL_ATTR
 from automl.search.keys import ERROR
 from automl.search.spec import parse_spec
 from automl.settings import Settings
-from tests.support import DIGITS_JOB, load_study, misfit_weights, trial_folders
+from tests.support import (
+    DIGITS_JOB,
+    assert_budget_met_once,
+    assert_only_kept_checkpoints,
+    load_study,
+    misfit_weights,
+    trial_folders,
+)
 
 pytestmark = pytest.mark.slow
 AUTOML = str(Path(sys.executable).with_name("automl"))
@@ -266,3 +273,106 @@ def test_a_trial_whose_own_code_raises_fails_once_and_is_not_retried(tmp_path: P
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     for trial in study.trials:
         assert trial.user_attrs[ERROR].startswith("size mismatch for conv1.0.weight"), trial.user_attrs
+
+
+def test_a_cancelled_job_resumed_with_automl_run_runs_the_rest_of_its_budget(tmp_path: Path) -> None:
+    """A cancel with a trial mid-way ends that trial (complete with its best epoch), and
+    retention treats it as any finished trial: its checkpoint kept without optimizer state.
+    `automl run FILE --job-id` then runs what the budget has left, not nothing: exactly
+    n_trials trials in all, none run twice."""
+    from storage.jobs import JobStore
+
+    job_id = "faults-cancel-resume"
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({**STEADY_JOB, "max_concurrent_trials": 1,
+                               "budget": {"n_trials": 3, "max_epochs": 4},
+                               "checkpoints": {"keep_trials": 3}}))
+    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data")}
+    settings = Settings(home=tmp_path / "automl-data")
+    url = settings.storage_url
+    command = [AUTOML, "run", str(job), "--job-id", job_id, "--ray-address", "local"]
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:  # a trial complete, the next mid-way
+        wait_for(lambda: sorted(reported_epochs(url, job_id).values()) == [1, 4])
+        JobStore(url).request_cancel(job_id)  # what `automl cancel` and DELETE /jobs/{id} do
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert first.returncode == 1 and f"job {job_id} cancelled" in out, out + err
+    cancelled = load_study(url, job_id)  # the one mid-way: complete with its best epoch
+    assert [t.state for t in cancelled.trials] == [TrialState.COMPLETE] * 2
+    assert_only_kept_checkpoints(cancelled, settings.runs_path / job_id)
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "job faults-cancel-resume succeeded" in second.stdout, second.stdout
+    study = load_study(url, job_id)
+    assert_budget_met_once(study, 3)
+    assert sorted(study.trials[-1].intermediate_values) == [1, 2, 3, 4]  # run after the resume
+    assert_only_kept_checkpoints(study, settings.runs_path / job_id)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_the_time_limit_counts_only_the_time_the_job_runs(tmp_path: Path) -> None:
+    """budget.time_limit bounds the time the job runs under a driver, summed over its
+    drivers: the time it sat cancelled does not count (a resumed job runs what is left of its
+    limit, however long ago it started), and the time it ran before does (it does not get its
+    whole limit again)."""
+    settings = Settings(home=tmp_path / "automl-data")
+    job_id = "faults-time-limit"
+    limit = 40.0
+    spec = parse_spec({**STEADY_JOB, "max_concurrent_trials": 1,
+                       "budget": {"n_trials": 100, "max_epochs": 1, "time_limit": limit}})
+    started = time.monotonic()
+    first = run_job(spec, job_id, settings, cancelled=lambda: time.monotonic() > started + 15)
+    assert first.state == "cancelled", first.error
+    ran_first = float(load_study(settings.storage_url, job_id).user_attrs["run_seconds"])
+    assert 5 < ran_first < time.monotonic() - started, ran_first
+    trials_first = len(load_study(settings.storage_url, job_id).trials)
+    time.sleep(max(limit - (time.monotonic() - started), 0.0) + 5)  # the limit is past, by the clock
+
+    second = run_job(spec, job_id, settings)
+    assert second.state == "succeeded", second.error
+    study = load_study(settings.storage_url, job_id)
+    assert len(study.trials) > trials_first  # resumed: it had time left
+    ran = float(study.user_attrs["run_seconds"])
+    assert limit <= ran < limit + 15, (ran_first, ran)  # then ended by the limit
+    assert all(t.state.is_finished() for t in study.trials)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_cancel_starts_no_waiting_trial(tmp_path: Path) -> None:
+    """One trial fits the cluster at a time, two may run: the second waits. A cancel that comes
+    as the first ends must not let the waiting one start on the freed resources (it is told
+    FAIL, never having run), and every trial keeps only what retention keeps."""
+    settings = Settings(home=tmp_path / "automl-data")
+    job_id = "faults-cancel-race"
+    spec = parse_spec({**STEADY_JOB, "resources": {"cpu": 2}, "max_concurrent_trials": 2,
+                       "budget": {"n_trials": 4, "max_epochs": 1}})
+    seen: list[float] = []
+
+    def cancelled() -> bool:  # from the moment a trial is complete
+        if seen:
+            return True
+        try:
+            study = load_study(settings.storage_url, job_id)
+        except KeyError:
+            return False
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            return False
+        seen.append(time.time())
+        return True
+
+    outcome = run_job(spec, job_id, settings, cancelled=cancelled)
+    assert outcome.state == "cancelled", outcome.error
+    ray_trials = tune.ExperimentAnalysis(str(settings.runs_path / job_id)).trials
+    started = {t.trial_id: t.run_metadata.start_time for t in ray_trials}
+    assert len(started) == 2, started  # the first, and the one waiting
+    assert all(at is None or at < seen[0] for at in started.values()), (seen, started)
+    study = load_study(settings.storage_url, job_id)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert_only_kept_checkpoints(study, settings.runs_path / job_id)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,13 @@ from sqlalchemy.engine import make_url
 from automl.jobs.local_ray import descendants
 from automl.settings import Settings
 from storage.jobs import JobStore
-from tests.support import TINY_SPACE, load_study, proxy_to, wait_for
+from tests.support import (
+    TINY_SPACE,
+    assert_budget_met_once,
+    load_study,
+    proxy_to,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 AUTOML = str(Path(sys.executable).with_name("automl"))
@@ -106,11 +113,16 @@ def test_a_killed_driver_is_restarted_then_given_up_then_resumed(pg_url: str, tm
     store = JobStore(pg_url)
     runner = subprocess.Popen([AUTOML, "runner"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
+    claimed_at = time.monotonic()
     try:
         wait_for(lambda: epochs_reported(pg_url, job_id) >= 1, 240, "a first epoch")
         first = drivers(job_id)
         assert len(first) == 1, first
         os.kill(first[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        # the time limit counts the dead driver's running time, up to its last heartbeat
+        ran = load_study(pg_url, job_id).user_attrs.get("run_seconds")
+        assert ran is not None and 0 < ran < killed_at - claimed_at, ran
         wait_for(lambda: any(e.kind == "restarted" for e in store.events(job_id)), 60, "a restart")
         reported = epochs_reported(pg_url, job_id)
         wait_for(lambda: epochs_reported(pg_url, job_id) > reported, 240, "the restarted driver")
@@ -204,8 +216,6 @@ def test_a_driver_whose_heartbeat_fails_stops_before_another_runner_may_take_ove
     that, well before, as Ctrl-C would,
     writing nothing. The runner that takes the job over then finishes it, each trial once.
     (A driver that carried on through failed heartbeats would run the job beside that one.)"""
-    import time
-
     from sqlalchemy import create_engine, text
 
     stale_after = 30.0
@@ -277,8 +287,6 @@ def test_a_driver_whose_heartbeat_write_hangs_stops_before_another_runner_may_ta
     """Another transaction holds the job's row, so a heartbeat's UPDATE waits for it, with no
     end of its own: the driver's heartbeat (here on its own, as the driver runs it) stops the
     job all the same, half the stale window after its last written beat, as when writes fail."""
-    import time
-
     from sqlalchemy import create_engine, text
 
     stale_after = 12.0
@@ -305,3 +313,141 @@ def test_a_driver_whose_heartbeat_write_hangs_stops_before_another_runner_may_ta
     assert stale_after / 2 - 2 < stopped_after < stale_after / 2 + 2, stopped_after
     assert "stopped: no heartbeat could be written for 6 s (the last write did not return" in (
         stopped), output
+
+
+def epochs_by_trial(url: str, job_id: str) -> list[int]:
+    try:
+        study = load_study(url, job_id)
+    except KeyError:
+        return []
+    return [len(t.intermediate_values) for t in study.get_trials(deepcopy=False)]
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_cancelled_job_resumed_through_a_runner_runs_the_rest_of_its_budget(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Cancelled with a trial complete and the next mid-way, then `automl resume`d: the runner
+    runs what the budget has left, not nothing (the job used to end "succeeded" at once, with
+    the trials it had); exactly n_trials trials in all, none run twice."""
+    env = environment(tmp_path / "automl-data", pg_url)
+    job_id = submit(env, tmp_path, job_spec("cancel-resume", budget={"n_trials": 3, "max_epochs": 4}))
+    store = JobStore(pg_url)
+    runner = subprocess.Popen([AUTOML, "runner"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: sorted(epochs_by_trial(pg_url, job_id)) == [1, 4], 300,
+                 "a complete trial and the next mid-way")
+        store.request_cancel(job_id)  # what `automl cancel` and DELETE /jobs/{id} do
+        wait_for(lambda: store.get(job_id).state == "cancelled", 120, "the cancel")
+        cancelled = load_study(pg_url, job_id)
+        assert [t.state.is_finished() for t in cancelled.trials] == [True, True]
+        resumed = subprocess.run([AUTOML, "resume", job_id, "--storage", pg_url],
+                                 env={**env, "AUTOML_API_URL": ""}, capture_output=True,
+                                 text=True, timeout=60)
+        assert resumed.returncode == 0 and "queued" in resumed.stdout, resumed.stderr
+        wait_for(lambda: store.get(job_id).state in ("succeeded", "failed"), 300, "the resume")
+    finally:
+        runner.terminate()
+        output = runner.communicate(timeout=90)[0]
+    job = store.get(job_id)
+    assert job.state == "succeeded", (job.error, output)
+    study = load_study(pg_url, job_id)
+    assert_budget_met_once(study, 3)
+    assert job.n_complete + job.n_pruned + job.n_failed == 3
+    assert sorted(study.trials[-1].intermediate_values) == [1, 2, 3, 4]  # run after the resume
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_runner_stopped_with_sigterm_hands_its_job_to_the_next_runner_at_once(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM (what `docker stop` sends) drains a runner: it stops its job's driver as Ctrl-C
+    would and hands the job back, queued, then exits 0. Another runner claims it at once (no
+    stale window to wait out: here it would be 10 minutes), not as a restart, and resumes it:
+    the trial that was running goes on from its checkpoint, each epoch counted once."""
+    env = environment(tmp_path / "automl-data", pg_url, AUTOML_STALE_AFTER="600")
+    job_id = submit(env, tmp_path, job_spec("drained", budget={"n_trials": 2, "max_epochs": 3}))
+    store = JobStore(pg_url)
+    first = subprocess.Popen([AUTOML, "runner"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: epochs_reported(pg_url, job_id) >= 1, 240, "a first epoch")
+        driver = drivers(job_id)
+        first.send_signal(signal.SIGTERM)
+        output = first.communicate(timeout=60)[0]  # the drain's bound, 30 s, and its exit
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, output
+    assert driver and not [pid for pid in driver if _alive(pid)]
+    job = store.get(job_id)
+    assert job.state == "queued" and job.restarts == 0, (job.state, job.restarts, output)
+    assert "released" in [e.kind for e in store.events(job_id)]
+
+    second = subprocess.Popen([AUTOML, "runner"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: store.get(job_id).state in ("succeeded", "failed"), 300, "the job")
+    finally:
+        second.terminate()
+        output = second.communicate(timeout=90)[0]
+    job = store.get(job_id)
+    assert job.state == "succeeded" and job.restarts == 0, (job.error, output)
+    study = load_study(pg_url, job_id)
+    assert_budget_met_once(study, 2)
+    assert [sorted(t.intermediate_values) for t in study.trials] == [[1, 2, 3]] * 2
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_driver_cut_off_from_the_database_stops_before_another_runner_takes_its_job(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Two runners; the first one's database connection (its job's driver's too) goes away for
+    45 s. Its driver cannot prove it holds the job any more: within the give-up time (half of
+    AUTOML_STALE_AFTER) of its last heartbeat it stops, writing nothing, before the second
+    runner may take the job over. It must, although its trials run on without a database, and
+    although it was started, as a shell's background job (`automl runner &`) is, with SIGINT
+    ignored, so that its heartbeat's interrupt cannot reach it. The second runner resumes the
+    job and finishes it: one driver at a time, each trial counted once."""
+    stale_after = 30.0
+    target = make_url(pg_url)
+    store = JobStore(pg_url)
+    shared = {"AUTOML_RUNS": str(tmp_path / "runs"), "AUTOML_ARTIFACTS": str(tmp_path / "artifacts"),
+              "AUTOML_STALE_AFTER": str(stale_after)}
+    with proxy_to(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        cut_off = environment(tmp_path / "first", proxy.url_for(pg_url), **shared)
+        direct = environment(tmp_path / "second", pg_url, **shared)
+        job_id = submit(direct, tmp_path, job_spec("outage", budget={"n_trials": 2, "max_epochs": 6}))
+        first = subprocess.Popen([AUTOML, "runner"], env=cut_off, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        runners = [first]
+        try:
+            wait_for(lambda: epochs_reported(pg_url, job_id) >= 1, 240, "a first epoch")
+            (driver,) = drivers(job_id)
+            runners.append(subprocess.Popen([AUTOML, "runner"], env=direct,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            text=True))
+            proxy.cut()
+            cut_at = time.time()
+            wait_for(lambda: not _alive(driver), stale_after, "the cut-off driver to stop")
+            stopped_at = time.time()
+            time.sleep(max(cut_at + 45 - time.time(), 0.0))
+            proxy.restore()
+            wait_for(lambda: store.get(job_id).state in ("succeeded", "failed"), 400, "the job")
+        finally:
+            for runner in runners:
+                runner.terminate()
+            outputs = [runner.communicate(timeout=90)[0] for runner in runners]
+    job = store.get(job_id)
+    assert job.state == "succeeded", (job.error, outputs)
+    taken_over = [e.at.timestamp() for e in store.events(job_id) if e.kind == "resumed"]
+    assert len(taken_over) == 1 and stopped_at < taken_over[0], (stopped_at, taken_over)
+    log = (tmp_path / "first" / "logs" / f"{job_id}.log").read_text()
+    assert "stopping: no heartbeat could be written" in log, log
+    assert "the driver stopped the job" in log and "succeeded" not in log, log
+    study = load_study(pg_url, job_id)
+    assert_budget_met_once(study, 2)
+    assert [sorted(t.intermediate_values) for t in study.trials] == [list(range(1, 7))] * 2

@@ -45,3 +45,22 @@ def test_a_fenced_write_after_the_job_ended_writes_nothing(store: JobStore) -> N
     store.finish("job-1", "cancelled", attempts=job.attempts)
     with pytest.raises(LeaseLost), store.fenced(Lease("job-1", job.attempts)) as session:
         session.execute(select(JobEvent))
+
+
+def test_a_released_job_is_claimed_at_once_and_not_as_a_restart(store: JobStore) -> None:
+    store.submit("job-1", "job", {})
+    first = store.claim("runner-a")
+    assert first is not None
+    assert store.release("job-1", first.attempts, "runner runner-a stopped")  # a drain
+    again = store.claim("runner-b")
+    assert again is not None and again.id == "job-1" and again.restarts == 0
+
+
+def test_a_release_under_a_claim_another_runner_replaced_writes_nothing(store: JobStore) -> None:
+    store.submit("job-1", "job", {})
+    first = store.claim("runner-a")
+    assert first is not None
+    store.restart("job-1", "runner-b", first.attempts, "taken over")  # the claim moves on
+    assert not store.release("job-1", first.attempts, "runner runner-a stopped")
+    job = store.get("job-1")
+    assert job.state == "running" and job.runner == "runner-b"
