@@ -116,7 +116,13 @@ def pareto(job_id: JobId, service: Service) -> ParetoView:
 
 def _archive(service: JobService, job_id: str, trial: int | None,
              background: BackgroundTasks) -> FileResponse:
+    """The archive is built in a folder of its own, removed once it is sent, or at once when
+    the request is refused (FastAPI runs no background task of a failed request)."""
     folder = Path(tempfile.mkdtemp(prefix="automl-archive-"))
+    try:
+        archive = service.checkpoint_archive(job_id, folder, trial)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     background.add_task(shutil.rmtree, folder, True)
-    archive = service.checkpoint_archive(job_id, folder, trial)
     return FileResponse(archive, media_type="application/gzip", filename=archive.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,10 @@ def client(pg_url: str, tmp_path: Path) -> Iterator[TestClient]:
         yield test_client
 
 
-def test_submit_then_inspect(client: TestClient) -> None:
+def test_submit_then_inspect(client: TestClient, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # what the routes write
     created = client.post("/jobs", json=SPEC)
     assert created.status_code == 201
     job = created.json()
@@ -42,6 +46,9 @@ def test_submit_then_inspect(client: TestClient) -> None:
     best = client.get(f"/jobs/{job['id']}/best")
     assert best.status_code == 409 and "no published best trial" in best.json()["detail"]
     assert client.get(f"/jobs/{job['id']}/best/checkpoint").status_code == 409
+    assert client.get("/jobs/nope/best/checkpoint").status_code == 404
+    assert client.get(f"/jobs/{job['id']}/trials/0/checkpoint").status_code == 409
+    assert not list((tmp_path / "tmp").iterdir())  # a refused archive leaves no folder behind
     cancelled = client.post(f"/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
     again = client.post(f"/jobs/{job['id']}/cancel")
