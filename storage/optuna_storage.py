@@ -39,10 +39,24 @@ from optuna.exceptions import StorageInternalError
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Float, and_, case, cast, delete, exists, func, insert, literal, select
+from sqlalchemy import (
+    Float,
+    and_,
+    case,
+    cast,
+    create_engine,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.pool import NullPool
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -108,15 +122,34 @@ def optuna_storage(url: str, retry_seconds: float = 60.0) -> optuna.storages.Bas
     ensure_sqlite_parent(url)
 
     def connect() -> optuna.storages.RDBStorage:
-        try:
+        # Optuna creates its tables when they are missing, and two processes (or threads)
+        # doing that at once in one fresh database or schema collide on PostgreSQL's catalog
+        # (`automl serve` and `automl runner` starting together, a poller beside a driver):
+        # one at a time, under an advisory lock, the later ones find the tables made.
+        if make_url(url).get_backend_name() != "postgresql":
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
-        except IntegrityError:
-            # Two processes created Optuna's tables in a fresh database at the same moment
-            # (e.g. `automl serve` and `automl runner` starting together): the tables exist now.
+        with _schema_lock(url):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
 
     rdb = retry(connect, what=f"connect to {redact(url)}", seconds=retry_seconds)
     return TrialCache(rdb)
+
+
+_SCHEMA_LOCK = 0x6F7074756E61  # "optuna"
+
+
+@contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK})
+    finally:
+        engine.dispose()
 
 
 class TrialCache(_CachedStorage):

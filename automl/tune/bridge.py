@@ -269,10 +269,19 @@ class StudyLink:
         return trial
 
     def asked(self) -> int:
-        """The trials that count against the budget: finished, or running and not an orphan
-        (which a suggestion takes over rather than adds to the study)."""
-        return sum(1 for t in self._all_trials() if t.state.is_finished() or (
+        """The trials that count against the budget: finished (but for those a cancel stopped
+        before they started), or running and not an orphan (which a suggestion takes over
+        rather than adds to the study)."""
+        return sum(1 for t in self._all_trials() if (
+            t.state.is_finished() and not t.user_attrs.get(keys.NOT_STARTED)) or (
             t.state == TrialState.RUNNING and not t.user_attrs.get(keys.ORPHANED)))
+
+    def not_started(self, ray_id: str) -> None:
+        """Marks the trial of a Ray trial a cancel stops before it started (`keys.NOT_STARTED`)."""
+        known = self.lookup(ray_id)
+        if known is not None:
+            self.call(lambda: self.storage.set_trial_user_attr(known.trial_id, keys.NOT_STARTED,
+                                                               True), "mark a trial not started")
 
     def _running(self) -> list[optuna.trial.FrozenTrial]:
         return self.call(
@@ -414,13 +423,15 @@ class OptunaPruningScheduler(FIFOScheduler):
     def choose_trial_to_run(self, tune_controller: Any) -> RayTrial | None:
         """Ray starts waiting trials right after asking this (on an actor that is ready, or on
         a finished trial's), before its stopper looks at the cancel: a cancel seen here stops
-        them instead, each told FAIL, never having run. One Ray has not yet given a folder
+        them instead, each told FAIL, never having run (nor counted against the budget: a
+        resumed job runs another in its place). One Ray has not yet given a folder
         gets it first (what Ray does before it starts one): a trial's end is kept there."""
         job = control_of(self.link.study_name)
         job.require_held(self.link.study_name, "start a trial")
         if job.cancelled():
             for waiting in tune_controller.get_trials():
                 if waiting.status in (RayTrial.PENDING, RayTrial.PAUSED):
+                    self.link.not_started(waiting.trial_id)
                     waiting.init_local_path()
                     tune_controller.stop_trial(waiting)
             return None

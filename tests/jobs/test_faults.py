@@ -272,7 +272,7 @@ def test_a_trial_whose_own_code_raises_fails_once_and_is_not_retried(tmp_path: P
     study = load_study(settings.storage_url, "errors-once")
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     for trial in study.trials:
-        assert trial.user_attrs[ERROR].startswith("size mismatch for conv1.0.weight"), trial.user_attrs
+        assert "size mismatch for conv1.0.weight" in trial.user_attrs[ERROR], trial.user_attrs
 
 
 def test_a_cancelled_job_resumed_with_automl_run_runs_the_rest_of_its_budget(tmp_path: Path) -> None:
@@ -303,7 +303,8 @@ def test_a_cancelled_job_resumed_with_automl_run_runs_the_rest_of_its_budget(tmp
             first.wait()
     assert first.returncode == 1 and f"job {job_id} cancelled" in out, out + err
     cancelled = load_study(url, job_id)  # the one mid-way: complete with its best epoch
-    assert [t.state for t in cancelled.trials] == [TrialState.COMPLETE] * 2
+    ran = [t.state for t in cancelled.trials if not t.user_attrs.get("not_started")]
+    assert ran == [TrialState.COMPLETE] * 2, [(t.state, t.user_attrs) for t in cancelled.trials]
     assert_only_kept_checkpoints(cancelled, settings.runs_path / job_id)
 
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,

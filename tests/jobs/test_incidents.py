@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 from fastapi.testclient import TestClient
 from ray import tune
@@ -77,7 +76,7 @@ def test_trials_internal_errors_are_named_by_type_with_their_tracebacks_logged(
                            path=str(tmp_path))
                for error in (full_disk, user, full_disk)]
     with caplog.at_level(logging.ERROR):
-        line = why_nothing_completed(parse_spec(SPEC), "job-x", optuna.create_study(), results)
+        line = why_nothing_completed(parse_spec(SPEC), "job-x", results)
     found = re.fullmatch(r"no trial completed; first errors: internal error ([0-9a-f]{8}): "
                          r"OSError \| lr=5\.0 must be in \(0, 1\]; " + IN_THE_LOG.format(job="job-x"),
                          line)

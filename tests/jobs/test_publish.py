@@ -13,7 +13,6 @@ import io
 import json
 import subprocess
 import tarfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from automl.search.spec import parse_spec
 from automl.service.server import build, start_dashboard
 from automl.settings import Settings
 from storage.jobs import JobStore
-from tests.support import TINY_SPACE, free_port, load_study, proxy_to, wait_for, write_images
+from tests.support import TINY_SPACE, free_port, load_study, proxy_to, write_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 SMALL, ROOMY = "256k", "16m"  # the store's size: the model (1.5 MB) does not fit, then does
@@ -250,20 +249,18 @@ def test_a_driver_that_lost_its_job_publishes_nothing_and_leaves_the_job_to_the_
     with proxy_to(target.host or "127.0.0.1", target.port or 5432) as proxy:
         cut_off = JobStore(proxy.url_for(pg_module_url))  # its job row's connection
 
-        def take_over() -> None:
-            wait_for(lambda: any(t.name == f"heartbeat-{job_id}" for t in threading.enumerate()),
-                     120, "the driver's heartbeat")
-            proxy.cut()
-            store.resume(job_id, "driver-2")
+        class TakeOver:
+            """The live view's first event comes before Tune starts (the job's history
+            replayed), so the take-over lands before anything could be published."""
 
-        taker = threading.Thread(target=take_over)
-        taker.start()
+            def on_event(self, *args: Any, **kwargs: Any) -> None:
+                if store.get(job_id).runner == "driver-1":
+                    proxy.cut()
+                    store.resume(job_id, "driver-2")
+
         settings = published.settings.model_copy(update={"stale_after": 600.0})
-        try:
-            with pytest.raises(HeartbeatLost, match="its publication was refused"):
-                execute_job(job_id, settings, cut_off)
-        finally:
-            taker.join(timeout=60)
+        with pytest.raises(HeartbeatLost, match="its publication was refused"):
+            execute_job(job_id, settings, cut_off, events=TakeOver())
     assert get_all_artifact_meta(published.study()) == records
     assert published.publication() == attrs
     assert published.blobs() == blobs  # what it wrote is gone again
