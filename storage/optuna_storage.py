@@ -17,6 +17,7 @@ pages trials from the database itself (`trial_page`).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import mimetypes
@@ -123,11 +124,9 @@ def optuna_storage(url: str, retry_seconds: float = 60.0) -> optuna.storages.Bas
 
     def connect() -> optuna.storages.RDBStorage:
         # Optuna creates its tables when they are missing, and two processes (or threads)
-        # doing that at once in one fresh database or schema collide on PostgreSQL's catalog
-        # (`automl serve` and `automl runner` starting together, a poller beside a driver):
-        # one at a time, under an advisory lock, the later ones find the tables made.
-        if make_url(url).get_backend_name() != "postgresql":
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+        # doing that at once in one fresh database collide (`automl serve` and `automl runner`
+        # starting together, a poller beside a driver): one at a time, the later ones find
+        # the tables made.
         with _schema_lock(url):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
 
@@ -140,6 +139,17 @@ _SCHEMA_LOCK = 0x6F7074756E61  # "optuna"
 
 @contextmanager
 def _schema_lock(url: str) -> Iterator[None]:
+    """PostgreSQL: an advisory lock. SQLite: an exclusive `flock` of the database file, which
+    does not touch SQLite's own (fcntl) locks. An in-memory database has no other user."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            yield
+            return
+        with open(Path(parsed.database).expanduser(), "ab") as database:
+            fcntl.flock(database, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+        return
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as connection:

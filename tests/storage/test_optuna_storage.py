@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
 
 from storage.optuna_storage import optuna_storage
 
 
-def test_processes_opening_a_fresh_database_at_once_all_get_a_storage(pg_url: str) -> None:
-    """Optuna creates its tables in a fresh database (here a fresh schema) on first use: a
-    driver, the dashboard and the API may all do so at the same moment, and none may fail on
-    PostgreSQL's catalog (one created the tables; the others find them)."""
-    with ThreadPoolExecutor(8) as pool:
-        storages = list(pool.map(lambda _: optuna_storage(pg_url, retry_seconds=5), range(8)))
-    assert len(storages) == 8
-    assert all(s.get_all_studies() == [] for s in storages)
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_processes_opening_a_fresh_database_at_once_all_get_a_storage(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Optuna creates its tables in a fresh database (on PostgreSQL, a fresh schema) on first
+    use: a driver, the dashboard and the API may all do so at the same moment, and none may
+    fail (one created the tables; the others find them)."""
+    url = (request.getfixturevalue("pg_url") if backend == "postgresql"
+           else f"sqlite:///{tmp_path / 'fresh.db'}")
+    with ProcessPoolExecutor(8) as pool:
+        studies = list(pool.map(_studies_in, [url] * 8))
+    assert studies == [0] * 8
+
+
+def _studies_in(url: str) -> int:
+    return len(optuna_storage(url, retry_seconds=5).get_all_studies())
