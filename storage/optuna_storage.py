@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import mimetypes
+import os
 import time
 from collections.abc import Callable, Collection, Container, Iterator, Mapping
 from contextlib import contextmanager
@@ -139,16 +140,21 @@ _SCHEMA_LOCK = 0x6F7074756E61  # "optuna"
 
 @contextmanager
 def _schema_lock(url: str) -> Iterator[None]:
-    """PostgreSQL: an advisory lock. SQLite: an exclusive `flock` of the database file, which
-    does not touch SQLite's own (fcntl) locks. An in-memory database has no other user."""
+    """PostgreSQL: an advisory lock. SQLite: an exclusive `flock` of the database's folder.
+    Not of the database file: closing any descriptor of that file drops every POSIX lock the
+    process holds on it, SQLite's own included, and its readers then saw stale snapshots. An
+    in-memory database has no other user."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             yield
             return
-        with open(Path(parsed.database).expanduser(), "ab") as database:
-            fcntl.flock(database, fcntl.LOCK_EX)
-            yield  # closing the file releases the lock
+        folder = os.open(Path(parsed.database).expanduser().parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(folder)  # and with it the lock
         return
     engine = create_engine(url, poolclass=NullPool)
     try:

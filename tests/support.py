@@ -71,13 +71,13 @@ def load_study(url: str, name: str) -> Any:
 def assert_budget_met_once(study: Any, n_trials: int) -> None:
     """Exactly the budget's trials, all finished, none run twice: each by its own Ray trial,
     with its epochs reported from the first on, none missing. A trial a cancel stopped before
-    it started ran nothing, and does not count."""
+    its first epoch left nothing, and does not count."""
     from optuna.trial import TrialState
 
     everything = study.get_trials(deepcopy=False)
     assert all(not t.intermediate_values and t.state == TrialState.FAIL
-               for t in everything if t.user_attrs.get("not_started"))
-    trials = [t for t in everything if not t.user_attrs.get("not_started")]
+               for t in everything if t.user_attrs.get("uncounted"))
+    trials = [t for t in everything if not t.user_attrs.get("uncounted")]
     assert len(trials) == n_trials, [(t.number, t.state) for t in trials]
     assert all(t.state.is_finished() for t in trials), [(t.number, t.state) for t in trials]
     assert len({t.user_attrs.get("ray_trial_id") for t in trials}) == n_trials

@@ -15,6 +15,7 @@ from ray import tune
 
 from automl.jobs.incidents import in_the_log, kind, new_incident, user_message
 from automl.search import keys
+from automl.search._optuna import trial_id
 from automl.search.keys import TrialCounts, state_name
 from automl.search.spec import JobSpec
 from automl.tune.bridge import Events, StudyLink
@@ -48,9 +49,12 @@ def finish_leftovers(link: StudyLink, events: Events | None = None) -> TrialCoun
     running = link.call(
         lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), "list trials"
     )
+    cancelled = control_of(link.study_name).cancelled()
     for frozen in running:
         values = link.values_of(frozen)
         state = TrialState.FAIL if values is None else TrialState.COMPLETE
+        if values is None and cancelled:
+            link.uncount(trial_id(frozen), "a cancel stopped it before its first epoch")
 
         def tell(number: int = frozen.number, state: TrialState = state,
                  values: float | list[float] | None = values) -> None:

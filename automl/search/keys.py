@@ -25,9 +25,9 @@ PUBLISHED_FILES = "published_files"
 RAY_TRIAL_ID = "ray_trial_id"  # the Ray Tune trial running it
 CONFIG = "config"  # the whole trial configuration the engine ran (params + fixed settings)
 ORPHANED = "orphaned"  # asked after Ray last saved its state: the next suggestion adopts it
-# asked, then stopped by a cancel before Ray started it: it ran nothing, so it does not count
-# against the budget (a resumed job runs another in its place)
-NOT_STARTED = "not_started"
+# why a finished trial does not count against the budget (a resumed job runs another in its
+# place): a cancel stopped it before it started, or before its first epoch; it left nothing
+UNCOUNTED = "uncounted"
 DRIVER_MS = "driver_ms"  # the driver's time on it: ask, and each epoch's report + should_prune
 COSTS = "costs"  # params_m, macs_g, latency_ms of its configuration, measured before it trained
 OVER_LIMIT = "over_limit"  # the limits its costs broke (it never trained): {cost: [value, limit]}

@@ -270,18 +270,16 @@ class StudyLink:
 
     def asked(self) -> int:
         """The trials that count against the budget: finished (but for those a cancel stopped
-        before they started), or running and not an orphan (which a suggestion takes over
-        rather than adds to the study)."""
+        before their first epoch, `keys.UNCOUNTED`), or running and not an orphan (which a
+        suggestion takes over rather than adds to the study)."""
         return sum(1 for t in self._all_trials() if (
-            t.state.is_finished() and not t.user_attrs.get(keys.NOT_STARTED)) or (
+            t.state.is_finished() and not t.user_attrs.get(keys.UNCOUNTED)) or (
             t.state == TrialState.RUNNING and not t.user_attrs.get(keys.ORPHANED)))
 
-    def not_started(self, ray_id: str) -> None:
-        """Marks the trial of a Ray trial a cancel stops before it started (`keys.NOT_STARTED`)."""
-        known = self.lookup(ray_id)
-        if known is not None:
-            self.call(lambda: self.storage.set_trial_user_attr(known.trial_id, keys.NOT_STARTED,
-                                                               True), "mark a trial not started")
+    def uncount(self, trial_id: int, why: str) -> None:
+        """A trial a cancel stops before its first epoch: it does not count (`keys.UNCOUNTED`)."""
+        self.call(lambda: self.storage.set_trial_user_attr(trial_id, keys.UNCOUNTED, why),
+                  "mark a trial uncounted")
 
     def _running(self) -> list[optuna.trial.FrozenTrial]:
         return self.call(
@@ -357,7 +355,10 @@ class OptunaSearcher(Searcher):
             known.finished = True
             return
         values = self.link.values_of(frozen)
-        if error or values is None:
+        if values is None and not error and control_of(self.link.study_name).cancelled():
+            self.link.uncount(known.trial_id, "a cancel stopped it before its first epoch")
+            self.link.tell(known, TrialState.FAIL)
+        elif error or values is None:
             self.link.tell(known, TrialState.FAIL)
             JobStopper.trial_failed(self.link.study_name)
         else:
@@ -431,7 +432,8 @@ class OptunaPruningScheduler(FIFOScheduler):
         if job.cancelled():
             for waiting in tune_controller.get_trials():
                 if waiting.status in (RayTrial.PENDING, RayTrial.PAUSED):
-                    self.link.not_started(waiting.trial_id)
+                    if (known := self.link.lookup(waiting.trial_id)) is not None:
+                        self.link.uncount(known.trial_id, "a cancel stopped it before it started")
                     waiting.init_local_path()
                     tune_controller.stop_trial(waiting)
             return None

@@ -303,7 +303,7 @@ def test_a_cancelled_job_resumed_with_automl_run_runs_the_rest_of_its_budget(tmp
             first.wait()
     assert first.returncode == 1 and f"job {job_id} cancelled" in out, out + err
     cancelled = load_study(url, job_id)  # the one mid-way: complete with its best epoch
-    ran = [t.state for t in cancelled.trials if not t.user_attrs.get("not_started")]
+    ran = [t.state for t in cancelled.trials if not t.user_attrs.get("uncounted")]
     assert ran == [TrialState.COMPLETE] * 2, [(t.state, t.user_attrs) for t in cancelled.trials]
     assert_only_kept_checkpoints(cancelled, settings.runs_path / job_id)
 

@@ -26,3 +26,4 @@ def test_processes_opening_a_fresh_database_at_once_all_get_a_storage(
 
 def _studies_in(url: str) -> int:
     return len(optuna_storage(url, retry_seconds=5).get_all_studies())
+
