@@ -141,7 +141,8 @@ def status(
                 time.sleep(2)
                 view = source.get(job)
                 live.update(status_panel(view))
-    out.print(status_panel(view))
+    # soft_wrap: the resume command in an error line must stay one copyable line
+    out.print(status_panel(view), soft_wrap=True)
     if view.state in ("failed", "cancelled"):
         raise typer.Exit(1)
 

@@ -196,9 +196,10 @@ def test_ctrl_c_stops_the_job_without_publishing_and_it_resumes(tmp_path: Path) 
     listed = subprocess.run([AUTOML, "status", "faults-ctrl-c"], env=env, capture_output=True,
                             text=True, timeout=60)
     assert "cancelled" in listed.stdout, listed.stdout
-    # the command that resumes it, as it is: not a JOB_FILE placeholder
-    assert f"resume it with `automl run {job} --job-id faults-ctrl-c`" in " ".join(
-        listed.stdout.split()), listed.stdout
+    # the command that resumes it, as it is (not a JOB_FILE placeholder), on one copyable line
+    # however long the path
+    assert f"resume it with `automl run {job} --job-id faults-ctrl-c`" in listed.stdout, \
+        listed.stdout
     interrupted = load_study(settings.storage_url, "faults-ctrl-c")
     assert BEST_TRIAL_ATTR not in interrupted.user_attrs  # nothing published as the result
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
