@@ -6,14 +6,18 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from automl.cli.common import err, fail, out, settings_from
 from workers.errors import UserError
+
+if TYPE_CHECKING:
+    from workers.export import Exported
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -107,14 +111,55 @@ def export(
     checkpoint: Annotated[Path, typer.Option(help="checkpoint directory (automl pull)")],
     onnx: Annotated[Path, typer.Option("--out", help="the .onnx file to write")] = Path("model.onnx"),
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's)")] = None,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="also write OUT's .int8.onnx: static int8 quantization calibrated on "
+        "training images, compared with the float model on the test split")] = False,
+    max_drop: Annotated[float, typer.Option(
+        help="with --int8: most test accuracy the int8 model may lose (0.01 = one point)")] = 0.01,
+    calibration: Annotated[int, typer.Option(
+        min=1, help="with --int8: training images to calibrate on")] = 256,
 ) -> None:
     """Export a checkpoint to ONNX for serving: uint8 images in, probabilities out, checked
     against PyTorch with onnxruntime before the file is written."""
     from workers.export import export_onnx
+    from workers.quantize import check_max_drop
 
     if onnx.is_dir():
         fail(f"--out {onnx} is a directory; give a file name such as {onnx / 'model.onnx'}")
+    if int8:
+        check_max_drop(max_drop)  # before anything is written
     done = export_onnx(checkpoint, onnx, opset)
+    _report_export(done)
+    if int8:
+        _quantize(checkpoint, done, max_drop, calibration)
+
+
+def _quantize(checkpoint: Path, done: Exported, max_drop: float, calibration: int) -> None:
+    import torch
+
+    from workers.predict import load_checkpoint
+    from workers.quantize import quantize_model
+
+    loaded = load_checkpoint(checkpoint, torch.device("cpu"))
+    target = done.path.with_name(done.path.stem + ".int8.onnx")
+    q = quantize_model(loaded, done.path, target, done.target, calibration, max_drop)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("model", "test accuracy", f"latency ms ({q.target.key()})", "size MB"):
+        table.add_column(name)
+    for name, scored in (("fp32", q.fp32), ("int8", q.int8)):
+        table.add_row(name, f"{scored.accuracy:.4f}", f"{scored.latency_ms:.3g}",
+                      f"{scored.size_bytes / 1e6:.2f}")
+    out.print(table)
+    summary = (f"int8 {q.speedup:.2f}x the speed of fp32, {100 * q.drop:+.2f} points of accuracy "
+               f"lost on {q.test_images} test images (calibrated on {q.calibration_images} "
+               "training images)")
+    if not q.kept:
+        fail(f"{summary}: more than --max-drop {max_drop:g}, so no int8 file was written; keep "
+             "the float model, or allow more with --max-drop", code=1)
+    out.print(f"wrote {q.path}: {summary}", highlight=False, soft_wrap=True)
+
+
+def _report_export(done: Exported) -> None:
     size = done.img_size
     out.print(
         f"wrote {done.path} (ONNX opset {done.opset}): input image uint8 [N, 3, {size}, {size}], "
