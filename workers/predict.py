@@ -15,19 +15,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from workers import checkpoint as ckpt
-from workers.augment import eval_transform, normalize
 from workers.config import TrialConfig
-from workers.datasets import DatasetError, load_index
-from workers.decoded_cache import decode_one, stored_size
-from workers.engine import (
-    Acceleration,
-    CachedImages,
-    evaluate_model,
-    pick_device,
-    prepare_data,
-)
-from workers.model import Preprocessing, create_backbone, freeze_stages
+from workers.data.images import decode_one
+from workers.data.index import DatasetError
+from workers.data.loaders import CachedImages
+from workers.data.sources import load_index
+from workers.model import checkpoint as ckpt
+from workers.model.backbone import create_backbone, freeze_stages
+from workers.model.preprocessing import Preprocessing, stored_size
+from workers.train.augment import eval_transform, normalize
+from workers.train.device import Acceleration, pick_device
+from workers.train.evaluation import evaluate_model
+from workers.train.prepared import prepare_data
 
 
 @dataclass

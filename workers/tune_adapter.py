@@ -26,8 +26,8 @@ import ray
 from ray import tune
 
 from workers.config import TrialConfig
-from workers.costs import COSTS_REQUEST, COSTS_RESULT, LatencyTarget, broken_limits, measure_costs
-from workers.engine import EpochResult, train
+from workers.model.costs import COSTS_REQUEST, COSTS_RESULT, LatencyTarget, broken_limits, measure_costs
+from workers.train.loop import EpochResult, train
 
 TRIAL_FOLDER = "automl-trial-"
 TRIAL_ERROR = "trial_error"  # result key: the last line of the trial's own error, raised next
@@ -139,7 +139,7 @@ def evaluate_on_split(checkpoint: tune.Checkpoint, split: str = "test") -> dict[
 
 def copy_checkpoint(checkpoint: tune.Checkpoint, out: Path) -> Path:
     """The model files of a Ray-persisted checkpoint (local or remote storage) into `out`."""
-    from workers.checkpoint import copy_model_files
+    from workers.model.checkpoint import copy_model_files
 
     with checkpoint.as_directory() as directory:
         return copy_model_files(Path(directory), out)

@@ -27,7 +27,7 @@ from automl.tune.bridge import StudyLink, bridge
 from automl.tune.retention import Retention, front_members
 from automl.tune.stopper import JobStopper
 from storage.optuna_storage import retry
-from workers.costs import COSTS_REQUEST
+from workers.model.costs import COSTS_REQUEST
 from workers.tune_adapter import run_tune_trial
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def _fit(
 
 def trial_settings(spec: JobSpec, n_classes: int) -> dict[str, Any]:
     """What every trial of the job is given beside what the space samples: the dataset and
-    epochs, and in a deployment-aware job what to measure its costs for (`workers.costs`)."""
+    epochs, and in a deployment-aware job what to measure its costs for (`workers.model.costs`)."""
     fixed = spec.trial_settings()
     objective = spec.objective
     if objective.costs_needed:

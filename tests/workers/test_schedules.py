@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from workers.config import TrialConfig
-from workers.optim import EpochSchedule, create_optimizer
+from workers.train.optimizer import create_optimizer
+from workers.train.schedules import EpochSchedule
 
 LR, WARMUP_LR, MIN_LR, EPOCHS, WARMUP = 0.1, 0.01, 0.001, 12, 3
 

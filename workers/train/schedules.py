@@ -1,38 +1,20 @@
-"""Optimizer (timm.optim) and learning-rate schedule (torch.optim.lr_scheduler).
+"""Learning-rate schedule (torch.optim.lr_scheduler), stepped once per epoch.
 
-Every schedule is stepped once per epoch and gets the same warmup: a linear ramp from `warmup_lr`
-to `lr` over `warmup_epochs`, after which the schedule proper runs over the remaining epochs.
-A schedule's state is never saved: `EpochSchedule.fast_forward` replays it from the epoch count
-and the recorded metric history, which is exact and keeps checkpoints free of pickles.
+Every schedule gets the same warmup: a linear ramp from `warmup_lr` to `lr` over
+`warmup_epochs`, after which the schedule proper runs over the remaining epochs. A schedule's
+state is never saved: `EpochSchedule.fast_forward` replays it from the epoch count and the
+recorded metric history, which is exact and keeps checkpoints free of pickles.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from timm.optim import create_optimizer_v2
 from torch.optim import lr_scheduler
 
 from workers.config import TrialConfig
-
-
-def create_optimizer(config: TrialConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Frozen parameters are skipped; bias and norm weights get no weight decay (timm's rule)."""
-    kwargs: dict[str, Any] = {}
-    if config.optimizer == "sgd":
-        kwargs = {"momentum": config.momentum, "nesterov": config.nesterov}
-    opt = "adam" if config.optimizer == "adam" else config.optimizer
-    return create_optimizer_v2(
-        model,
-        opt=opt,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        layer_decay=config.layer_decay,
-        **kwargs,
-    )
 
 
 class EpochSchedule:

@@ -8,7 +8,7 @@ A trial's own checkpoints (what the engine writes each epoch, `automl-checkpoint
     optimizer.safetensors  optimizer tensors (resume only)
     trainer.json           epoch, objective history, early-stopping state, optimizer scalars
 
-What `automl pull` writes is a timm / Hugging Face Hub model folder instead (`workers/hub.py`,
+What `automl pull` writes is a timm / Hugging Face Hub model folder instead (`workers/model/hub.py`,
 `automl-checkpoint/2`: timm's config.json and weights, our metadata in automl.json). Readers
 take either (`read_info`).
 
@@ -37,6 +37,7 @@ FORMAT = "automl-checkpoint/1"
 
 class CheckpointError(UserError):
     """A folder that is not a checkpoint, or a damaged one; the message says what to pass."""
+
 
 MODEL_FILES = ("model.safetensors", "config.json", "metrics.json")
 
