@@ -135,11 +135,3 @@ def evaluate_on_split(checkpoint: tune.Checkpoint, split: str = "test") -> dict[
         metrics = evaluate_checkpoint(loaded, split)
         metrics["classes"] = loaded.classes
         return metrics
-
-
-def copy_checkpoint(checkpoint: tune.Checkpoint, out: Path) -> Path:
-    """The model files of a Ray-persisted checkpoint (local or remote storage) into `out`."""
-    from workers.model.checkpoint import copy_model_files
-
-    with checkpoint.as_directory() as directory:
-        return copy_model_files(Path(directory), out)

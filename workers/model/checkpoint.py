@@ -39,9 +39,6 @@ class CheckpointError(UserError):
     """A folder that is not a checkpoint, or a damaged one; the message says what to pass."""
 
 
-MODEL_FILES = ("model.safetensors", "config.json", "metrics.json")
-
-
 @dataclass
 class TrainerState:
     """What, beside weights and optimizer tensors, a resumed trial needs to continue its curve."""
@@ -143,14 +140,6 @@ def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> Tr
     tensors = load_file(str(checkpoint / "optimizer.safetensors"))
     optimizer.load_state_dict(_join_optimizer_state(tensors, scalars))
     return TrainerState(**saved)
-
-
-def copy_model_files(checkpoint: Path, out: Path) -> Path:
-    """The part of a checkpoint a user needs to predict: no optimizer state."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
-        shutil.copy2(checkpoint / name, out / name)
-    return out
 
 
 def _split_optimizer_state(

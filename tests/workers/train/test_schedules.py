@@ -183,3 +183,25 @@ def test_a_resumed_schedule_goes_on_where_it_stood(case: str) -> None:
 if __name__ == "__main__":  # writes the table: only ever from the implementation it pins
     table = {case: case_lrs(*case_config(settings)) for case, settings in sorted(CASES.items())}
     TABLE.write_text(json.dumps(table, indent=1) + "\n")
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "plateau", "multistep"])
+def test_layer_decay_scales_each_group_and_the_reported_lr_is_the_base_one(schedule: str) -> None:
+    """timm's optimizer gives each layer group an `lr_scale` under `layer_decay`; every schedule
+    applies it, and the learning rate a trial reports is the unscaled one."""
+    config = TrialConfig(schedule=schedule, lr=LR, epochs=6, warmup_epochs=2, layer_decay=0.5,
+                         optimizer="sgd", backbone="test_resnet.r160_in1k")
+    from workers.model.backbone import create_backbone
+
+    optimizer = create_optimizer(config, create_backbone(config, 3))
+    plain = create_optimizer(config.replace(layer_decay=None), torch.nn.Linear(4, 2))
+    scaled, unscaled = EpochSchedule(config, optimizer), EpochSchedule(config.replace(
+        layer_decay=None), plain)
+    for _ in range(config.epochs):
+        assert scaled.lr == pytest.approx(unscaled.lr, rel=1e-9)
+        for group in optimizer.param_groups:
+            assert group["lr"] == pytest.approx(scaled.lr * group["lr_scale"], rel=1e-9)
+        optimizer.step()
+        plain.step()
+        scaled.step(0.5)
+        unscaled.step(0.5)
