@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from workers.config import TrialConfig
 from workers.data.images import decode_one
-from workers.data.index import DatasetError
+from workers.data.index import DatasetError, DatasetIndex
 from workers.data.loaders import CachedImages
 from workers.data.sources import load_index
 from workers.model import checkpoint as ckpt
@@ -82,10 +82,15 @@ def predict_images(
 
 
 def evaluate_checkpoint(
-    loaded: LoadedModel, split: str = "test", batch_size: int = 128
+    loaded: LoadedModel,
+    split: str = "test",
+    batch_size: int = 128,
+    *,
+    index: DatasetIndex | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the checkpoint on one split of its own dataset (the test split, once, at the end)."""
-    index = load_index(loaded.config.data)
+    """Metrics of the checkpoint on one split of its own dataset (the test split, once, at the
+    end); `index` is that dataset's when the caller has it."""
+    index = index if index is not None else load_index(loaded.config.data)
     indices = index.split_indices[split]
     if len(indices) == 0:
         raise DatasetError(f"the dataset has no {split} split to evaluate on")

@@ -24,6 +24,7 @@ from workers.model.weights import hub_unreachable, uncached_hub_weights
 class DatasetSize(NamedTuple):
     images: int
     classes: int
+    indexed: DatasetIndex  # computed once per job: its trials are handed it (tune.with_parameters)
 
 
 def check_paths(spec: JobSpec, roots: tuple[Path, ...] = ()) -> None:
@@ -40,7 +41,7 @@ def check_paths(spec: JobSpec, roots: tuple[Path, ...] = ()) -> None:
 
 def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
     """Index and verify the dataset once, on the driver, before anything is stored or started;
-    returns its numbers of images and classes. With `roots` (a service's dataset roots), every
+    returns its numbers of images and classes, and the index. With `roots` (a service's dataset roots), every
     path the dataset's files name, and every folder indexing enters, is judged under them
     before it is looked at (`workers.data.roots.confined`), and every image file must lie under
     them once symlinks are resolved: a folder under a root may still link anywhere."""
@@ -64,7 +65,7 @@ def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
         verify_once(index.images, fingerprint=index.fingerprint)
     except DatasetError as error:
         raise JobError(f"dataset: {error}") from error
-    return DatasetSize(len(index), len(index.classes))
+    return DatasetSize(len(index), len(index.classes), index)
 
 
 def check_cache_room(spec: JobSpec, index: DatasetIndex) -> None:
