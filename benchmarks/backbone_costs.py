@@ -1,7 +1,7 @@
 """The deployment costs of the replay data's backbones, measured once by the code jobs use.
 
 A Pareto-front replay needs each recorded run's cost on the deployment target, which the recorded
-data does not hold. They depend on the backbone and input size only (`workers/costs.py`), and
+data does not hold. They depend on the backbone and input size only (`workers/model/costs.py`), and
 the replay's space leaves the input size at each backbone's own, so one row per backbone does.
 `automl-bench backbone-costs` measures them (`measure_costs`, the job's default latency target:
 onnxruntime on one CPU thread, batch 1) and writes `backbone_costs.json` beside this file, which
@@ -24,8 +24,8 @@ def measure(backbones: Sequence[str], warmup: int = 1, runs: int = 5,
             progress: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """{backbone: {params_m, macs_g, latency_ms, img_size}} on this machine's CPU, one thread."""
     from workers.config import TrialConfig
-    from workers.costs import LatencyTarget, model_latency, static_costs
-    from workers.model import create_backbone
+    from workers.model.backbone import create_backbone
+    from workers.model.costs import LatencyTarget, model_latency, static_costs
 
     target = LatencyTarget()
     rows: dict[str, Any] = {}

@@ -23,11 +23,12 @@ import numpy as np
 from PIL import Image
 
 from workers.config import DataConfig, TrialConfig
-from workers.datasets import load_index
-from workers.decoded_cache import stored_size
-from workers.digits import default_cache_dir
-from workers.engine import prepare_data, train
-from workers.model import create_backbone, preprocessing
+from workers.data.digits import default_cache_dir
+from workers.data.sources import load_index
+from workers.model.backbone import create_backbone
+from workers.model.preprocessing import preprocessing, stored_size
+from workers.train.loop import train
+from workers.train.prepared import prepare_data
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,8 @@ def _one_trial(config: TrialConfig, cache: Path, workdir: Path, arm: str, trial:
     with _cache_dir(cache):
         started = time.perf_counter()
         index = load_index(config.data)
-        model = create_backbone(config, len(index.classes))
-        data = prepare_data(config, preprocessing(model, config.img_size), index)
+        create_backbone(config, len(index.classes))  # a trial pays it before its data
+        data = prepare_data(config, preprocessing(config.backbone, config.img_size), index)
         startup = time.perf_counter() - started
         summary = train(config, workdir, data=data)
     return CacheRow(arm, trial, startup, float(summary.history[0]["epoch_seconds"]))
@@ -230,7 +231,7 @@ def _fixture_path(n_images: int, data_dir: Path | None) -> Path:
 
 
 def _build_job(root: Path, size: int, cache: Path) -> dict[str, float]:
-    from workers.decoded_cache import load_decoded, verify_once
+    from workers.data.decoded_cache import load_decoded, verify_once
 
     baseline = _rss()
     started = time.perf_counter()
@@ -259,8 +260,8 @@ def _build_job(root: Path, size: int, cache: Path) -> dict[str, float]:
 def _second_job(root: Path, size: int, cache: Path) -> dict[str, float]:
     """What a job on the same dataset pays before its first step: the driver's index and image
     check, and each trial's fingerprint and memory-map (no decoding: the file is reused)."""
-    from workers.datasets import verify_images
-    from workers.decoded_cache import decoded_path, load_decoded, verify_once
+    from workers.data.decoded_cache import decoded_path, load_decoded, verify_once
+    from workers.data.images import verify_images
 
     baseline = _rss()
     before = {f: f.stat().st_mtime_ns for f in (cache / "decoded").glob("*.npy")}

@@ -25,7 +25,7 @@ from timm.optim import create_optimizer_v2
 
 from benchmarks.decoded_cache import write_jpegs
 from workers.config import TrialConfig
-from workers.engine import train
+from workers.train.loop import train
 
 GPU_MODELS = ("resnet50", "vit_small_patch16_224")
 CPU_MODELS = ("test_resnet",)

@@ -2,7 +2,7 @@
 
 Images/s per loader worker for each augmentation policy, on the CPU path (each worker runs the
 policy on one image at a time, as CPU trials do) and on the GPU path (each worker only slices
-the cached square; the policy runs batched on the trial's device, workers/device_augment.py).
+the cached square; the policy runs batched on the trial's device, workers/train/device_augment.py).
 From the per-worker rate follows how many CPU cores one GPU needs to stay fed.
 No model runs: this is the input pipeline's own ceiling.
 """
@@ -24,12 +24,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.decoded_cache import varied_jpegs
-from workers.augment import train_transform
 from workers.config import AUGMENTS, DataConfig, TrialConfig
-from workers.datasets import load_index
-from workers.decoded_cache import load_decoded, stored_size
-from workers.device_augment import DEVICE_POLICIES, DeviceAugment
-from workers.engine import CachedImages, CachedSquares, whole_batch
+from workers.data.decoded_cache import load_decoded
+from workers.data.loaders import CachedImages, CachedSquares, whole_batch
+from workers.data.sources import load_index
+from workers.model.preprocessing import stored_size
+from workers.train.augment import train_transform
+from workers.train.device_augment import DEVICE_POLICIES, DeviceAugment
 
 
 @dataclass(frozen=True)

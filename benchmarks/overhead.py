@@ -20,8 +20,8 @@ from automl.jobs.driver import ensure_ray, run_job
 from automl.search.spec import parse_spec
 from automl.settings import Settings
 from workers.config import TrialConfig
-from workers.engine import train
 from workers.predict import evaluate_checkpoint, load_checkpoint
+from workers.train.loop import train
 
 
 @dataclass(frozen=True)

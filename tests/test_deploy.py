@@ -43,7 +43,7 @@ def test_automl_services_run_real_commands_with_real_options() -> None:
 
 def test_environment_names_real_settings() -> None:
     fields = {f"AUTOML_{name.upper()}" for name in Settings.model_fields}
-    fields.add("AUTOML_CACHE_DIR")  # read by the trial engine (workers/digits.py)
+    fields.add("AUTOML_CACHE_DIR")  # read by the trial engine (workers/data/digits.py)
     for name, service in SERVICES.items():
         for key in service.get("environment", {}):
             if key.startswith("AUTOML_"):

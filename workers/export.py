@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.augment import normalize
-from workers.checkpoint import read_info
-from workers.costs import LatencyTarget, onnx_latency, quiet_exporters
-from workers.decoded_cache import stored_size
 from workers.errors import UserError
+from workers.model.checkpoint import read_info
+from workers.model.costs import LatencyTarget, onnx_latency, quiet_exporters
+from workers.model.preprocessing import stored_size
 from workers.predict import LoadedModel, load_checkpoint
+from workers.train.augment import normalize
 
 LEGACY_OPSET = 18  # for the TorchScript-based fallback exporter
 TOLERANCE = 1e-3  # max |probability difference| between onnxruntime and PyTorch

@@ -15,19 +15,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from workers import checkpoint as ckpt
-from workers.augment import eval_transform, normalize
 from workers.config import TrialConfig
-from workers.datasets import DatasetError, load_index
-from workers.decoded_cache import decode_one, stored_size
-from workers.engine import (
-    Acceleration,
-    CachedImages,
-    evaluate_model,
-    pick_device,
-    prepare_data,
-)
-from workers.model import Preprocessing, create_backbone, freeze_stages
+from workers.data.images import decode_one
+from workers.data.index import DatasetError, DatasetIndex
+from workers.data.loaders import CachedImages
+from workers.data.sources import load_index
+from workers.model import checkpoint as ckpt
+from workers.model.backbone import create_backbone, freeze_stages
+from workers.model.preprocessing import Preprocessing, stored_size
+from workers.train.augment import eval_transform, normalize
+from workers.train.device import Acceleration, pick_device
+from workers.train.evaluation import evaluate_model
+from workers.train.prepared import prepare_data
 
 
 @dataclass
@@ -83,10 +82,15 @@ def predict_images(
 
 
 def evaluate_checkpoint(
-    loaded: LoadedModel, split: str = "test", batch_size: int = 128
+    loaded: LoadedModel,
+    split: str = "test",
+    batch_size: int = 128,
+    *,
+    index: DatasetIndex | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the checkpoint on one split of its own dataset (the test split, once, at the end)."""
-    index = load_index(loaded.config.data)
+    """Metrics of the checkpoint on one split of its own dataset (the test split, once, at the
+    end); `index` is that dataset's when the caller has it."""
+    index = index if index is not None else load_index(loaded.config.data)
     indices = index.split_indices[split]
     if len(indices) == 0:
         raise DatasetError(f"the dataset has no {split} split to evaluate on")

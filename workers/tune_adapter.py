@@ -26,18 +26,20 @@ import ray
 from ray import tune
 
 from workers.config import TrialConfig
-from workers.costs import COSTS_REQUEST, COSTS_RESULT, LatencyTarget, broken_limits, measure_costs
-from workers.engine import EpochResult, train
+from workers.data.index import DatasetIndex
+from workers.model.costs import COSTS_REQUEST, COSTS_RESULT, LatencyTarget, broken_limits, measure_costs
+from workers.train.loop import EpochResult, train
 
 TRIAL_FOLDER = "automl-trial-"
 TRIAL_ERROR = "trial_error"  # result key: the last line of the trial's own error, raised next
 
 
-def run_tune_trial(config: dict[str, Any]) -> None:
+def run_tune_trial(config: dict[str, Any], index: DatasetIndex | None = None) -> None:
     """Ray Tune function trainable (`_run_trial`); an error of the trial's own is reported
-    (`TRIAL_ERROR`) before it is raised."""
+    (`TRIAL_ERROR`) before it is raised. `index`: the job's dataset as its driver indexed it
+    (`tune.with_parameters`), so that no trial indexes or fingerprints it again."""
     try:
-        _run_trial(config)
+        _run_trial(config, index)
     except Exception as error:
         if not isinstance(error, ray.exceptions.RayError):  # a lost actor, node or object: Ray's
             with contextlib.suppress(Exception):  # unsaid, the error is retried: as it was
@@ -51,7 +53,7 @@ def _error_line(error: BaseException) -> str:
     return next((line for line in reversed(lines) if line), type(error).__name__)[:500]
 
 
-def _run_trial(config: dict[str, Any]) -> None:
+def _run_trial(config: dict[str, Any], index: DatasetIndex | None = None) -> None:
     """config is the flat trial config the searcher suggested, with, in a deployment-aware job,
     a request for the configuration's costs: they are measured (or taken from the job's earlier
     measurement) and reported before anything trains, and a configuration over a limit ends
@@ -76,14 +78,25 @@ def _run_trial(config: dict[str, Any]) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(result.checkpoint))
         return False  # stopping is the scheduler's call; Ray ends the trial
 
+    index = readable_here(index)
     with tempfile.TemporaryDirectory(prefix=f"{TRIAL_FOLDER}{os.getpid()}-") as scratch:
         workdir = Path(scratch)
         if checkpoint is None:
-            train(trial_config, workdir, callback=report, keep_best=False, notes=notes)
+            train(trial_config, workdir, callback=report, keep_best=False, notes=notes,
+                  index=index)
             return
         with checkpoint.as_directory() as resume_from:  # a retry after a worker died
             train(trial_config, workdir, callback=report, resume=Path(resume_from),
-                  keep_best=False, notes=notes)
+                  keep_best=False, notes=notes, index=index)
+
+
+def readable_here(index: DatasetIndex | None) -> DatasetIndex | None:
+    """The driver's index where its files are where it found them (a shared filesystem, or the
+    driver's own machine), else None: the trial then indexes its own copy (`builtin:digits` is
+    written under each machine's cache folder)."""
+    if index is None or not index.files or not index.files[0].exists():
+        return None
+    return index
 
 
 def _measure(config: TrialConfig, request: dict[str, Any]) -> dict[str, float]:
@@ -126,20 +139,15 @@ def can_evaluate_here(gpus_per_trial: float) -> bool:
     return gpus_per_trial == 0 or torch.cuda.is_available()
 
 
-def evaluate_on_split(checkpoint: tune.Checkpoint, split: str = "test") -> dict[str, Any]:
-    """Score a trial's checkpoint on one split: in the driver, or as a Ray task on a GPU node."""
+def evaluate_on_split(
+    checkpoint: tune.Checkpoint, split: str = "test", index: DatasetIndex | None = None
+) -> dict[str, Any]:
+    """Score a trial's checkpoint on one split: in the driver, or as a Ray task on a GPU node;
+    `index`: the job's dataset as its driver indexed it."""
     from workers.predict import evaluate_checkpoint, load_checkpoint
 
     with checkpoint.as_directory() as directory:
         loaded = load_checkpoint(Path(directory))
-        metrics = evaluate_checkpoint(loaded, split)
+        metrics = evaluate_checkpoint(loaded, split, index=readable_here(index))
         metrics["classes"] = loaded.classes
         return metrics
-
-
-def copy_checkpoint(checkpoint: tune.Checkpoint, out: Path) -> Path:
-    """The model files of a Ray-persisted checkpoint (local or remote storage) into `out`."""
-    from workers.checkpoint import copy_model_files
-
-    with checkpoint.as_directory() as directory:
-        return copy_model_files(Path(directory), out)

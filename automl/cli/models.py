@@ -48,7 +48,7 @@ def train_one(
 ) -> None:
     """Run one fine-tuning trial and print its final metrics as one JSON line."""
     from workers.config import TrialConfig
-    from workers.engine import EpochResult, train
+    from workers.train.loop import EpochResult, train
 
     values = {"backbone": backbone, "epochs": epochs, "source": dataset}
     values.update(parse_overrides(set_ or []))
@@ -90,7 +90,7 @@ def predict(
     top: Annotated[int, typer.Option(min=1, help="also print the top-k classes")] = 1,
 ) -> None:
     """Print label and probability for each image, one JSON object per line."""
-    from workers.datasets import image_files
+    from workers.data.folders import image_files
     from workers.predict import load_checkpoint, predict_images
 
     files = image_files(images)  # a folder: every image under it, so no shell glob limit

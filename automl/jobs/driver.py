@@ -140,7 +140,7 @@ def run_job(
     register(job_id, job)
     try:
         with no_missing_metrics_warning():
-            grid = run_experiment(spec, job_id, settings, link, dataset.classes)
+            grid = run_experiment(spec, job_id, settings, link, dataset.classes, dataset.indexed)
             ran = job.clock.used()
             link.call(lambda: study.set_user_attr(keys.RUN_SECONDS, ran), "record the running time")
             timings["database"] = link.db_seconds
@@ -163,14 +163,14 @@ def run_job(
             else:
                 checkpoint = kept_checkpoint(result, spec)
                 keep = None if runs is None else partial(track_model_card, runs)
-                scores = score_on_test(checkpoint, spec)
+                scores = score_on_test(checkpoint, spec, dataset.indexed)
                 job.require_held(job_id, "publish the best trial")
                 test = publish_best(study, settings, checkpoint, best, spec.objective.metric,
                                     scores, counts,
                                     dataset=dataset_name(spec.dataset.source, spec.dataset.name),
                                     lease=lease, also=keep)
                 if spec.objective.front_costs:
-                    front = score_front(study, results, spec, best.number, test)
+                    front = score_front(study, results, spec, best.number, test, dataset.indexed)
                     retry(lambda: study.set_user_attr(keys.FRONT, front), what="record the front")
                 outcome = JobOutcome(job_id, "succeeded", counts, best.number, best.values[0],
                                      test)

@@ -22,6 +22,7 @@ from automl.tune.bridge import Events, StudyLink
 from automl.tune.control import control_of
 from automl.tune.retention import kept_checkpoint_folder
 from automl.tune.stopper import FAIL_FAST_TRIALS, JobStopper
+from workers.data.index import DatasetIndex
 from workers.tune_adapter import can_evaluate_here, evaluate_on_split
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def kept_checkpoint(result: tune.Result, spec: JobSpec) -> tune.Checkpoint:
 
 def score_front(
     study: optuna.Study, results: list[tune.Result], spec: JobSpec, published: int,
-    published_test: dict[str, Any],
+    published_test: dict[str, Any], index: DatasetIndex | None = None,
 ) -> list[dict[str, Any]]:
     """Every member of a Pareto front scored once on the test split (the published one was
     already): what `automl pareto` shows and `automl pull --trial` pulls."""
@@ -117,7 +118,7 @@ def score_front(
         if trial.number == published:
             test = published_test
         elif result is not None:
-            scored = score_on_test(kept_checkpoint(result, spec), spec)
+            scored = score_on_test(kept_checkpoint(result, spec), spec, index)
             test = {k: v for k, v in scored.items() if isinstance(v, int | float)}
         else:  # its checkpoint went with a lost Ray state
             test = {}
@@ -129,14 +130,17 @@ def score_front(
     return front
 
 
-def score_on_test(checkpoint: tune.Checkpoint, spec: JobSpec) -> dict[str, Any]:
-    """In the driver when it can (no cold worker to start), else on a node with the trial's GPU."""
+def score_on_test(
+    checkpoint: tune.Checkpoint, spec: JobSpec, index: DatasetIndex | None = None
+) -> dict[str, Any]:
+    """In the driver when it can (no cold worker to start), else on a node with the trial's GPU;
+    `index`: the job's dataset as its driver indexed it."""
     if can_evaluate_here(spec.resources.gpu):
-        return evaluate_on_split(checkpoint, "test")
+        return evaluate_on_split(checkpoint, "test", index)
     evaluate = ray.remote(evaluate_on_split).options(
         num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu
     )
-    return ray.get(evaluate.remote(checkpoint, "test"))
+    return ray.get(evaluate.remote(checkpoint, "test", index))
 
 
 def why_nothing_completed(spec: JobSpec, job_id: str, results: list[tune.Result]) -> str:

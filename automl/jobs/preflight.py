@@ -11,15 +11,20 @@ import ray
 from automl.errors import JobError, SpecError
 from automl.search.spec import JobSpec, check_weights, require_under_roots
 from workers.config import DataConfig
-from workers.costs import broken_limits, measure_costs, static_costs
-from workers.datasets import DatasetError, DatasetIndex, is_under, load_index
-from workers.decoded_cache import check_cache_budget, decoded_path, stored_size, verify_once
-from workers.model import hub_unreachable, uncached_hub_weights
+from workers.data.cache_budget import check_cache_budget
+from workers.data.decoded_cache import decoded_path, verify_once
+from workers.data.index import DatasetError, DatasetIndex
+from workers.data.roots import is_under
+from workers.data.sources import load_index
+from workers.model.costs import broken_limits, measure_costs, static_costs
+from workers.model.preprocessing import preprocessing, stored_size
+from workers.model.weights import hub_unreachable, uncached_hub_weights
 
 
 class DatasetSize(NamedTuple):
     images: int
     classes: int
+    indexed: DatasetIndex  # computed once per job: its trials are handed it (tune.with_parameters)
 
 
 def check_paths(spec: JobSpec, roots: tuple[Path, ...] = ()) -> None:
@@ -36,9 +41,9 @@ def check_paths(spec: JobSpec, roots: tuple[Path, ...] = ()) -> None:
 
 def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
     """Index and verify the dataset once, on the driver, before anything is stored or started;
-    returns its numbers of images and classes. With `roots` (a service's dataset roots), every
+    returns its numbers of images and classes, and the index. With `roots` (a service's dataset roots), every
     path the dataset's files name, and every folder indexing enters, is judged under them
-    before it is looked at (`workers.datasets.confined`), and every image file must lie under
+    before it is looked at (`workers.data.roots.confined`), and every image file must lie under
     them once symlinks are resolved: a folder under a root may still link anywhere."""
     try:
         index = load_index(DataConfig(
@@ -56,29 +61,27 @@ def check_dataset(spec: JobSpec, roots: tuple[Path, ...] = ()) -> DatasetSize:
                 "through symlinks; this service reads only under them"
             )
         check_cache_room(spec, index)
-        verify_once(index.images)  # skipped for files verified or decoded on this machine
+        # skipped for files verified or decoded on this machine
+        verify_once(index.images, fingerprint=index.fingerprint)
     except DatasetError as error:
         raise JobError(f"dataset: {error}") from error
-    return DatasetSize(len(index), len(index.classes))
+    return DatasetSize(len(index), len(index.classes), index)
 
 
 def check_cache_room(spec: JobSpec, index: DatasetIndex) -> None:
     """The decoded copies the job's trials may write (one per stored side and resampling the
     space allows, that this machine has not cached yet) must fit the cache's budget together:
     a dataset too big for it is refused now, with the numbers, not by every trial."""
-    import timm
-
     space = spec.search_space()
     needed: dict[tuple[int, str], int] = {}
     for backbone in space.backbones():
-        cfg = timm.models.get_pretrained_cfg(backbone)
-        crop = float(getattr(cfg, "crop_pct", None) or 0.875)
-        interpolation = str(getattr(cfg, "interpolation", None) or "bicubic")
-        default = int((getattr(cfg, "input_size", None) or (3, 224, 224))[-1])
         for size in space.img_sizes():
-            side = stored_size(size or default, crop)
-            if not decoded_path(index.images, side, interpolation).exists():
-                needed[(side, interpolation)] = side
+            prep = preprocessing(backbone, size)
+            side = stored_size(prep.img_size, prep.crop_pct)
+            target = decoded_path(index.images, side, prep.interpolation,
+                                  fingerprint=index.fingerprint)
+            if not target.exists():
+                needed[(side, prep.interpolation)] = side
     if needed:
         check_cache_budget(len(index), sorted(needed.values()))
 

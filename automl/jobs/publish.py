@@ -54,7 +54,7 @@ from storage.artifacts import (
 )
 from storage.jobs import JobStore, Lease, LeaseLost
 from storage.optuna_storage import artifact_record, retry, set_study_attrs, study_transaction
-from workers.hub import write_hub_folder
+from workers.model.hub import write_hub_folder
 
 log = logging.getLogger(__name__)
 

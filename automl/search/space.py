@@ -31,6 +31,7 @@ from workers.config import (
     TrialConfig,
 )
 from workers.errors import UserError
+from workers.model.preprocessing import default_side
 
 # ImageNet-pretrained timm models from phone-size to large ViTs: the Pareto front of timm's models
 # over ImageNet accuracy and size chosen by Quick-Tune (Arango et al., ICLR 2024), whose recorded
@@ -194,7 +195,7 @@ def _check_value(name: str, value: Any, max_epochs: int) -> None:
     except ConfigError as error:
         raise SpaceError(f"space.{name}: {error}{_list_hint(name, value)}") from error
     if name == "backbone":
-        from workers.model import check_backbone
+        from workers.model.backbone import check_backbone
 
         try:
             check_backbone(config.backbone)
@@ -241,7 +242,7 @@ class SearchSpace:
         sides = self.img_sizes()
         side = max((s for s in sides if s is not None), default=0)
         if None in sides:
-            side = max(side, *(_default_side(b) for b in self.backbones()))
+            side = max(side, *(default_side(b) for b in self.backbones()))
         if batch * side * side > MAX_BATCH_PIXELS:
             own = "" if "img_size" in self.overrides else " (the backbone's own: it is unset)"
             raise SpaceError(
@@ -408,13 +409,6 @@ class _Asker:
         return self.trial.suggest_float(
             name, float(param.low), float(param.high), log=param.log, step=param.step
         )
-
-
-def _default_side(backbone: str) -> int:
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(backbone)
-    return int((getattr(cfg, "input_size", None) or (3, 224, 224))[-1])
 
 
 def _values(param: Param) -> tuple[Any, ...]:

@@ -30,8 +30,8 @@ from automl.errors import SpecError, UserError
 from automl.search.space import SearchSpace, SpaceError
 from automl.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS, Strategy
 from workers.config import OBJECTIVES
-from workers.costs import COSTS, LatencyTarget
-from workers.datasets import is_under
+from workers.data.roots import is_under
+from workers.model.costs import COSTS, LatencyTarget
 
 Duration = float | str
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -623,7 +623,7 @@ def check_weights(spec: JobSpec) -> None:
     what the check says would tell what is on the server's disk), and every job's again on its
     driver, so that a bad file fails the job once rather than each of its trials.
     """
-    from workers.model import check_weights_file
+    from workers.model.weights import check_weights_file
 
     for field, value in paths_read(spec):
         if field == "space.pretrained":

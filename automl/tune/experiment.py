@@ -27,7 +27,8 @@ from automl.tune.bridge import StudyLink, bridge
 from automl.tune.retention import Retention, front_members
 from automl.tune.stopper import JobStopper
 from storage.optuna_storage import retry
-from workers.costs import COSTS_REQUEST
+from workers.data.index import DatasetIndex
+from workers.model.costs import COSTS_REQUEST
 from workers.tune_adapter import run_tune_trial
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,16 @@ log = logging.getLogger(__name__)
 
 def run_experiment(
     spec: JobSpec, job_id: str, settings: Settings, link: StudyLink, n_classes: int,
+    index: DatasetIndex | None = None,
 ) -> tune.ResultGrid:
     """Run (or resume) the job's trials until the budget, the target, the time limit or a
     cancel ends them (the cancel, the time and the driver's hold on the job: the job's
-    `automl.tune.control`, which the caller registers)."""
+    `automl.tune.control`, which the caller registers). `index`: the job's dataset as its
+    driver indexed it, handed to every trial through Ray's object store."""
     _quiet_and_parallel(spec)
     trainable = tune.with_resources(
-        run_tune_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+        tune.with_parameters(run_tune_trial, index=index),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     path = settings.runs_path / job_id
     JobStopper.register(job_id)
@@ -123,7 +127,7 @@ def _fit(
 
 def trial_settings(spec: JobSpec, n_classes: int) -> dict[str, Any]:
     """What every trial of the job is given beside what the space samples: the dataset and
-    epochs, and in a deployment-aware job what to measure its costs for (`workers.costs`)."""
+    epochs, and in a deployment-aware job what to measure its costs for (`workers.model.costs`)."""
     fixed = spec.trial_settings()
     objective = spec.objective
     if objective.costs_needed:

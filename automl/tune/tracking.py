@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from automl.errors import JobError
 from automl.search import keys
 from automl.tune.bridge import StudyLink
-from workers.costs import COSTS_REQUEST, COSTS_RESULT
+from workers.model.costs import COSTS_REQUEST, COSTS_RESULT
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from automl.cli import app
 from workers.config import TrialConfig
-from workers.engine import train
+from workers.train.loop import train
 
 JOB = {"name": "cli-errors", "dataset": {"source": "builtin:digits"},
        "budget": {"n_trials": 1, "max_epochs": 1}}

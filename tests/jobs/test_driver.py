@@ -225,7 +225,7 @@ def test_pulled_checkpoint_predicts_with_the_recorded_test_accuracy(
     assert measured["test_accuracy"] == pytest.approx(recorded, abs=1e-6)
     image = next(Path(load_checkpoint(tmp_path / "model").config.data.source).glob("*"), None)
     assert image is None  # builtin:digits is not a path; predict on a real PNG instead
-    from workers.datasets import load_index
+    from workers.data.sources import load_index
 
     index = load_index(load_checkpoint(tmp_path / "model").config.data)
     png = index.paths[int(index.split_indices["test"][0])]

@@ -468,12 +468,12 @@ def test_the_http_checks_refuse_by_name_or_pass_never_fail_otherwise(
 def test_validation_reads_no_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Only a job file's loading opens the weights it names: over HTTP, what validation found
     on the disk would answer for files outside the dataset roots."""
-    import workers.model
+    import workers.model.weights
 
     def opened(path: str) -> None:
         raise AssertionError(f"validation opened {path}")
 
-    monkeypatch.setattr(workers.model, "check_weights_file", opened)
+    monkeypatch.setattr(workers.model.weights, "check_weights_file", opened)
     spec = parse_spec({**BASE, "space": {"pretrained": ["/etc/shadow", str(tmp_path / "w.pth")]}})
     assert spec.search_space().pretrained() == ("/etc/shadow", str(tmp_path / "w.pth"))
     monkeypatch.undo()
@@ -566,7 +566,8 @@ def run_every_epoch(config: TrialConfig) -> None:
     """Build the trial's optimizer and schedule and step it through all its epochs."""
     import torch
 
-    from workers.optim import EpochSchedule, create_optimizer
+    from workers.train.optimizer import create_optimizer
+    from workers.train.schedules import EpochSchedule
 
     optimizer = create_optimizer(config, torch.nn.Linear(2, 2))
     schedule = EpochSchedule(config, optimizer)

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from automl.settings import Settings
 from storage.jobs import JobStore
 from tests.support import load_study, proxy_to, trial_folders
-from workers.datasets import load_index
+from workers.data.sources import load_index
 from workers.predict import evaluate_checkpoint, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]

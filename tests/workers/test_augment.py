@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from workers.augment import batch_mixer, eval_transform, train_transform
 from workers.config import TrialConfig
-from workers.engine import CachedImages
+from workers.data.loaders import CachedImages
+from workers.train.augment import batch_mixer, eval_transform, train_transform
 
 
 def picture(seed: int = 0) -> np.ndarray:

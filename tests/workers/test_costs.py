@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from workers.costs import LatencyTarget, model_latency
+from workers.model.costs import LatencyTarget, model_latency
 
 
 class _Folding(torch.nn.Module):

@@ -14,8 +14,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from workers.config import TrialConfig
-from workers.device_augment import _OPS, DEVICE_POLICIES, DeviceAugment, _params
-from workers.engine import Acceleration, train
+from workers.train.device import Acceleration
+from workers.train.device_augment import _OPS, DEVICE_POLICIES, DeviceAugment, _params
+from workers.train.loop import train
 
 
 def photos(n: int, side: int = 48, seed: int = 0) -> torch.Tensor:

@@ -10,12 +10,12 @@ import timm
 import torch
 from PIL import Image
 
-from workers.checkpoint import HUB_FORMAT, CheckpointError
 from workers.config import TrialConfig
-from workers.datasets import load_index
-from workers.engine import train
-from workers.hub import write_hub_folder
+from workers.data.sources import load_index
+from workers.model.checkpoint import HUB_FORMAT, CheckpointError
+from workers.model.hub import write_hub_folder
 from workers.predict import load_checkpoint, predict_images
+from workers.train.loop import train
 
 TINY = {"backbone": "test_resnet", "img_size": 32, "batch_size": 64, "lr": 3e-3, "epochs": 1,
         "freeze_stages": 2}

@@ -15,10 +15,12 @@ from PIL import Image
 
 from tests.support import one_colour_png
 from workers.config import DataConfig, TrialConfig
-from workers.datasets import DatasetError, load_index, verify_images
-from workers.decoded_cache import load_decoded
-from workers.engine import train
+from workers.data.decoded_cache import load_decoded
+from workers.data.images import verify_images
+from workers.data.index import DatasetError
+from workers.data.sources import load_index
 from workers.predict import evaluate_checkpoint, load_checkpoint
+from workers.train.loop import train
 
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200)}
 
@@ -272,8 +274,9 @@ def test_machines_without_pyarrow_run_other_sources_and_are_told_for_tables(
 import sys
 sys.modules["pyarrow"] = None  # import pyarrow now fails, as where it is not installed
 from workers.config import DataConfig
-from workers.datasets import DatasetError, load_index
-from workers.decoded_cache import load_decoded
+from workers.data.index import DatasetError
+from workers.data.sources import load_index
+from workers.data.decoded_cache import load_decoded
 index = load_index(DataConfig(source={str(color_folder)!r}))
 print(load_decoded(index.images, 24).shape)
 try:

@@ -9,10 +9,11 @@ import torch
 
 from tests.support import trial_folders
 from workers.config import TrialConfig
-from workers.datasets import load_index
-from workers.engine import Acceleration, EpochResult, train
-from workers.model import backbone_stages, create_backbone
+from workers.data.sources import load_index
+from workers.model.backbone import backbone_stages, create_backbone
 from workers.predict import evaluate_checkpoint, load_checkpoint, predict_images
+from workers.train.device import Acceleration
+from workers.train.loop import EpochResult, train
 
 TINY = {"backbone": "test_resnet", "img_size": 32, "batch_size": 64, "lr": 3e-3}
 

@@ -32,7 +32,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from workers.config import ConfigError, TrialConfig
-from workers.model import create_backbone, preprocessing
+from workers.model.backbone import create_backbone
+from workers.model.preprocessing import default_side
 
 COSTS = ("params_m", "macs_g", "latency_ms")  # what a limit or a Pareto front may name
 COSTS_REQUEST = "measure_costs"  # the trial config's entry asking the trial for its costs
@@ -71,7 +72,7 @@ def static_costs(backbone: str, img_size: int | None, num_classes: int) -> tuple
     config = TrialConfig(backbone=backbone, img_size=img_size, pretrained=False)
     with torch.device("meta"):
         model = create_backbone(config, num_classes).eval()
-        side = img_size or preprocessing(model, None).img_size
+        side = img_size or default_side(backbone)
         params = sum(p.numel() for p in model.parameters())
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
             model(torch.zeros(1, 3, side, side))

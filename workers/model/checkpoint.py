@@ -8,7 +8,7 @@ A trial's own checkpoints (what the engine writes each epoch, `automl-checkpoint
     optimizer.safetensors  optimizer tensors (resume only)
     trainer.json           epoch, objective history, early-stopping state, optimizer scalars
 
-What `automl pull` writes is a timm / Hugging Face Hub model folder instead (`workers/hub.py`,
+What `automl pull` writes is a timm / Hugging Face Hub model folder instead (`workers/model/hub.py`,
 `automl-checkpoint/2`: timm's config.json and weights, our metadata in automl.json). Readers
 take either (`read_info`).
 
@@ -37,8 +37,6 @@ FORMAT = "automl-checkpoint/1"
 
 class CheckpointError(UserError):
     """A folder that is not a checkpoint, or a damaged one; the message says what to pass."""
-
-MODEL_FILES = ("model.safetensors", "config.json", "metrics.json")
 
 
 @dataclass
@@ -142,14 +140,6 @@ def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> Tr
     tensors = load_file(str(checkpoint / "optimizer.safetensors"))
     optimizer.load_state_dict(_join_optimizer_state(tensors, scalars))
     return TrainerState(**saved)
-
-
-def copy_model_files(checkpoint: Path, out: Path) -> Path:
-    """The part of a checkpoint a user needs to predict: no optimizer state."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
-        shutil.copy2(checkpoint / name, out / name)
-    return out
 
 
 def _split_optimizer_state(

@@ -21,9 +21,9 @@ from typing import Any
 import timm
 from safetensors.torch import load_file
 
-from workers import checkpoint as ckpt
 from workers.config import TrialConfig
-from workers.model import create_backbone
+from workers.model import checkpoint as ckpt
+from workers.model.backbone import create_backbone
 
 
 def write_hub_folder(checkpoint: Path, out: Path, extra: dict[str, Any] | None = None) -> Path:

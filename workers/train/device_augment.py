@@ -38,6 +38,14 @@ DEVICE_POLICIES = ("basic", "randaugment", "trivialaugment", "autoaugment")
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect ratios, as the CPU path
 _GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 _AUTO_AUGMENT_BINS = 10  # torchvision's AutoAugment reads its magnitudes from 10 bins
+# torchvision's private names read here (each policy's op table, AutoAugment's sub-policies):
+# tests/search/test_optuna_private_names.py checks them against the installed torchvision, so
+# an upgrade that moves one fails there, naming it, instead of inside a trial
+PRIVATE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "torchvision.transforms.v2.RandAugment": ("_AUGMENTATION_SPACE",),
+    "torchvision.transforms.v2.TrivialAugmentWide": ("_AUGMENTATION_SPACE",),
+    "torchvision.transforms.v2.AutoAugment": ("_AUGMENTATION_SPACE", "_policies"),
+}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ imports Ray, Optuna or a database, so the same loop runs, and is benchmarked, on
 from __future__ import annotations
 
 import functools
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -19,17 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 from timm.loss import SoftTargetCrossEntropy
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from workers import checkpoint as ckpt
-from workers.augment import batch_mixer, eval_transform, normalize, train_transform
 from workers.config import ConfigError, TrialConfig
-from workers.datasets import DatasetIndex, load_index
-from workers.decoded_cache import load_decoded, stored_size
-from workers.device_augment import DEVICE_POLICIES, DeviceAugment
-from workers.metrics import Evaluator
-from workers.model import Preprocessing, create_backbone, freeze_stages, preprocessing
-from workers.optim import EpochSchedule, create_optimizer
+from workers.data.index import DatasetIndex
+from workers.data.loaders import CachedImages, CachedSquares, whole_batch
+from workers.data.sources import load_index
+from workers.model import checkpoint as ckpt
+from workers.model.backbone import create_backbone, freeze_stages
+from workers.model.preprocessing import preprocessing
+from workers.train.augment import batch_mixer, eval_transform, train_transform
+from workers.train.device import Acceleration, pick_device
+from workers.train.device_augment import DEVICE_POLICIES, DeviceAugment
+from workers.train.evaluation import device_batches, evaluate_model
+from workers.train.optimizer import create_optimizer
+from workers.train.prepared import PreparedData, prepare_data
+from workers.train.schedules import EpochSchedule
 
 PER_EPOCH_ONLY = ("val_confusion_matrix",)  # kept in metrics.json, left out of reports
 
@@ -65,109 +69,6 @@ Callback = Callable[[EpochResult], bool | None]
 StepHook = Callable[[int, int], None]  # (batch index, batches per epoch)
 
 
-@dataclass(frozen=True)
-class PreparedData:
-    """A dataset decoded once for one preprocessing, shared by every trial that uses it."""
-
-    index: DatasetIndex
-    pixels: np.ndarray  # (N, 3, S, S) uint8, memory-mapped
-    preprocessing: Preprocessing
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.index.classes)
-
-
-def prepare_data(
-    config: TrialConfig, prep: Preprocessing, index: DatasetIndex | None = None
-) -> PreparedData:
-    index = index if index is not None else load_index(config.data)
-    size = stored_size(prep.img_size, prep.crop_pct)
-    pixels = load_decoded(index.images, size, prep.interpolation)
-    return PreparedData(index, pixels, prep)
-
-
-class CachedImages(Dataset[tuple[torch.Tensor, int]]):
-    """uint8 CHW tensors straight from the decoded cache, through a transform (None: the whole
-    stored square, for a policy that runs on the device)."""
-
-    def __init__(
-        self,
-        pixels: np.ndarray,
-        labels: np.ndarray,
-        indices: np.ndarray,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None,
-    ) -> None:
-        self.pixels, self.labels, self.indices, self.transform = pixels, labels, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
-        index = int(self.indices[item])
-        image = torch.from_numpy(np.array(self.pixels[index]))
-        if self.transform is None:
-            return image, int(self.labels[index])
-        return self.transform(image), int(self.labels[index])
-
-
-class CachedSquares(CachedImages):
-    """The whole stored squares, a batch per read: all a loader worker does when the policy runs
-    on the device. One gather from the memory map per batch rather than a copy, a tensor and a
-    stack per image, so one worker feeds thousands of images/s (`automl bench loader`)."""
-
-    def __init__(self, pixels: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
-        super().__init__(pixels, labels, indices, None)
-
-    def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.indices[np.asarray(items, dtype=np.int64)]
-        images = torch.from_numpy(np.take(self.pixels, rows, axis=0))
-        return images, torch.from_numpy(self.labels[rows].astype(np.int64))
-
-
-def whole_batch(batch: Any) -> Any:
-    """The collate function for `CachedSquares`: its batches come stacked already."""
-    return batch
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass(frozen=True)
-class Acceleration:
-    """How a trial uses its device: what timm's own training benchmark does on a GPU.
-
-    On a GPU that is bf16 autocast and channels-last memory, pinned host memory, loader workers
-    that feed batches ahead of the model, and the augmentation policy run on the device
-    (workers/device_augment.py): the CPU policies manage a few hundred images/s per core, and a
-    GPU trains thousands. On a CPU none of it pays (the model wants every core, and cached images
-    need no decoding), so `for_device` turns it off there. Tests turn it on there instead, to run
-    the GPU code path on machines that have no GPU, like CI.
-    """
-
-    autocast: bool = False
-    channels_last: bool = False
-    pin_memory: bool = False
-    loader_workers: int = 0
-    augment_on_device: bool = False
-
-    @classmethod
-    def for_device(cls, device: torch.device, config: TrialConfig) -> Acceleration:
-        if device.type != "cuda":
-            return cls(loader_workers=config.num_workers or 0)
-        workers = config.num_workers
-        if workers is None:
-            workers = min(8, max(1, len(os.sched_getaffinity(0)) - 1))
-        return cls(
-            autocast=config.amp,
-            channels_last=True,
-            pin_memory=True,
-            loader_workers=workers,
-            augment_on_device=True,
-        )
-
-
 def train(
     config: TrialConfig,
     workdir: Path,
@@ -175,6 +76,7 @@ def train(
     callback: Callback | None = None,
     resume: Path | None = None,
     data: PreparedData | None = None,
+    index: DatasetIndex | None = None,
     device: torch.device | None = None,
     on_step: StepHook | None = None,
     acceleration: Acceleration | None = None,
@@ -184,13 +86,17 @@ def train(
     """Run (or resume) one trial; `workdir/latest` holds its checkpoint after each epoch, and
     `workdir/best` its best epoch's model (unless `keep_best` is off: under Ray Tune, which keeps
     the best of the checkpoints it was handed, nothing reads it). `notes` go into every
-    checkpoint's metrics.json beside the epoch's metrics (a configuration's costs)."""
+    checkpoint's metrics.json beside the epoch's metrics (a configuration's costs). `index` is
+    the dataset's index when the caller has it (a job's driver indexes once for all trials)."""
     device = device or pick_device()
     acceleration = acceleration or Acceleration.for_device(device, config)
     _seed_everything(config.seed)
-    index = data.index if data is not None else load_index(config.data)
+    if data is not None:
+        index = data.index
+    elif index is None:
+        index = load_index(config.data)
     model = create_backbone(config, len(index.classes))
-    data = data or prepare_data(config, preprocessing(model, config.img_size), index)
+    data = data or prepare_data(config, preprocessing(config.backbone, config.img_size), index)
     frozen = freeze_stages(model, config.freeze_stages)
     model.to(device)
     if acceleration.channels_last:
@@ -386,44 +292,6 @@ class _Run:
             optimizer=self.optimizer,
             state=state,
         )
-
-
-def device_batches(
-    loader: DataLoader[Any],
-    device: torch.device,
-    prep: Preprocessing,
-    channels_last: bool,
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Move uint8 batches to the device, augment them there when the policy runs on the device,
-    then normalize there (cheaper than on the CPU)."""
-    for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        if augment is not None:
-            images = augment(images)
-        images = normalize(images, prep.mean, prep.std)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        yield images, targets.to(device, non_blocking=True)
-
-
-@torch.inference_mode()
-def evaluate_model(
-    model: torch.nn.Module,
-    loader: DataLoader[Any],
-    device: torch.device,
-    prep: Preprocessing,
-    num_classes: int,
-    prefix: str,
-    acceleration: Acceleration,
-) -> dict[str, Any]:
-    model.eval()
-    evaluator = Evaluator(num_classes, device)
-    for images, targets in device_batches(loader, device, prep, acceleration.channels_last):
-        with torch.autocast(device.type, torch.bfloat16, enabled=acceleration.autocast):
-            logits = model(images)
-        evaluator.update(logits, targets)
-    return evaluator.compute(prefix)
 
 
 def _with_history(metrics: dict[str, Any], state: ckpt.TrainerState) -> dict[str, Any]:

@@ -17,17 +17,13 @@ from typer.testing import CliRunner
 from automl.cli import app
 from tests.support import one_colour_png, write_images
 from workers.config import ConfigError, DataConfig, TrialConfig
-from workers.datasets import DatasetError, load_index, verify_images
-from workers.decoded_cache import (
-    cache_budget,
-    check_cache_budget,
-    decode_one,
-    decoded_bytes,
-    load_decoded,
-    verify_once,
-)
-from workers.engine import train
-from workers.model import create_backbone
+from workers.data.cache_budget import cache_budget, check_cache_budget, decoded_bytes
+from workers.data.decoded_cache import load_decoded, verify_once
+from workers.data.images import decode_one, verify_images
+from workers.data.index import DatasetError
+from workers.data.sources import load_index
+from workers.model.backbone import create_backbone
+from workers.train.loop import train
 
 runner = CliRunner()
 
