@@ -113,6 +113,10 @@ class TrialConfig:
     cutmix_alpha: float = 0.0
     mixup_prob: float = 1.0
     label_smoothing: float = 0.0
+    # distillation: a frozen teacher's softened outputs as targets beside the labels
+    teacher: str | None = None  # its checkpoint directory (a trial's best/, an `automl pull`)
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.5  # weight of the teacher's term; 1 - alpha weighs the labels'
     # loop
     batch_size: int = 64
     epochs: int = 10
@@ -216,6 +220,11 @@ class TrialConfig:
             _within("milestones", milestone, 1, MAX_EPOCHS)
         if len(self.milestones) > 100:
             raise ConfigError(f"milestones: {len(self.milestones)} of them (at most 100)")
+        if self.teacher is not None and not self.teacher.strip():
+            raise ConfigError("teacher is empty; name the teacher's checkpoint directory, or "
+                              "leave it out to train on the labels alone")
+        _within("distill_temperature", self.distill_temperature, 1.0, 20.0)
+        _within("distill_alpha", self.distill_alpha, 0.0, 1.0)
         if self.patience is not None:
             _within("patience", self.patience, 1, MAX_EPOCHS)
         _within("seed", self.seed, 0, 2**31 - 1)

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.augment import eval_transform
-from workers.costs import LatencyTarget, onnx_latency
-from workers.datasets import DatasetError, load_index
-from workers.engine import prepare_data
+from workers.data.index import DatasetError
+from workers.data.sources import load_index
 from workers.errors import UserError
+from workers.model.costs import LatencyTarget, onnx_latency
 from workers.predict import LoadedModel
+from workers.train.augment import eval_transform
+from workers.train.prepared import prepare_data
 
 CALIBRATION_IMAGES = 256
 MAX_DROP = 0.01  # of test accuracy: one point

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from automl.cli import app
 from tests.support import serve_onnx
 from workers.config import TrialConfig
-from workers.datasets import load_index
-from workers.engine import train
+from workers.data.sources import load_index
+from workers.train.loop import train
 
 TINY = {"backbone": "test_resnet", "img_size": 32, "batch_size": 64, "lr": 3e-3, "epochs": 1,
         "freeze_stages": 0}

@@ -27,9 +27,11 @@ from workers.data.sources import load_index
 from workers.model import checkpoint as ckpt
 from workers.model.backbone import create_backbone, freeze_stages
 from workers.model.preprocessing import preprocessing
+from workers.predict import load_checkpoint
 from workers.train.augment import batch_mixer, eval_transform, train_transform
 from workers.train.device import Acceleration, pick_device
 from workers.train.device_augment import DEVICE_POLICIES, DeviceAugment
+from workers.train.distill import DistillationLoss, Teacher
 from workers.train.evaluation import device_batches, evaluate_model
 from workers.train.optimizer import create_optimizer
 from workers.train.prepared import PreparedData, prepare_data
@@ -108,7 +110,8 @@ def train(
         ckpt.load_weights(model, resume)
         state = ckpt.load_trainer_state(resume, optimizer)
         schedule.fast_forward(state.objective_history)
-    run = _Run(config, data, model, optimizer, schedule, device, acceleration, frozen)
+    teacher = _teacher(config, data, device) if config.teacher else None
+    run = _Run(config, data, model, optimizer, schedule, device, acceleration, frozen, teacher)
     run.notes = dict(notes or {})
     summary_stop = "budget"
     while state.epoch < config.epochs:
@@ -165,8 +168,9 @@ class _Run:
         device: torch.device,
         acceleration: Acceleration,
         frozen_stages: int,
+        teacher: Teacher | None = None,
     ) -> None:
-        self.config, self.data, self.model = config, data, model
+        self.config, self.data, self.model, self.teacher = config, data, model, teacher
         self.optimizer, self.schedule, self.device = optimizer, schedule, device
         self.acceleration = acceleration
         self.frozen_stages = frozen_stages
@@ -199,6 +203,9 @@ class _Run:
             if self.mixer is not None
             else torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         )
+        if teacher is not None:
+            self.criterion = DistillationLoss(
+                self.criterion, config.distill_temperature, config.distill_alpha)
 
     def loader(self, dataset: CachedImages, *, train: bool, epoch: int = 0) -> DataLoader[Any]:
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
@@ -251,7 +258,12 @@ class _Run:
             with torch.autocast(
                 self.device.type, torch.bfloat16, enabled=self.acceleration.autocast
             ):
-                loss = self.criterion(self.model(images), soft_targets)
+                logits = self.model(images)
+                loss = (
+                    self.criterion(logits, soft_targets)
+                    if self.teacher is None
+                    else self.criterion(logits, soft_targets, self.teacher(images))
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.clip_grad:
@@ -292,6 +304,17 @@ class _Run:
             optimizer=self.optimizer,
             state=state,
         )
+
+
+def _teacher(config: TrialConfig, data: PreparedData, device: torch.device) -> Teacher:
+    assert config.teacher is not None
+    loaded = load_checkpoint(Path(config.teacher), device)
+    if loaded.classes != list(data.index.classes):
+        raise ConfigError(
+            f"teacher {config.teacher} was trained on classes {loaded.classes[:10]}, this "
+            f"dataset has {list(data.index.classes)[:10]}; distill on the teacher's dataset"
+        )
+    return Teacher(loaded, data.preprocessing, device)
 
 
 def _with_history(metrics: dict[str, Any], state: ckpt.TrainerState) -> dict[str, Any]:

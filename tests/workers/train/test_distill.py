@@ -3,14 +3,21 @@ the loss mixes the task loss with the teacher's softened outputs."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import pytest
 import timm
 import torch
 
-from workers.augment import normalize
-from workers.config import TrialConfig
-from workers.distill import DistillationLoss, Teacher
-from workers.model import Preprocessing
-from workers.predict import LoadedModel
+from workers.config import ConfigError, TrialConfig
+from workers.data.sources import load_index
+from workers.errors import UserError
+from workers.model.preprocessing import Preprocessing
+from workers.predict import LoadedModel, load_checkpoint
+from workers.train.augment import normalize
+from workers.train.distill import DistillationLoss, Teacher
+from workers.train.loop import train
 
 STUDENT = Preprocessing(img_size=32, crop_pct=1.0, interpolation="bilinear",
                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -52,3 +59,36 @@ def test_the_loss_is_the_task_loss_at_alpha_zero_and_the_soft_term_alone_at_one(
     half = DistillationLoss(task, 4.0, 0.5)(logits, targets, teacher_logits)
     expected = 0.5 * task(logits, targets) + 0.5 * soft(logits, targets, teacher_logits)
     torch.testing.assert_close(half, expected)
+
+
+def test_a_student_trains_against_its_teacher_with_one_teacher_pass_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = {"backbone": "test_resnet", "img_size": 32, "batch_size": 64, "lr": 3e-3, "epochs": 1}
+    teacher_dir = train(TrialConfig.from_dict(tiny), tmp_path / "teacher").best_checkpoint
+    assert teacher_dir is not None
+    passes: list[int] = []
+    real = Teacher.__call__
+
+    def counted(self: Teacher, images: torch.Tensor) -> torch.Tensor:
+        passes.append(len(images))
+        return real(self, images)
+
+    monkeypatch.setattr(Teacher, "__call__", counted)
+    student = TrialConfig.from_dict({**tiny, "img_size": 24, "epochs": 2,
+                                     "teacher": str(teacher_dir), "distill_alpha": 0.7})
+    summary = train(student, tmp_path / "student")
+    index = load_index(student.data)
+    batches = len(index.split_indices["train"]) // 64  # drop_last
+    assert passes == [64] * (2 * batches)  # the teacher costs one pass per student batch
+    assert summary.epochs_run == 2 and 0 <= summary.best_metrics["val_accuracy"] <= 1
+    assert summary.best_checkpoint is not None  # a plain checkpoint: predicts without the teacher
+    assert load_checkpoint(summary.best_checkpoint, torch.device("cpu")).preprocessing.img_size == 24
+
+
+def test_a_distill_setting_out_of_range_or_a_missing_teacher_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape("distill_alpha=1.5 must be in [0, 1]")):
+        TrialConfig.from_dict({"distill_alpha": 1.5})
+    with pytest.raises(UserError, match="is not a checkpoint directory"):
+        train(TrialConfig.from_dict({"backbone": "test_resnet", "img_size": 32, "epochs": 1,
+                                     "teacher": str(tmp_path / "nowhere")}), tmp_path / "s")

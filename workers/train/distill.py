@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from workers.model import Preprocessing
+from workers.model.preprocessing import Preprocessing
 from workers.predict import LoadedModel
 
 
