@@ -306,6 +306,40 @@ def portfolio(
 
 
 @app.command()
+def distill(
+    teacher: Annotated[str, typer.Option(help="the teacher's timm backbone")] = "resnet18",
+    students: Annotated[str, typer.Option(help="comma-separated student backbones")] =
+        "test_resnet,test_efficientnet",
+    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    img_size: Annotated[int, typer.Option(min=8, help="the teacher's")] = 32,
+    student_size: Annotated[int, typer.Option(min=8, help="the students'")] = 24,
+) -> None:
+    """Teacher, each student alone, distilled and int8: test accuracy, params, latency."""
+    from benchmarks.distill import gap_closed, run
+
+    names = [s.strip() for s in students.split(",") if s.strip()]
+    rows = run(teacher, names, epochs, img_size, student_size)
+    table = Table("model", "params (M)", "test acc", "latency ms", "int8 test acc",
+                  "int8 latency ms", "int8 speed-up",
+                  title=f"distillation on builtin:digits, RandAugment, {epochs} epochs each; "
+                        "onnxruntime, batch 1, 1 CPU thread")
+    for row in rows:
+        int8 = row.int8_accuracy is not None and row.int8_latency_ms is not None
+        table.add_row(row.model, f"{row.params_m:.2f}", f"{row.test_accuracy:.4f}",
+                      f"{row.latency_ms:.3f}", f"{row.int8_accuracy:.4f}" if int8 else "",
+                      f"{row.int8_latency_ms:.3f}" if int8 else "",
+                      f"{row.latency_ms / row.int8_latency_ms:.2f}x"
+                      if int8 and row.int8_latency_ms else "")
+    out.print(table)
+    for name in names:
+        closed = gap_closed(rows, name)
+        out.print(f"{name}: distillation closed "
+                  + ("no gap (the student alone matched the teacher)" if closed is None
+                     else f"{100 * closed:.0f}% of the teacher-minus-student gap"),
+                  highlight=False)
+
+
+@app.command()
 def api(
     url: Annotated[str | None, typer.Option(
         help="PostgreSQL URL; default $AUTOML_TEST_DATABASE_URL or the local test database")] = None,

@@ -40,6 +40,8 @@ def smallest_runs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                     "--data-dir", bench], "training loader at 32 px"),
         "storage": (["--writers", "1", "--sizes", "10", "--epochs", "2", "--trials", "1"],
                     "storage under load"),
+        "distill": (["--teacher", "test_resnet", "--students", "test_resnet", "--epochs", "1",
+                     "--img-size", "16", "--student-size", "16"], "distillation on builtin:digits"),
         "backbone-costs": (["--backbones", "test_resnet.r160_in1k", "--no-write"], "costs on"),
         "replay": ([*replay, "--strategies", "random"], "mean normalized regret"),
         "replay-pareto": ([*replay, "--costs", costs, "--strategies", "mo-random"],
