@@ -277,3 +277,13 @@ def serve_onnx(model: Path, images: list[Path]) -> np.ndarray:
         batch.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
     probabilities: np.ndarray = session.run(["probabilities"], {"image": np.stack(batch)})[0]
     return probabilities
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """`automl train-one ARGS` in this process: its exit code and output."""
+    from typer.testing import CliRunner
+
+    from automl.cli import app
+
+    result = CliRunner().invoke(app, ["train-one", *args])
+    return result.exit_code, result.output

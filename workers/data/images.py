@@ -59,28 +59,28 @@ def verify_images(images: Sequence[Path] | StoredImages, workers: int = 8) -> No
 
 
 def _broken_file(path: Path) -> str | None:
-    try:
-        with Image.open(path) as image:
-            bound_pixels(image, 1, f"image {path}")  # reduced as far as a JPEG goes
-            image.verify()
-    except DatasetError:
-        raise
-    except Exception as error:  # PIL raises many types for damaged files
-        return f"{path} ({type(error).__name__}: {error})"
-    return None
+    error = _unverifiable(path, f"image {path}")
+    return None if error is None else f"{path} ({type(error).__name__}: {error})"
 
 
 def _broken_row(row: EncodedImage) -> str | None:
     import io
 
+    error = _unverifiable(io.BytesIO(row.data), f"{row.where}: the image")
+    return None if error is None else f"{row.where}: cannot decode image ({decode_error(error)})"
+
+
+def _unverifiable(source: Path | BinaryIO, where: str) -> Exception | None:
+    """PIL's complaint about an image's header and structure (no full decode), or None; an image
+    over the pixel bound raises `DatasetError`."""
     try:
-        with Image.open(io.BytesIO(row.data)) as image:
-            bound_pixels(image, 1, f"{row.where}: the image")
+        with Image.open(source) as image:
+            bound_pixels(image, 1, where)  # reduced as far as a JPEG goes
             image.verify()
     except DatasetError:
         raise
     except Exception as error:  # PIL raises many types for damaged files
-        return f"{row.where}: cannot decode image ({decode_error(error)})"
+        return error
     return None
 
 

@@ -103,14 +103,7 @@ def image_column(
             and not types.is_string(schema.field(n).type)
             and not types.is_large_string(schema.field(n).type)
         ]
-        candidates = next((c for c in (declared, named, binary) if c), [])
-        if len(candidates) != 1:
-            found = "several" if candidates else "no"
-            raise DatasetError(
-                f"{path}: {found} columns could hold the images ({columns(schema)}); set "
-                "dataset.image_column to the one that does"
-            )
-        chosen = candidates[0]
+        chosen = _the_one((declared, named, binary), path, schema, "images", "image_column")
     if not _is_image_type(schema.field(chosen).type):
         raise DatasetError(
             f"{path}: {column_said(chosen, 'image_column', given)} holds {schema.field(chosen).type}, not "
@@ -118,6 +111,20 @@ def image_column(
             f"dataset.image_column to the one that does ({columns(schema)})"
         )
     return chosen
+
+
+def _the_one(
+    tiers: tuple[list[str], ...], path: Path, schema: pa.Schema, holds: str, setting: str
+) -> str:
+    """The single column of the first tier that names any, else the setting to give."""
+    candidates = next((tier for tier in tiers if tier), [])
+    if len(candidates) != 1:
+        found = "several" if candidates else "no"
+        raise DatasetError(
+            f"{path}: {found} columns could hold the {holds} ({columns(schema)}); set "
+            f"dataset.{setting} to the one that does"
+        )
+    return candidates[0]
 
 
 def label_column(
@@ -134,14 +141,7 @@ def label_column(
         declared = [n for n in others if feature_type(features.get(n)) == "ClassLabel"]
         named = [n for n in LABEL_NAMES if n in others]
         typed = [n for n in others if _is_label_type(schema.field(n).type)]
-        candidates = next((c for c in (declared, named, typed) if c), [])
-        if len(candidates) != 1:
-            found = "several" if candidates else "no"
-            raise DatasetError(
-                f"{path}: {found} columns could hold the labels ({columns(schema)}); set "
-                "dataset.label_column to the one that does"
-            )
-        chosen = candidates[0]
+        chosen = _the_one((declared, named, typed), path, schema, "labels", "label_column")
     if chosen == image or not _is_label_type(schema.field(chosen).type):
         raise DatasetError(
             f"{path}: {column_said(chosen, 'label_column', given)} holds {schema.field(chosen).type}, not "

@@ -41,30 +41,37 @@ def test_callback_can_stop_a_trial(tmp_path: Path) -> None:
 
 
 def test_a_ray_tune_trial_writes_no_best_copy_and_leaves_no_working_folder(
-    monkeypatch: pytest.MonkeyPatch,
+    local_ray: None, tmp_path: Path
 ) -> None:
     """Ray Tune keeps the best of the checkpoints a trial reports, so the engine's own `best/`
     copy would be one more model per trial that nothing reads; the working folder is scratch.
-    (Ray's session stood in for: `run_tune_trial` as a Ray worker runs it.)"""
-    import types
-
+    The real adapter, as Ray Tune runs it on local Ray."""
     from ray import tune
 
-    import workers.tune_adapter as adapter
+    from workers.tune_adapter import run_tune_trial
 
-    listed: list[set[str]] = []
-
-    def report(metrics: dict[str, object], checkpoint: tune.Checkpoint) -> None:
-        listed.append({p.name for p in Path(checkpoint.path).parent.iterdir()})
-
-    monkeypatch.setattr(adapter, "tune", types.SimpleNamespace(
-        get_checkpoint=lambda: None, report=report, Checkpoint=tune.Checkpoint))
-    node = types.SimpleNamespace(get_node_id=lambda: "node")
-    monkeypatch.setattr(adapter, "ray", types.SimpleNamespace(get_runtime_context=lambda: node))
     before = trial_folders()
-    adapter.run_tune_trial({**TINY, "epochs": 1})
-    assert listed and all("latest" in names and "best" not in names for names in listed), listed
-    assert trial_folders() - before == set()
+    grid = tune.Tuner(
+        tune.with_resources(run_tune_trial, {"cpu": 1}),
+        param_space={**TINY, "epochs": 2},
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="one", verbose=0),
+    ).fit()
+    result = grid[0]
+    assert result.error is None, result.error
+    assert result.metrics is not None and result.metrics["training_iteration"] == 2
+    persisted = {p.name for p in Path(result.checkpoint.path).iterdir()}
+    assert {"model.safetensors", "config.json", "metrics.json"} <= persisted
+    assert not list(tmp_path.rglob("best")), "a best/ copy was reported"
+    pid = result.metrics["pid"]  # the trial's worker: other jobs' trials may share TMPDIR
+    assert {f for f in trial_folders() - before if f.name.startswith(f"automl-trial-{pid}-")} \
+        == set()
+
+
+def test_the_engine_keeps_no_best_copy_when_told(tmp_path: Path) -> None:
+    """What the adapter asks of the loop under Ray Tune: no `best/` folder beside `latest/`."""
+    summary = train(TrialConfig.from_dict({**TINY, "epochs": 2}), tmp_path, keep_best=False)
+    assert summary.best_checkpoint is None
+    assert {p.name for p in tmp_path.iterdir()} == {"latest"}
 
 
 def test_early_stopping_on_patience(tmp_path: Path) -> None:
