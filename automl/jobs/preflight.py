@@ -9,7 +9,9 @@ from typing import Any, NamedTuple
 import ray
 
 from automl.errors import JobError, SpecError
-from automl.search.spec import JobSpec, check_weights, require_under_roots
+from automl.jobs.admission import require_under_roots
+from automl.search.paths import check_weights
+from automl.search.spec import JobSpec
 from workers.config import DataConfig
 from workers.costs import broken_limits, measure_costs, static_costs
 from workers.datasets import DatasetError, DatasetIndex, is_under, load_index

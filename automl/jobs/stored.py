@@ -39,8 +39,9 @@ from automl.jobs.driver import run_job
 from automl.jobs.incidents import error_line
 from automl.jobs.outcome import JobOutcome
 from automl.search import keys
+from automl.search.job_ids import new_job_id
 from automl.search.keys import TrialCounts
-from automl.search.spec import JobSpec, new_job_id, parse_spec
+from automl.search.spec import JobSpec, parse_spec
 from automl.settings import Settings
 from automl.tune.bridge import Events
 from automl.tune.control import registered

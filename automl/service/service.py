@@ -13,8 +13,10 @@ import optuna
 from automl.errors import JobConflict, NotReady, PullError, UnknownJob
 from automl.jobs.publish import kept_checkpoint_of, pull, pull_checkpoint
 from automl.search import keys
+from automl.search.dataset_name import dataset_name
+from automl.search.job_ids import new_job_id
 from automl.search.keys import TrialCounts, state_name
-from automl.search.spec import JobSpec, dataset_name, new_job_id
+from automl.search.spec import JobSpec
 from automl.service.views import (
     Best,
     BestView,

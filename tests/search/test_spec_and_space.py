@@ -20,8 +20,10 @@ from typer.testing import CliRunner
 from automl.cli import app
 from automl.errors import SpecError
 from automl.jobs.driver import strategy_for
+from automl.search.dataset_name import dataset_name
+from automl.search.job_file import load_spec
 from automl.search.space import DEFAULT_BACKBONES
-from automl.search.spec import dataset_name, load_spec, parse_spec
+from automl.search.spec import parse_spec
 from automl.search.strategy import portfolio_for
 from workers.config import OPTIMIZERS, SCHEDULES, TrialConfig
 
@@ -446,7 +448,8 @@ def test_the_http_checks_refuse_by_name_or_pass_never_fail_otherwise(
 ) -> None:
     """Whatever a spec could hold (checked here without validation's own refusals), the roots
     and the tracking check answer with a SpecError or let it through."""
-    from automl.search.spec import JobSpec, require_tracking_server, require_under_roots
+    from automl.jobs.admission import require_tracking_server, require_under_roots
+    from automl.search.spec import JobSpec
 
     root = tmp_path_factory.getbasetemp().resolve()
     spec = parse_spec(BASE)
@@ -490,7 +493,7 @@ def test_a_job_builds_its_search_space_once(monkeypatch: pytest.MonkeyPatch) -> 
     again."""
     from automl.jobs.preflight import check_pretrained_weights
     from automl.search import space as space_module
-    from automl.search.spec import paths_read
+    from automl.search.paths import paths_read
 
     built: list[object] = []
     real = space_module.SearchSpace.from_spec.__func__  # type: ignore[attr-defined]

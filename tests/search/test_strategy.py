@@ -96,7 +96,7 @@ TEST_BACKBONES = ("test_resnet", "test_convnext", "test_efficientnet")
 @pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp"])
 def test_a_backbone_measured_over_a_limit_is_not_drawn_again(sampler: str) -> None:
     from automl.search import keys
-    from automl.search.space import Choices
+    from automl.search.overrides import Choices
 
     space = SearchSpace({"backbone": Choices(TEST_BACKBONES)}, max_epochs=2)
     strategy = Strategy(space, sampler=sampler, seed=SEED, warm_start=False,
