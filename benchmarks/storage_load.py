@@ -64,9 +64,9 @@ from sqlalchemy.engine import Engine
 from automl.search._optuna import storage_of, trial_id
 from automl.search.keys import CONFIG as CONFIG_ATTR
 from automl.search.keys import RAY_TRIAL_ID
+from automl.search.ranking import best_value
 from automl.search.space import SearchSpace
 from automl.search.strategy import Strategy
-from automl.tune.bridge import best_of
 from storage.optuna_storage import models, optuna_storage
 
 OPS = ("ask", "report", "should_prune", "tell")
@@ -234,7 +234,7 @@ def _write(
                 if pruned:
                     study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
                 else:
-                    value = best_of(dict(trial._cached_frozen_trial.intermediate_values), maximize)
+                    value = best_value(trial._cached_frozen_trial.intermediate_values.values(), maximize)
                     study.tell(trial.number, value, skip_if_finished=True)
     return times
 

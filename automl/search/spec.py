@@ -24,6 +24,7 @@ from automl.search.bounds import MAX_TIME_LIMIT, first_unfit
 from automl.search.durations import Duration, parse_duration
 from automl.search.options import options_problem
 from automl.search.overrides import SpaceError
+from automl.search.ranking import direction, maximizes
 from automl.search.space import SearchSpace
 from automl.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS, Strategy
 from automl.search.validation_errors import format_errors
@@ -91,7 +92,7 @@ class ObjectiveSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ObjectiveSpec:
-        natural = "minimize" if self.metric == "val_loss" else "maximize"
+        natural = direction(self.metric)
         if self.direction is not None and self.direction != natural:
             raise ValueError(f"{self.metric} can only be {natural}d; drop `direction` or fix it")
         for name, limit in self.limits.items():
@@ -127,7 +128,7 @@ class ObjectiveSpec(_Strict):
 
     @property
     def maximize(self) -> bool:
-        return self.metric != "val_loss"
+        return maximizes(self.metric)
 
     @property
     def mode(self) -> Literal["max", "min"]:
@@ -293,7 +294,7 @@ class JobSpec(_Strict):
         s, o = self.strategy, self.objective
         return Strategy(
             space=self.search_space(),
-            direction="maximize" if o.maximize else "minimize",
+            direction=direction(o.metric),
             metric=o.metric,
             sampler=s.sampler,
             pruner=s.pruner,

@@ -26,6 +26,7 @@ from automl.search._optuna import (
 from automl.search.feasible import FeasibleSampler
 from automl.search.pareto import ParetoSuccessiveHalvingPruner
 from automl.search.portfolio import PORTFOLIOS
+from automl.search.ranking import best_value
 from automl.search.space import SearchSpace
 
 # What a job gets when its spec names no strategy: the portfolio for the dataset's size, then
@@ -211,10 +212,9 @@ class Strategy:
                      ) -> float | list[float] | None:
         """What a finished trial is told: its best epoch's value, and on a Pareto front its costs
         after it (in the front's order); None if it has neither."""
-        finite = [v for v in intermediate.values() if not math.isnan(v)]
-        if not finite:
+        value = best_value(intermediate.values(), self.maximize)
+        if value is None:
             return None
-        value = max(finite) if self.maximize else min(finite)
         if not self.front_costs:
             return value
         if any(costs.get(name) is None for name in self.front_costs):

@@ -28,7 +28,6 @@ counted (`JobSearch`). Every database call first checks that this driver still h
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -289,13 +288,6 @@ class StudyLink:
 
     def _all_trials(self) -> list[optuna.trial.FrozenTrial]:
         return self.call(lambda: self.study.get_trials(deepcopy=False), "list trials")
-
-
-def best_of(values: dict[int, float], maximize: bool) -> float | None:
-    finite = [v for v in values.values() if not math.isnan(v)]
-    if not finite:
-        return None
-    return max(finite) if maximize else min(finite)
 
 
 class OptunaSearcher(Searcher):
