@@ -277,3 +277,48 @@ def serve_onnx(model: Path, images: list[Path]) -> np.ndarray:
         batch.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
     probabilities: np.ndarray = session.run(["probabilities"], {"image": np.stack(batch)})[0]
     return probabilities
+
+
+@contextlib.contextmanager
+def count_spec_work(monkeypatch: Any) -> Iterator[dict[str, int]]:
+    """How often, in this process, a job spec is validated, its search space built, an
+    override checked (each of its values with `TrialConfig`, a backbone with timm) and a
+    weights file checked: each real function wrapped, not replaced, so the job runs as it
+    would."""
+    import workers.model
+    from automl.search import space as space_module
+    from automl.search import spec as spec_module
+
+    counts = {"validated": 0, "space built": 0, "override checked": 0, "weights checked": 0}
+
+    def counted(name: str, real: Callable[..., Any], when: Callable[..., bool] | None = None
+                ) -> Callable[..., Any]:
+        @functools.wraps(real)
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            if when is None or when(*args, **kwargs):
+                counts[name] += 1
+            return real(*args, **kwargs)
+        return counting
+
+    # the spec's first check walks the whole payload from its top ("" names the top level)
+    monkeypatch.setattr(spec_module, "first_unfit", counted(
+        "validated", spec_module.first_unfit, lambda value, where, depth=0: where == ""))
+    space = space_module.SearchSpace
+    from_spec = space.from_spec.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(space, "from_spec", classmethod(counted("space built", from_spec)))
+    monkeypatch.setattr(space_module, "parse_override",
+                        counted("override checked", space_module.parse_override))
+    monkeypatch.setattr(workers.model, "check_weights_file",
+                        counted("weights checked", workers.model.check_weights_file))
+    yield counts
+
+
+def backbone_weights(folder: Path) -> Path:
+    """A weights file for DIGITS_JOB's backbone that every trial can load."""
+    import safetensors.torch
+    import timm
+
+    weights = folder / "backbone.safetensors"
+    state = timm.create_model(DIGITS_JOB["space"]["backbone"]).state_dict()
+    safetensors.torch.save_file(state, str(weights))
+    return weights

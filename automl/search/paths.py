@@ -23,13 +23,17 @@ def check_weights(spec: JobSpec) -> None:
     Not part of validation, which reads no file: a job file's weights are checked when it is
     loaded, a job sent over HTTP's once its paths are found under the dataset roots (before,
     what the check says would tell what is on the server's disk), and every job's again on its
-    driver, so that a bad file fails the job once rather than each of its trials.
+    driver, so that a bad file fails the job once rather than each of its trials. Once per
+    process: a spec whose files were checked is not checked again.
     """
     from workers.model import check_weights_file
 
+    if spec._weights_checked:
+        return
     for field, value in paths_read(spec):
         if field == "space.pretrained":
             try:
                 check_weights_file(value)
             except UserError as error:
                 raise SpecError(f"{field}: {error}") from None
+    spec._weights_checked = True

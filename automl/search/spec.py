@@ -248,6 +248,9 @@ class JobSpec(_Strict):
 
     # built once, when the spec is validated: every part of a job asks for it
     _space: SearchSpace | None = PrivateAttr(default=None)
+    # set once its weights files loaded (`automl.search.paths.check_weights`): a job file's are
+    # checked when it is loaded, and its driver, in the same process, need not read them again
+    _weights_checked: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _space_is_runnable(self) -> JobSpec:
