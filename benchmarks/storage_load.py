@@ -213,7 +213,7 @@ def _write(
     for t in range(trials):
         with clock("ask"):
             trial = strategy.ask(study)
-            config = strategy.suggest(trial)
+            config = strategy.space.sample(trial)
             trial.set_user_attr(RAY_TRIAL_ID, f"w{index}_{t}")
             trial.set_user_attr(CONFIG_ATTR, config)
         curve = _curve(rng)

@@ -15,7 +15,7 @@ import dataclasses
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from workers.config import ConfigError, TrialConfig
 from workers.errors import UserError
@@ -102,7 +102,7 @@ def _choices(name: str, values: Any) -> Choices:
 
 def _range(name: str, raw: dict[str, Any]) -> Range:
     low, high = raw["low"], raw["high"]
-    if not (_is_number(low) and _is_number(high)):
+    if not (is_number(low) and is_number(high)):
         raise SpaceError(f"space.{name}: a range needs numbers for low and high")
     if low >= high:
         raise SpaceError(f"space.{name}: low={low} must be below high={high}")
@@ -114,7 +114,7 @@ def _range(name: str, raw: dict[str, Any]) -> Range:
     step = raw.get("step")
     if step is not None:
         integers = isinstance(low, int) and isinstance(high, int)
-        if not _is_number(step) or not 0 < step <= high - low:
+        if not is_number(step) or not 0 < step <= high - low:
             raise SpaceError(f"space.{name}: step must be a positive number no larger than "
                              f"high - low ({high - low:g})")
         if integers and not isinstance(step, int):
@@ -125,7 +125,8 @@ def _range(name: str, raw: dict[str, Any]) -> Range:
     return Range(low, high, log, step)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """A number, and not a bool (which Python counts as an int)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -19,6 +19,7 @@ from automl.search.overrides import (
     Param,
     Range,
     SpaceError,
+    is_number,
     parse_override,
     values_of,
 )
@@ -215,7 +216,7 @@ class _Probe:
 
     def _number(self, name: str, low: float, high: float) -> Any:
         value = self.config.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
+        if is_number(value) and low <= value <= high:
             self.admitted[name] = value
             return value
         return low

@@ -140,12 +140,6 @@ class ObjectiveSpec(_Strict):
         return [m for m in self.metrics or [] if m in COSTS]
 
     @property
-    def directions(self) -> list[Literal["maximize", "minimize"]]:
-        """The study's: the metric's, then each front cost's (minimized)."""
-        minimized: list[Literal["maximize", "minimize"]] = ["minimize"] * len(self.front_costs)
-        return ["maximize" if self.maximize else "minimize", *minimized]
-
-    @property
     def costs_needed(self) -> list[str]:
         """The costs a trial must know before it trains: its limits' and its front's."""
         return sorted(set(self.limits) | set(self.front_costs))

@@ -188,9 +188,6 @@ class Strategy:
                 self._portfolio_done = True
         return study.ask()
 
-    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        return self.space.sample(trial)
-
     def report(self, study: optuna.Study, trial: optuna.Trial, epoch: int, value: float,
                last: bool = False) -> bool:
         """Record an epoch's value; whether the trial is to be pruned (never after its last

@@ -323,7 +323,7 @@ class OptunaSearcher(Searcher):
             lambda: self.link.strategy.ask(study), "ask the study for a trial"
         )
         # an adopted trial's sampled values come back as they were (Optuna keeps a trial's params)
-        config = {**self.link.call(lambda: self.link.strategy.suggest(trial), "sample a trial"),
+        config = {**self.link.call(lambda: self.link.strategy.space.sample(trial), "sample a trial"),
                   **self.fixed}
         request = config.get(COSTS_REQUEST)
         if request is not None:  # a deployment-aware job: costs first, known ones from the job

@@ -192,7 +192,7 @@ def sample_configs(
     configs = []
     for _ in range(n):
         trial = strategy.ask(study)
-        configs.append(strategy.suggest(trial))
+        configs.append(strategy.space.sample(trial))
         study.tell(trial, 0.5)
     return configs
 
