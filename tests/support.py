@@ -28,6 +28,8 @@ TINY_SPACE: dict[str, Any] = {
 # Half the learning rates cannot learn in 3 epochs, so the pruner has something to prune.
 # Successive halving, because over 3 epochs Hyperband puts most trials in a bracket whose
 # first rung is the last epoch (nothing to prune); the PostgreSQL run keeps the default.
+# the least a job spec holds
+MINIMAL_JOB: dict[str, Any] = {"name": "t", "dataset": {"source": "builtin:digits"}}
 DIGITS_JOB: dict[str, Any] = {
     "name": "digits-test",
     "dataset": {"source": "builtin:digits"},
