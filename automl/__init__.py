@@ -19,7 +19,7 @@ from typing import Any
 
 _EXPORTS = {
     "JobSpec": "automl.search.spec",
-    "load_spec": "automl.search.spec",
+    "load_spec": "automl.search.job_file",
     "parse_spec": "automl.search.spec",
     "SearchSpace": "automl.search.space",
     "Strategy": "automl.search.strategy",

@@ -340,7 +340,7 @@ def drive(strategy: Strategy, pool: Pool, workers: int, horizon: float,
 
     def start(now: float) -> None:
         trial = strategy.ask(study)
-        run = pool.nearest(strategy.suggest(trial))
+        run = pool.nearest(strategy.space.sample(trial))
         if measured := costs(run):
             trial.set_user_attr(keys.COSTS, measured)
         heapq.heappush(events, (now + run.cost[0], next(order), trial, run, 1))

@@ -64,9 +64,9 @@ from sqlalchemy.engine import Engine
 from automl.search._optuna import storage_of, trial_id
 from automl.search.keys import CONFIG as CONFIG_ATTR
 from automl.search.keys import RAY_TRIAL_ID
+from automl.search.ranking import best_value
 from automl.search.space import SearchSpace
 from automl.search.strategy import Strategy
-from automl.tune.bridge import best_of
 from storage.optuna_storage import models, optuna_storage
 
 OPS = ("ask", "report", "should_prune", "tell")
@@ -213,7 +213,7 @@ def _write(
     for t in range(trials):
         with clock("ask"):
             trial = strategy.ask(study)
-            config = strategy.suggest(trial)
+            config = strategy.space.sample(trial)
             trial.set_user_attr(RAY_TRIAL_ID, f"w{index}_{t}")
             trial.set_user_attr(CONFIG_ATTR, config)
         curve = _curve(rng)
@@ -234,7 +234,7 @@ def _write(
                 if pruned:
                     study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
                 else:
-                    value = best_of(dict(trial._cached_frozen_trial.intermediate_values), maximize)
+                    value = best_value(trial._cached_frozen_trial.intermediate_values.values(), maximize)
                     study.tell(trial.number, value, skip_if_finished=True)
     return times
 

@@ -28,6 +28,8 @@ TINY_SPACE: dict[str, Any] = {
 # Half the learning rates cannot learn in 3 epochs, so the pruner has something to prune.
 # Successive halving, because over 3 epochs Hyperband puts most trials in a bracket whose
 # first rung is the last epoch (nothing to prune); the PostgreSQL run keeps the default.
+# the least a job spec holds
+MINIMAL_JOB: dict[str, Any] = {"name": "t", "dataset": {"source": "builtin:digits"}}
 DIGITS_JOB: dict[str, Any] = {
     "name": "digits-test",
     "dataset": {"source": "builtin:digits"},
@@ -287,3 +289,48 @@ def run_cli(*args: str) -> tuple[int, str]:
 
     result = CliRunner().invoke(app, ["train-one", *args])
     return result.exit_code, result.output
+
+
+@contextlib.contextmanager
+def count_spec_work(monkeypatch: Any) -> Iterator[dict[str, int]]:
+    """How often, in this process, a job spec is validated, its search space built, an
+    override checked (each of its values with `TrialConfig`, a backbone with timm) and a
+    weights file checked: each real function wrapped, not replaced, so the job runs as it
+    would."""
+    from automl.search import space as space_module
+    from automl.search import spec as spec_module
+    from workers.model import weights
+
+    counts = {"validated": 0, "space built": 0, "override checked": 0, "weights checked": 0}
+
+    def counted(name: str, real: Callable[..., Any], when: Callable[..., bool] | None = None
+                ) -> Callable[..., Any]:
+        @functools.wraps(real)
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            if when is None or when(*args, **kwargs):
+                counts[name] += 1
+            return real(*args, **kwargs)
+        return counting
+
+    # the spec's first check walks the whole payload from its top ("" names the top level)
+    monkeypatch.setattr(spec_module, "first_unfit", counted(
+        "validated", spec_module.first_unfit, lambda value, where, depth=0: where == ""))
+    space = space_module.SearchSpace
+    from_spec = space.from_spec.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(space, "from_spec", classmethod(counted("space built", from_spec)))
+    monkeypatch.setattr(space_module, "parse_override",
+                        counted("override checked", space_module.parse_override))
+    monkeypatch.setattr(weights, "check_weights_file",
+                        counted("weights checked", weights.check_weights_file))
+    yield counts
+
+
+def backbone_weights(folder: Path) -> Path:
+    """A weights file for DIGITS_JOB's backbone that every trial can load."""
+    import safetensors.torch
+    import timm
+
+    weights = folder / "backbone.safetensors"
+    state = timm.create_model(DIGITS_JOB["space"]["backbone"]).state_dict()
+    safetensors.torch.save_file(state, str(weights))
+    return weights

@@ -43,7 +43,8 @@ def run(
     own_ray_auth(settings.ray_address)
     from automl.jobs.preflight import check_dataset, check_pretrained_weights
     from automl.jobs.stored import execute_job, resume_hint, start_foreground
-    from automl.search.spec import check_job_id, load_spec
+    from automl.search.job_file import load_spec
+    from automl.search.job_ids import check_job_id
     from storage.jobs import JobStore
     from storage.optuna_storage import redact
 
@@ -96,7 +97,7 @@ def submit(
     storage: StorageOpt = None,
 ) -> None:
     """Queue a search job; a runner (`automl runner`) picks it up. Prints the job id."""
-    from automl.search.spec import load_spec
+    from automl.search.job_file import load_spec
 
     spec = load_spec(job_file)  # before the backend: a refused spec leaves nothing behind
     job = backend(api, storage).submit(spec)

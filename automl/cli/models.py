@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`key=value` pairs; values are read as YAML scalars (0.1, 1e-4, true, all, [30, 60])."""
-    from automl.search.spec import load_yaml, yaml_problem
+    from automl.search.bounded_yaml import load_yaml, yaml_problem
 
     values: dict[str, Any] = {}
     for pair in pairs:

@@ -61,11 +61,10 @@ class LiveView:
         is never published, however well one of its epochs scored."""
         scored = [(n, r.best) for n, r in self.rows.items()
                   if r.best is not None and r.state in ("running", "complete")]
-        if not scored:
-            return None
-        pick = max if self.maximize else min
-        number, value = pick(scored, key=lambda item: item[1])
-        return number, float(value)
+        from automl.search.ranking import best_by  # not at import: `automl --help` loads no Optuna
+
+        best = best_by(scored, lambda item: item[1], self.maximize)
+        return None if best is None else (best[0], float(best[1]))
 
     def render(self) -> RenderableType:
         elapsed = time.monotonic() - self.started

@@ -41,8 +41,9 @@ from automl.jobs.preflight import (
 )
 from automl.jobs.publish import publish_best
 from automl.search import keys
+from automl.search.dataset_name import dataset_name
 from automl.search.keys import state_name
-from automl.search.spec import JobSpec, dataset_name
+from automl.search.spec import JobSpec
 from automl.search.strategy import Strategy, portfolio_for
 from automl.settings import Settings
 from automl.tune.bridge import LISTENERS, Events, StudyLink

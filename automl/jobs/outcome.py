@@ -17,6 +17,7 @@ from automl.jobs.incidents import in_the_log, kind, new_incident, user_message
 from automl.search import keys
 from automl.search._optuna import trial_id
 from automl.search.keys import TrialCounts, state_name
+from automl.search.ranking import front_member, ranked_complete, sorted_front
 from automl.search.spec import JobSpec
 from automl.tune.bridge import Events, StudyLink
 from automl.tune.control import control_of
@@ -75,7 +76,8 @@ def best_with_checkpoint(
     """The best complete trial whose checkpoint this Tune run holds. Only a job whose Ray state
     was lost (its trials' checkpoints with it) can have a better trial without one."""
     by_ray_id = {(r.metrics or {}).get("trial_id"): r for r in results if r.best_checkpoints}
-    ranked = ranked_complete(study, maximize)
+    ranked = ranked_complete(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), maximize)
     for trial in ranked:
         result = by_ray_id.get(trial.user_attrs.get(keys.RAY_TRIAL_ID))
         if result is not None:
@@ -84,13 +86,6 @@ def best_with_checkpoint(
                             "publishing trial %d", ranked[0].number, trial.number)
             return trial, result
     return None, None
-
-
-def ranked_complete(study: optuna.Study, maximize: bool) -> list[optuna.trial.FrozenTrial]:
-    """Complete trials, best validation metric first (on a Pareto front: its first value)."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.values]
-    return sorted(complete, key=lambda t: float(t.values[0]), reverse=maximize)
 
 
 def kept_checkpoint(result: tune.Result, spec: JobSpec) -> tune.Checkpoint:
@@ -110,8 +105,7 @@ def score_front(
     """Every member of a Pareto front scored once on the test split (the published one was
     already): what `automl pareto` shows and `automl pull --trial` pulls."""
     by_ray_id = {(r.metrics or {}).get("trial_id"): r for r in results if r.best_checkpoints}
-    members = sorted(study.best_trials, key=lambda t: float(t.values[0]),
-                     reverse=spec.objective.maximize)
+    members = sorted_front(study.best_trials, spec.objective.maximize)
     front = []
     for trial in members:
         result = by_ray_id.get(trial.user_attrs.get(keys.RAY_TRIAL_ID))
@@ -122,11 +116,7 @@ def score_front(
             test = {k: v for k, v in scored.items() if isinstance(v, int | float)}
         else:  # its checkpoint went with a lost Ray state
             test = {}
-        config = trial.user_attrs.get(keys.CONFIG, {})
-        front.append({"trial": trial.number, "values": list(trial.values),
-                      "costs": trial.user_attrs.get(keys.COSTS, {}),
-                      "backbone": config.get("backbone"), "img_size": config.get("img_size"),
-                      "test_metrics": test})
+        front.append(front_member(trial, test))
     return front
 
 

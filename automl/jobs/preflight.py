@@ -9,7 +9,9 @@ from typing import Any, NamedTuple
 import ray
 
 from automl.errors import JobError, SpecError
-from automl.search.spec import JobSpec, check_weights, require_under_roots
+from automl.jobs.admission import require_under_roots
+from automl.search.paths import check_weights
+from automl.search.spec import JobSpec
 from workers.config import DataConfig
 from workers.data.cache_budget import check_cache_budget
 from workers.data.decoded_cache import decoded_path, verify_once

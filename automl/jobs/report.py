@@ -42,7 +42,7 @@ def model_card_body(
     costs: dict[str, float] | None = None,
 ) -> str:
     """The card's text (also the study's note in optuna-dashboard). The dataset is named by
-    `dataset` (`automl.search.spec.dataset_name`), not by the trial's source path."""
+    `dataset` (`automl.search.dataset_name`), not by the trial's source path."""
     scalars = {k: v for k, v in test_metrics.items() if isinstance(v, int | float)}
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                      for k, v in sorted(scalars.items()))

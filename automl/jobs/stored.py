@@ -39,8 +39,10 @@ from automl.jobs.driver import run_job
 from automl.jobs.incidents import error_line
 from automl.jobs.outcome import JobOutcome
 from automl.search import keys
+from automl.search.job_ids import new_job_id
 from automl.search.keys import TrialCounts
-from automl.search.spec import JobSpec, new_job_id, parse_spec
+from automl.search.ranking import ranked_complete
+from automl.search.spec import JobSpec, parse_spec
 from automl.settings import Settings
 from automl.tune.bridge import Events
 from automl.tune.control import registered
@@ -87,8 +89,7 @@ def _best(storage: optuna.storages.BaseStorage, study_id: int) -> tuple[int | No
                                                   states=(TrialState.COMPLETE,)) if t.values]
     if not complete:
         return None, None
-    pick = max if directions[0] == optuna.study.StudyDirection.MAXIMIZE else min
-    best = pick(complete, key=lambda t: t.values[0])
+    best = ranked_complete(complete, directions[0] == optuna.study.StudyDirection.MAXIMIZE)[0]
     return best.number, best.values[0]
 
 

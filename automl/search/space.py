@@ -2,35 +2,28 @@
 
 Conditional parameters stay conditional (RandAugment's magnitude exists only when RandAugment is
 chosen, momentum only for SGD): the space is code that asks the trial, never a flattened grid.
-A user override replaces a parameter's default distribution wherever that parameter is asked:
-
-    lr: 0.001                          fixed value (not searched)
-    backbone: [resnet50, vit_small]    choices
-    lr: {low: 1e-4, high: 1e-2, log: true}     range (int when both ends are ints)
-
-Every parameter of the trial engine (`workers.config.TrialConfig`) can be overridden, including
-those the default space leaves alone (img_size, layer_decay, clip_grad, ...).
+A user override (`automl.search.overrides`) replaces a parameter's default distribution wherever
+that parameter is asked.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from workers.config import (
-    AUGMENTS,
-    MAX_BATCH_PIXELS,
-    OPTIMIZERS,
-    SCHEDULES,
-    ConfigError,
-    TrialConfig,
+from automl.search.overrides import (
+    Choices,
+    Fixed,
+    Param,
+    Range,
+    SpaceError,
+    is_number,
+    parse_override,
+    values_of,
 )
-from workers.errors import UserError
+from workers.config import AUGMENTS, MAX_BATCH_PIXELS, OPTIMIZERS, SCHEDULES
 from workers.model.preprocessing import default_side
 
 # ImageNet-pretrained timm models from phone-size to large ViTs: the Pareto front of timm's models
@@ -72,146 +65,6 @@ CUTMIX_ALPHAS = (0.0, 0.25, 0.5, 1.0)
 MIXUP_PROBS = (0.25, 0.5, 1.0)
 LR_RANGE = {"sgd": (1e-4, 0.1), "adamw": (1e-5, 1e-2), "adam": (1e-5, 1e-2)}
 WEIGHT_DECAY_RANGE = (1e-6, 0.1)
-# settings a job sets elsewhere in its spec, never through the space
-NOT_IN_SPACE = {
-    "epochs": "budget.max_epochs",
-    "objective": "objective.metric",
-    "data": "dataset",
-    "source": "dataset.source",
-    "val_fraction": "dataset.val_fraction",
-    "test_fraction": "dataset.test_fraction",
-    "split_seed": "dataset.split_seed",
-    "image_column": "dataset.image_column",
-    "label_column": "dataset.label_column",
-}
-
-
-@dataclass(frozen=True)
-class Fixed:
-    value: Any
-
-
-@dataclass(frozen=True)
-class Choices:
-    values: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Range:
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None  # ints on both ends make an integer range
-
-
-Param = Fixed | Choices | Range
-
-
-class SpaceError(UserError, ValueError):
-    """A search-space override the engine could never run; the message names the parameter."""
-
-
-def parse_override(name: str, raw: Any, max_epochs: int) -> Param:
-    """Turn one YAML value into a Fixed, Choices or Range, checking every value it can produce."""
-    _check_name(name)
-    if isinstance(raw, dict):
-        if set(raw) == {"value"}:
-            param: Param = Fixed(raw["value"])
-        elif set(raw) == {"choices"}:
-            param = _choices(name, raw["choices"])
-        elif {"low", "high"} <= set(raw) <= {"low", "high", "log", "step"}:
-            param = _range(name, raw)
-        else:
-            raise SpaceError(
-                f"space.{name}: expected a value, a list of choices, {{choices: [...]}} or "
-                f"{{low, high, log, step}}; got keys {', '.join(sorted(map(str, raw))[:5])}"
-            )
-    elif isinstance(raw, list):
-        param = _choices(name, raw)
-    else:
-        param = Fixed(raw)
-    for value in _probe_values(param):
-        _check_value(name, value, max_epochs)
-    return param
-
-
-def _check_name(name: str) -> None:
-    if name in NOT_IN_SPACE:
-        raise SpaceError(f"space.{name}: set it with {NOT_IN_SPACE[name]}, not in the space")
-    known = {f.name for f in dataclasses.fields(TrialConfig)} - set(NOT_IN_SPACE)
-    if name not in known:
-        close = difflib.get_close_matches(name, sorted(known), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise SpaceError(f"space.{name}: unknown parameter{hint} (known: {', '.join(sorted(known))})")
-
-
-def _choices(name: str, values: Any) -> Choices:
-    if not isinstance(values, list) or not values:
-        raise SpaceError(f"space.{name}: choices must be a non-empty list")
-    return Choices(tuple(values))
-
-
-def _range(name: str, raw: dict[str, Any]) -> Range:
-    low, high = raw["low"], raw["high"]
-    if not (_is_number(low) and _is_number(high)):
-        raise SpaceError(f"space.{name}: a range needs numbers for low and high")
-    if low >= high:
-        raise SpaceError(f"space.{name}: low={low} must be below high={high}")
-    log = raw.get("log", False)
-    if not isinstance(log, bool):
-        raise SpaceError(f"space.{name}: log is true or false")
-    if log and low <= 0:
-        raise SpaceError(f"space.{name}: a log range needs low > 0, got {low}")
-    step = raw.get("step")
-    if step is not None:
-        integers = isinstance(low, int) and isinstance(high, int)
-        if not _is_number(step) or not 0 < step <= high - low:
-            raise SpaceError(f"space.{name}: step must be a positive number no larger than "
-                             f"high - low ({high - low:g})")
-        if integers and not isinstance(step, int):
-            raise SpaceError(f"space.{name}: an integer range (low and high are integers) "
-                             "takes an integer step")
-        if log:
-            raise SpaceError(f"space.{name}: a log range takes no step; drop one of them")
-    return Range(low, high, log, step)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _probe_values(param: Param) -> Sequence[Any]:
-    if isinstance(param, Fixed):
-        return [param.value]
-    if isinstance(param, Choices):
-        return list(param.values)
-    return [param.low, param.high]
-
-
-def _check_value(name: str, value: Any, max_epochs: int) -> None:
-    """The engine's own validation, applied to this one value (others at their defaults)."""
-    try:
-        config = TrialConfig.from_dict({"epochs": max_epochs, name: value})
-    except ConfigError as error:
-        raise SpaceError(f"space.{name}: {error}{_list_hint(name, value)}") from error
-    if name == "backbone":
-        from workers.model.backbone import check_backbone
-
-        try:
-            check_backbone(config.backbone)
-        except ConfigError as error:
-            raise SpaceError(f"space.{name}: {error}") from error
-    # a weights file is not opened here: validation reads no file (spec.check_weights does)
-
-
-def _list_hint(name: str, value: Any) -> str:
-    """`milestones: [1, 2]` reads as two choices, 1 and 2: say how to write one list value."""
-    default = next((f.default for f in dataclasses.fields(TrialConfig) if f.name == name), None)
-    if not isinstance(default, tuple) or isinstance(value, list | tuple):
-        return ""
-    example = list(default)
-    return (f" (a list in `space` lists the choices, so one {name} value is a list in a list: "
-            f"{name}: [{example}])")
 
 
 class SearchSpace:
@@ -238,7 +91,7 @@ class SearchSpace:
         alone allows batches of billions of pixels, which no worker holds (a side the space
         leaves to the backbone is that backbone's own)."""
         param = self.overrides.get("batch_size", Choices(BATCH_SIZES))
-        batch = int(param.high) if isinstance(param, Range) else max(int(v) for v in _values(param))
+        batch = int(param.high) if isinstance(param, Range) else max(int(v) for v in values_of(param))
         sides = self.img_sizes()
         side = max((s for s in sides if s is not None), default=0)
         if None in sides:
@@ -252,7 +105,7 @@ class SearchSpace:
             )
 
     def backbones(self) -> tuple[str, ...]:
-        return _values(self.overrides.get("backbone", Choices(DEFAULT_BACKBONES)))
+        return values_of(self.overrides.get("backbone", Choices(DEFAULT_BACKBONES)))
 
     def smallest_img_size(self) -> int | None:
         """The smallest image side a trial may get; None: each backbone's own."""
@@ -266,11 +119,11 @@ class SearchSpace:
             return (None,)
         if isinstance(param, Range):
             return (int(param.low), int(param.high))
-        return tuple(None if v is None else int(v) for v in _values(param))
+        return tuple(None if v is None else int(v) for v in values_of(param))
 
     def pretrained(self) -> tuple[bool | str, ...]:
         """What trials may load weights from: True (the model hub), a file, or False (none)."""
-        return _values(self.overrides.get("pretrained", Fixed(True)))
+        return values_of(self.overrides.get("pretrained", Fixed(True)))
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """Ask `trial` for one configuration; returns the engine settings it chose."""
@@ -364,7 +217,7 @@ class _Probe:
 
     def _number(self, name: str, low: float, high: float) -> Any:
         value = self.config.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
+        if is_number(value) and low <= value <= high:
             self.admitted[name] = value
             return value
         return low
@@ -409,14 +262,6 @@ class _Asker:
         return self.trial.suggest_float(
             name, float(param.low), float(param.high), log=param.log, step=param.step
         )
-
-
-def _values(param: Param) -> tuple[Any, ...]:
-    if isinstance(param, Fixed):
-        return (param.value,)
-    if isinstance(param, Choices):
-        return param.values
-    raise SpaceError(f"a range ({param.low}..{param.high}) where choices were expected")
 
 
 def _encode(value: Any) -> Any:

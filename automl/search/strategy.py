@@ -26,6 +26,7 @@ from automl.search._optuna import (
 from automl.search.feasible import FeasibleSampler
 from automl.search.pareto import ParetoSuccessiveHalvingPruner
 from automl.search.portfolio import PORTFOLIOS
+from automl.search.ranking import best_value
 from automl.search.space import SearchSpace
 
 # What a job gets when its spec names no strategy: the portfolio for the dataset's size, then
@@ -187,9 +188,6 @@ class Strategy:
                 self._portfolio_done = True
         return study.ask()
 
-    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        return self.space.sample(trial)
-
     def report(self, study: optuna.Study, trial: optuna.Trial, epoch: int, value: float,
                last: bool = False) -> bool:
         """Record an epoch's value; whether the trial is to be pruned (never after its last
@@ -211,10 +209,9 @@ class Strategy:
                      ) -> float | list[float] | None:
         """What a finished trial is told: its best epoch's value, and on a Pareto front its costs
         after it (in the front's order); None if it has neither."""
-        finite = [v for v in intermediate.values() if not math.isnan(v)]
-        if not finite:
+        value = best_value(intermediate.values(), self.maximize)
+        if value is None:
             return None
-        value = max(finite) if self.maximize else min(finite)
         if not self.front_costs:
             return value
         if any(costs.get(name) is None for name in self.front_costs):

@@ -17,7 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from automl.errors import JobConflict, NotReady, SpecError, UnknownJob, UserError
-from automl.search.spec import MAX_DEPTH, MAX_ERRORS, field_part
+from automl.search.bounds import MAX_DEPTH
+from automl.search.validation_errors import MAX_ERRORS, field_part
 from automl.service.guard import RequestGuard
 from automl.service.routes import health, jobs
 from automl.service.service import JobService

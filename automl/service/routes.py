@@ -12,7 +12,9 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPBearer
 
-from automl.search.spec import JOB_ID_PATTERN, JobSpec, require_tracking_server, require_under_roots
+from automl.jobs.admission import require_tracking_server, require_under_roots
+from automl.search.job_ids import JOB_ID_PATTERN
+from automl.search.spec import JobSpec
 from automl.service.service import JobService
 from automl.service.views import BestView, JobPage, JobState, JobView, ParetoView, TrialPage
 

@@ -13,8 +13,11 @@ import optuna
 from automl.errors import JobConflict, NotReady, PullError, UnknownJob
 from automl.jobs.publish import kept_checkpoint_of, pull, pull_checkpoint
 from automl.search import keys
+from automl.search.dataset_name import dataset_name
+from automl.search.job_ids import new_job_id
 from automl.search.keys import TrialCounts, state_name
-from automl.search.spec import JobSpec, dataset_name, new_job_id
+from automl.search.ranking import front_member, maximizes, sorted_front
+from automl.search.spec import JobSpec
 from automl.service.views import (
     Best,
     BestView,
@@ -157,12 +160,8 @@ class JobService:
             return ParetoView(job=job_id, metric=metric, costs=costs, final=False, members=[])
         final = study.user_attrs.get(keys.FRONT)
         if final is None:  # the front so far
-            maximize = metric != "val_loss"
-            final_members = [
-                {"trial": t.number, "values": list(t.values), "costs": t.user_attrs.get(keys.COSTS, {}),
-                 "backbone": t.user_attrs.get(keys.CONFIG, {}).get("backbone"),
-                 "img_size": t.user_attrs.get(keys.CONFIG, {}).get("img_size"), "test_metrics": {}}
-                for t in sorted(study.best_trials, key=lambda t: t.values[0], reverse=maximize)]
+            final_members = [front_member(t, {})
+                             for t in sorted_front(study.best_trials, maximizes(metric))]
         else:
             final_members = final
         members = [FrontMember(trial=m["trial"], metric=m["values"][0], costs=m["costs"],

@@ -28,7 +28,6 @@ counted (`JobSearch`). Every database call first checks that this driver still h
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -291,13 +290,6 @@ class StudyLink:
         return self.call(lambda: self.study.get_trials(deepcopy=False), "list trials")
 
 
-def best_of(values: dict[int, float], maximize: bool) -> float | None:
-    finite = [v for v in values.values() if not math.isnan(v)]
-    if not finite:
-        return None
-    return max(finite) if maximize else min(finite)
-
-
 class OptunaSearcher(Searcher):
     """Ray Tune asks it for configs; it asks the study, until the study holds `n_trials`
     trials, `max_concurrent` at a time."""
@@ -331,7 +323,7 @@ class OptunaSearcher(Searcher):
             lambda: self.link.strategy.ask(study), "ask the study for a trial"
         )
         # an adopted trial's sampled values come back as they were (Optuna keeps a trial's params)
-        config = {**self.link.call(lambda: self.link.strategy.suggest(trial), "sample a trial"),
+        config = {**self.link.call(lambda: self.link.strategy.space.sample(trial), "sample a trial"),
                   **self.fixed}
         request = config.get(COSTS_REQUEST)
         if request is not None:  # a deployment-aware job: costs first, known ones from the job

@@ -32,6 +32,7 @@ from ray import tune
 from ray.tune.experiment import Trial as RayTrial
 
 from automl.search import keys
+from automl.search.ranking import best_value, ranked_complete
 from automl.tune.bridge import StudyLink
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,8 @@ class Retention(tune.Callback):
 
     def keepers(self, study: optuna.Study) -> set[int]:
         """Numbers of the trials whose checkpoint is kept."""
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.values is not None]
-        ranked = sorted(complete, key=lambda t: t.values[0], reverse=self.maximize)
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ranked = ranked_complete(complete, self.maximize)
         keep = {t.number for t in ranked[: self.keep_trials]}
         if self.also_keep is not None:
             keep |= self.also_keep(study)
@@ -114,9 +114,8 @@ def keep_best_only(trial_folder: Path, objective: str, maximize: bool) -> Path |
               if (score := _score(folder, objective)) is not None]
     if not scored:
         return None
-    pick = max if maximize else min
-    best_value = pick(score for score, _ in scored)
-    best = max(folder for score, folder in scored if score == best_value)
+    top = best_value((score for score, _ in scored), maximize)
+    best = max(folder for score, folder in scored if score == top)
     for _, folder in scored:
         if folder != best:
             shutil.rmtree(folder, ignore_errors=True)

@@ -35,7 +35,7 @@ def _search(
     decided = []
     for _ in range(trials):
         trial = study.ask()
-        config = strategy.suggest(trial)
+        config = strategy.space.sample(trial)
         ceiling, speed = rng.uniform(0.4, 0.95), rng.uniform(0.3, 1.5)
         pruned_at = None
         for epoch in range(1, EPOCHS + 1):
@@ -96,7 +96,7 @@ TEST_BACKBONES = ("test_resnet", "test_convnext", "test_efficientnet")
 @pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp"])
 def test_a_backbone_measured_over_a_limit_is_not_drawn_again(sampler: str) -> None:
     from automl.search import keys
-    from automl.search.space import Choices
+    from automl.search.overrides import Choices
 
     space = SearchSpace({"backbone": Choices(TEST_BACKBONES)}, max_epochs=2)
     strategy = Strategy(space, sampler=sampler, seed=SEED, warm_start=False,
@@ -107,7 +107,7 @@ def test_a_backbone_measured_over_a_limit_is_not_drawn_again(sampler: str) -> No
         out = []
         for _ in range(n):
             trial = strategy.ask(study)
-            out.append(strategy.suggest(trial)["backbone"])
+            out.append(strategy.space.sample(trial)["backbone"])
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return out
 

@@ -16,6 +16,7 @@ from schemathesis.checks import not_a_server_error
 
 from automl.service.api import create_app
 from automl.settings import Settings
+from tests.support import DIGITS_JOB, backbone_weights, count_spec_work
 
 SPEC: dict[str, Any] = {"name": "api", "dataset": {"source": "builtin:digits"},
                         "budget": {"n_trials": 2, "max_epochs": 1}}
@@ -53,6 +54,20 @@ def test_submit_then_inspect(client: TestClient, tmp_path: Path,
     assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
     again = client.post(f"/jobs/{job['id']}/cancel")
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+
+
+def test_a_job_sent_over_http_is_validated_once(pg_url: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request's body is the validated spec (its space built, every override checked with
+    the engine and timm); its weights file is judged under the dataset roots and loaded once."""
+    weights = backbone_weights(tmp_path)
+    space = {**DIGITS_JOB["space"], "pretrained": str(weights)}
+    app = create_app(Settings(home=tmp_path, database_url=pg_url, dataset_roots=(tmp_path,)))
+    with TestClient(app) as client, count_spec_work(monkeypatch) as counts:
+        created = client.post("/jobs", json={**DIGITS_JOB, "space": space})
+    assert created.status_code == 201, created.text
+    assert counts == {"validated": 1, "space built": 1, "override checked": len(space),
+                      "weights checked": 1}
 
 
 def test_pagination(client: TestClient) -> None:

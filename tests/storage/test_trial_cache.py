@@ -28,14 +28,14 @@ def test_service_sees_trials_the_driver_reports_and_tells(pg_url: str, tmp_path:
 
     assert seen() == {}
     first = driver.ask()
-    strategy.suggest(first)
+    strategy.space.sample(first)
     first.report(0.5, 1)
     assert seen() == {0: ("running", None, {"1": 0.5})}
 
     first.report(0.75, 2)
     driver.tell(first, 0.75)
     second = driver.ask()
-    strategy.suggest(second)
+    strategy.space.sample(second)
     second.report(0.25, 1)
     assert seen() == {0: ("complete", 0.75, {"1": 0.5, "2": 0.75}),
                       1: ("running", None, {"1": 0.25})}
@@ -51,12 +51,12 @@ def test_a_trial_enqueued_elsewhere_is_asked_next(pg_url: str) -> None:
     strategy = Strategy(SearchSpace(max_epochs=3), seed=0, warm_start=False)
     driver = strategy.create_study(optuna_storage(pg_url), "queued")
     running = driver.ask()
-    strategy.suggest(running)
+    strategy.space.sample(running)
     elsewhere = strategy.load_study(optuna_storage(pg_url), "queued")  # another process's view
     elsewhere.enqueue_trial({"optimizer": "sgd", "lr": 0.05})
 
     trial = driver.ask()
-    config = strategy.suggest(trial)
+    config = strategy.space.sample(trial)
 
     assert (trial.number, config["optimizer"], config["lr"]) == (1, "sgd", 0.05)
     assert driver.ask().number == 2  # popped once: the queue is empty again
@@ -79,7 +79,7 @@ def test_what_a_running_trial_writes_lands_once_and_only_while_it_runs(
     sampled = []
     for _ in range(3):  # the first trial takes Optuna's path for each name, later ones the INSERT
         trial = driver.ask()
-        strategy.suggest(trial)
+        strategy.space.sample(trial)
         sampled.append(trial.params)
         driver.tell(trial, 0.5)
 
@@ -87,7 +87,7 @@ def test_what_a_running_trial_writes_lands_once_and_only_while_it_runs(
     assert [t.params for t in elsewhere.trials] == sampled
     assert len(sampled[2]) > 10
     resumed = elsewhere.ask()  # its cache knows every name's distribution from the trials read
-    strategy.suggest(resumed)
+    strategy.space.sample(resumed)
     elsewhere.tell(resumed, 0.5)
     sampled.append(resumed.params)
     assert [t.params for t in strategy.load_study(optuna_storage(url), "params").trials] == sampled
