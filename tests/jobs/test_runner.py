@@ -61,7 +61,7 @@ def submit(env: dict[str, str], home: Path, spec: dict[str, Any]) -> str:
 
 
 def drivers(job_id: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", f"automl.jobs.stored {job_id}"],
+    found = subprocess.run(["pgrep", "-f", f"automl.jobs.process {job_id}"],
                            capture_output=True, text=True)
     return [int(pid) for pid in found.stdout.split()]
 
@@ -224,7 +224,7 @@ def test_a_driver_whose_heartbeat_fails_stops_before_another_runner_may_take_ove
                                             max_concurrent_trials=2))
     store = JobStore(pg_url)
     assert store.claim("first-runner") is not None
-    driver = subprocess.Popen([sys.executable, "-m", "automl.jobs.stored", job_id], env=env,
+    driver = subprocess.Popen([sys.executable, "-m", "automl.jobs.process", job_id], env=env,
                               stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     engine = create_engine(pg_url)
@@ -252,7 +252,7 @@ def test_a_driver_whose_heartbeat_fails_stops_before_another_runner_may_take_ove
 
     taken = store.claim("second-runner", stale_after=timedelta(0))
     assert taken is not None and taken.id == job_id
-    second = subprocess.run([sys.executable, "-m", "automl.jobs.stored", job_id], env=env,
+    second = subprocess.run([sys.executable, "-m", "automl.jobs.process", job_id], env=env,
                             capture_output=True,
                             text=True, timeout=600)
     assert store.get(job_id).state == "succeeded", second.stdout + second.stderr
@@ -263,14 +263,14 @@ def test_a_driver_whose_heartbeat_fails_stops_before_another_runner_may_take_ove
 
 HEARTBEAT_ONLY = """
 import sys, time
-from automl.jobs.stored import _Heartbeat, give_up_seconds
+from automl.jobs.heartbeat import Heartbeat, give_up_seconds
 from automl.settings import Settings
 from storage.jobs import JobStore
 from storage.optuna_storage import optuna_storage
 
 settings = Settings()
-beat = _Heartbeat(JobStore(settings.storage_url), optuna_storage(settings.storage_url),
-                  sys.argv[1], int(sys.argv[2]), give_up_seconds(settings))
+beat = Heartbeat(JobStore(settings.storage_url), optuna_storage(settings.storage_url),
+                 sys.argv[1], int(sys.argv[2]), give_up_seconds(settings))
 beat.start()
 try:
     while True:
