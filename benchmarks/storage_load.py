@@ -66,7 +66,6 @@ from automl.search.keys import CONFIG as CONFIG_ATTR
 from automl.search.keys import RAY_TRIAL_ID
 from automl.search.space import SearchSpace
 from automl.search.strategy import Strategy
-from automl.tune.bridge import best_of
 from storage.optuna_storage import models, optuna_storage
 
 OPS = ("ask", "report", "should_prune", "tell")
@@ -237,6 +236,14 @@ def _write(
                     value = best_of(dict(trial._cached_frozen_trial.intermediate_values), maximize)
                     study.tell(trial.number, value, skip_if_finished=True)
     return times
+
+
+def best_of(values: dict[int, float], maximize: bool) -> float | None:
+    """The value a trial is told: its best epoch's."""
+    finite = [v for v in values.values() if not math.isnan(v)]
+    if not finite:
+        return None
+    return max(finite) if maximize else min(finite)
 
 
 class _Clock:

@@ -28,7 +28,6 @@ counted (`JobSearch`). Every database call first checks that this driver still h
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -291,13 +290,6 @@ class StudyLink:
         return self.call(lambda: self.study.get_trials(deepcopy=False), "list trials")
 
 
-def best_of(values: dict[int, float], maximize: bool) -> float | None:
-    finite = [v for v in values.values() if not math.isnan(v)]
-    if not finite:
-        return None
-    return max(finite) if maximize else min(finite)
-
-
 class OptunaSearcher(Searcher):
     """Ray Tune asks it for configs; it asks the study, until the study holds `n_trials`
     trials, `max_concurrent` at a time."""
@@ -401,7 +393,7 @@ class OptunaPruningScheduler(FIFOScheduler):
     the count of the trials Ray runs (the searcher's concurrency: restored ones included), and
     starts no trial once the job is cancelled, or by a driver that no longer holds its job."""
 
-    def __init__(self, link: StudyLink, metric: str, mode: str) -> None:
+    def __init__(self, link: StudyLink, metric: str) -> None:
         super().__init__()
         self.link, self.objective = link, metric
 
@@ -482,5 +474,5 @@ def bridge(
     max_concurrent: int,
 ) -> tuple[JobSearch, OptunaPruningScheduler]:
     searcher = OptunaSearcher(link, metric, mode, fixed, n_trials, max_concurrent)
-    return JobSearch(searcher), OptunaPruningScheduler(link, metric, mode)
+    return JobSearch(searcher), OptunaPruningScheduler(link, metric)
 
