@@ -19,16 +19,9 @@ from sqlalchemy.engine import make_url
 from automl.jobs.local_ray import descendants
 from automl.settings import Settings
 from storage.jobs import JobStore
-from tests.support import (
-    TINY_SPACE,
-    assert_budget_met_once,
-    load_study,
-    proxy_to,
-    wait_for,
-)
+from tests.support import AUTOML, TINY_SPACE, assert_budget_met_once, load_study, proxy_to, wait_for
 
 pytestmark = pytest.mark.slow
-AUTOML = str(Path(sys.executable).with_name("automl"))
 
 
 def job_spec(name: str, **changes: Any) -> dict[str, Any]:
