@@ -181,7 +181,7 @@ def _measure(finished: int, home: Path, job_id: str, tmp: Path, cache: Path, adm
         finished=finished,
         run_mb=_mb(run_dir), tmp_mb=_mb(tmp), artifacts_mb=_mb(home / "artifacts"),
         cache_mb=_mb(cache), database_mb=_database_mb(admin_url, schema),
-        driver_rss_mb=_rss(_pid_of(f"automl.jobs.stored {job_id}")),
+        driver_rss_mb=_rss(_pid_of(f"automl.jobs.process {job_id}")),
         runner_rss_mb=_rss(runner_pid), serve_rss_mb=_rss(serve_pid),
         overhead_s=statistics.median(overheads) if overheads else float("nan"),
         get_job_p95_ms=_p95(job_ms), get_trials_p95_ms=_p95(trials_ms),

@@ -239,6 +239,14 @@ def _write(
     return times
 
 
+def best_of(values: dict[int, float], maximize: bool) -> float | None:
+    """The value a trial is told: its best epoch's."""
+    finite = [v for v in values.values() if not math.isnan(v)]
+    if not finite:
+        return None
+    return max(finite) if maximize else min(finite)
+
+
 class _Clock:
     """`with clock(op):` records the wall time and this process's CPU time of the block."""
 

@@ -115,3 +115,8 @@ def remove_quietly(store: ArtifactStore, artifact_ids: Iterable[str]) -> None:
             store.remove(artifact_id)
         except Exception as error:  # best effort: a missing file, or a store that went away
             log.warning("could not remove artifact %s: %s", artifact_id, error)
+
+
+def where(location: str) -> str:
+    """A store's location as an error message names it: the bucket, or the folder resolved."""
+    return location if location.startswith("s3://") else str(Path(location).expanduser().resolve())

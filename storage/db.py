@@ -8,12 +8,16 @@ keeps two processes starting together from racing.
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from optuna.exceptions import StorageInternalError
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,8 +74,23 @@ def sessions(url: str) -> sessionmaker[Session]:
     return sessionmaker(engine_for(url), expire_on_commit=False)
 
 
+_MIGRATED: set[tuple[int, str]] = set()  # (process id, URL): the schemas this process checked
+_MIGRATING = threading.Lock()
+
+
 def migrate(url: str, retry_seconds: float = 30.0) -> None:
-    """Bring the jobs schema to the latest revision (idempotent)."""
+    """Bring the jobs schema to the latest revision, once per process: the first call reads the
+    schema's revision (one query), and only a schema behind it is upgraded, under the lock; the
+    process's later calls do nothing (every `JobStore` calls this, even `automl list`'s)."""
+    key = (os.getpid(), url)
+    with _MIGRATING:
+        if key in _MIGRATED:
+            return
+        _migrate(url, retry_seconds)
+        _MIGRATED.add(key)
+
+
+def _migrate(url: str, retry_seconds: float) -> None:
     engine = engine_for(url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -79,9 +98,24 @@ def migrate(url: str, retry_seconds: float = 30.0) -> None:
 
     def upgrade() -> None:
         with engine.begin() as connection:
+            if _at_head(connection):
+                return
             if engine.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, "head")  # reads the revision again, under the lock
 
     retry(upgrade, what=f"migrate the jobs schema in {redact(url)}", seconds=retry_seconds)
+
+
+@functools.cache
+def _head() -> tuple[str, ...]:
+    """The latest revision of the jobs schema, from the migration scripts."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return tuple(ScriptDirectory.from_config(config).get_heads())
+
+
+def _at_head(connection: Connection) -> bool:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return set(context.get_current_heads()) == set(_head())

@@ -230,10 +230,6 @@ class JobStore:
                                 "job's current one")
             yield session
 
-    def set_study(self, job_id: str, study_id: int) -> None:
-        with self._sessions.begin() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(study_id=study_id))
-
     def finish(
         self,
         job_id: str,

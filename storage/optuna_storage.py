@@ -22,6 +22,7 @@ import json
 import logging
 import mimetypes
 import os
+import threading
 import time
 from collections.abc import Callable, Collection, Container, Iterator, Mapping
 from contextlib import contextmanager
@@ -120,7 +121,29 @@ def ensure_sqlite_parent(url: str) -> None:
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def optuna_storage(url: str, retry_seconds: float = 60.0) -> optuna.storages.BaseStorage:
+_SHARED: dict[tuple[int, str], optuna.storages.BaseStorage] = {}
+_SHARING = threading.Lock()
+
+
+def optuna_storage(
+    url: str, retry_seconds: float = 60.0, *, private: bool = False
+) -> optuna.storages.BaseStorage:
+    """The process's storage for `url`: opened on first use, then the same one (one engine, one
+    connection pool, one trial cache) for every caller in the process, such as a driver's job,
+    its bridge and its heartbeat. Keyed by process id too: a forked child opens its own, never
+    its parent's pooled connections. `private`: a storage of its own, shared with no one (what
+    another process would see; tests look through one)."""
+    if private:
+        return _open(url, retry_seconds)
+    key = (os.getpid(), url)
+    with _SHARING:
+        storage = _SHARED.get(key)
+        if storage is None:
+            storage = _SHARED[key] = _open(url, retry_seconds)
+        return storage
+
+
+def _open(url: str, retry_seconds: float) -> optuna.storages.BaseStorage:
     ensure_sqlite_parent(url)
 
     def connect() -> optuna.storages.RDBStorage:

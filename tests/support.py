@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+AUTOML = str(Path(sys.executable).with_name("automl"))  # the console script, as users run it
 
 # A job small enough for 2 CPU cores: the tiny timm test models on 32-px digits.
 TINY_SPACE: dict[str, Any] = {
@@ -55,19 +58,15 @@ DIGITS_JOB: dict[str, Any] = {
 
 
 
-@functools.cache
-def _storage(url: str) -> Any:
-    from storage.optuna_storage import optuna_storage
-
-    return optuna_storage(url)
-
-
 def load_study(url: str, name: str) -> Any:
-    """The study, through one storage per URL: `optuna.load_study(storage=URL)` builds a new
-    engine and connection pool each call, and a polling test ran PostgreSQL out of connections."""
+    """The study, through the process's one storage for the URL: `optuna.load_study(storage=URL)`
+    builds a new engine and connection pool each call, and a polling test ran PostgreSQL out of
+    connections."""
     import optuna
 
-    return optuna.load_study(study_name=name, storage=_storage(url))
+    from storage.optuna_storage import optuna_storage
+
+    return optuna.load_study(study_name=name, storage=optuna_storage(url))
 
 
 def assert_budget_met_once(study: Any, n_trials: int) -> None:

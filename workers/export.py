@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.errors import UserError
+from workers.errors import UserError, first_line
 from workers.model.checkpoint import read_info
 from workers.model.costs import LatencyTarget, onnx_latency, quiet_exporters
 from workers.model.preprocessing import stored_size
@@ -122,14 +122,11 @@ def _export(serving: _Serving, size: int, path: Path, opset: int | None, backbon
                 dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
             )
         except Exception:
+            why = first_line(_ANSI.sub("", str(first)))
             raise ExportError(
                 f"could not export {backbone!r} to ONNX: {type(first).__name__}: "
-                f"{_first_line(first)}; try another --opset, or report the backbone"
+                f"{why}; try another --opset, or report the backbone"
             ) from first
-
-
-def _first_line(error: BaseException) -> str:
-    return _ANSI.sub("", str(error)).strip().split("\n")[0]
 
 
 def _add_metadata(path: Path, loaded: LoadedModel) -> int:

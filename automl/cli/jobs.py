@@ -42,7 +42,7 @@ def run(
     settings = settings_from(storage, artifacts, ray_address)
     own_ray_auth(settings.ray_address)
     from automl.jobs.preflight import check_dataset, check_pretrained_weights
-    from automl.jobs.stored import execute_job, resume_hint, start_foreground
+    from automl.jobs.process import execute_job, resume_hint, start_foreground
     from automl.search.job_file import load_spec
     from automl.search.job_ids import check_job_id
     from storage.jobs import JobStore
@@ -225,7 +225,7 @@ def push(
     the token is HF_TOKEN's."""
     import tempfile
 
-    from automl.jobs.publish import push_folder
+    from automl.jobs.push import push_folder
 
     with tempfile.TemporaryDirectory(prefix="automl-push-") as tmp:
         written = backend(api, storage, artifacts).pull(job, Path(tmp) / "model", trial)

@@ -60,7 +60,7 @@ from storage.optuna_storage import optuna_storage, retry
 from workers.tune_adapter import remove_orphaned_trial_folders
 
 if TYPE_CHECKING:
-    from automl.tune.tracking import JobRuns
+    from automl.tune.tracking.runs import JobRuns
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def job_runs(spec: JobSpec, settings: Settings, job_id: str) -> JobRuns | None:
     target = tracking_of(spec, settings)
     if target is None:
         return None
-    from automl.tune.tracking import JobRuns  # imports mlflow: only for tracked jobs
+    from automl.tune.tracking.runs import JobRuns  # imports mlflow: only for tracked jobs
 
     return JobRuns(*target, job_id)
 
@@ -211,7 +211,7 @@ def track_end(runs: JobRuns | None, study: optuna.Study, outcome: JobOutcome,
     """The job's end in MLflow: its trials' runs ended, then the parent with the result."""
     if runs is None:
         return
-    from automl.tune.tracking import finish_job_runs
+    from automl.tune.tracking.runs import finish_job_runs
 
     counts = outcome.counts
     metrics: dict[str, Any] = {f"trials_{name}": getattr(counts, name)

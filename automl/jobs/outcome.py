@@ -24,6 +24,7 @@ from automl.tune.control import control_of
 from automl.tune.retention import kept_checkpoint_folder
 from automl.tune.stopper import FAIL_FAST_TRIALS, JobStopper
 from workers.data.index import DatasetIndex
+from workers.errors import last_line
 from workers.tune_adapter import can_evaluate_here, evaluate_on_split
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def why_nothing_completed(spec: JobSpec, job_id: str, results: list[tune.Result]
     elif control_of(job_id).clock.out_of_time():
         detail = (f"; the time limit ({spec.budget.time_limit:g} s) ran out before any trial "
                   f"finished an epoch: raise budget.time_limit{detail}")
-    last_lines = [str(e).strip().splitlines()[-1] for e in failed if str(e).strip()]
+    last_lines = [last_line(e) for e in failed if str(e).strip()]
     internal = f"; {in_the_log(job_id)}" if any(incident in e for e in errors) else ""
     return f"no trial completed{detail}{failure_hint(last_lines)}{internal}"
 

@@ -36,11 +36,12 @@ import optuna
 from optuna.trial import TrialState
 
 from automl.jobs.local_ray import die_with_parent, local_ray
-from automl.jobs.stored import resume_hint
+from automl.jobs.process import resume_hint
 from automl.settings import Settings
 from storage.db import DATABASE_ERRORS
 from storage.jobs import JobStore
 from storage.optuna_storage import engine_kwargs, is_outage
+from workers.errors import first_line
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 30.0  # for the drivers to stop on a drain, before they are killed
@@ -93,7 +94,7 @@ class Runner:
                     raise
                 if not down:
                     log.warning("runner %s: the database is unavailable (%s); waiting for it",
-                                self.name, _first_line(error))
+                                self.name, first_line(error))
                 down = True
             else:
                 if down:
@@ -132,7 +133,7 @@ class Runner:
                 if not is_outage(error):
                     raise
                 log.warning("job %s: could not hand it back (%s); the next runner takes it over "
-                            "once its heartbeat is stale", job_id, _first_line(error))
+                            "once its heartbeat is stale", job_id, first_line(error))
                 continue
             if handed:
                 log.warning("job %s: handed back to the queue", job_id)
@@ -159,7 +160,7 @@ class Runner:
                "AUTOML_DATABASE_URL": self.settings.storage_url,
                "AUTOML_ARTIFACTS": self.settings.artifacts_path,
                "AUTOML_RUNS": str(self.settings.runs_path)}
-        command = [sys.executable, "-m", "automl.jobs.stored", job_id]
+        command = [sys.executable, "-m", "automl.jobs.process", job_id]
         with log_path.open("ab") as sink:
             process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
                                        preexec_fn=die_with_parent)
@@ -222,11 +223,6 @@ def _exit(code: int) -> str:
         oom = " (what an out-of-memory kill looks like)" if code == -signal.SIGKILL else ""
         return f"was killed by {name}{oom}"
     return f"exited with code {code}"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _tail(path: Path, lines: int = 3) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 
 from automl.errors import JobConflict, NotReady, PullError, UnknownJob
-from automl.jobs.publish import kept_checkpoint_of, pull, pull_checkpoint
+from automl.jobs.pull import kept_checkpoint_of, pull, pull_checkpoint
 from automl.search import keys
 from automl.search.dataset_name import dataset_name
 from automl.search.job_ids import new_job_id

@@ -393,7 +393,7 @@ class OptunaPruningScheduler(FIFOScheduler):
     the count of the trials Ray runs (the searcher's concurrency: restored ones included), and
     starts no trial once the job is cancelled, or by a driver that no longer holds its job."""
 
-    def __init__(self, link: StudyLink, metric: str, mode: str) -> None:
+    def __init__(self, link: StudyLink, metric: str) -> None:
         super().__init__()
         self.link, self.objective = link, metric
 
@@ -474,5 +474,5 @@ def bridge(
     max_concurrent: int,
 ) -> tuple[JobSearch, OptunaPruningScheduler]:
     searcher = OptunaSearcher(link, metric, mode, fixed, n_trials, max_concurrent)
-    return JobSearch(searcher), OptunaPruningScheduler(link, metric, mode)
+    return JobSearch(searcher), OptunaPruningScheduler(link, metric)
 

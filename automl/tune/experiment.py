@@ -28,6 +28,7 @@ from automl.tune.retention import Retention, front_members
 from automl.tune.stopper import JobStopper
 from storage.optuna_storage import retry
 from workers.data.index import DatasetIndex
+from workers.errors import last_line
 from workers.model.costs import COSTS_REQUEST
 from workers.tune_adapter import run_tune_trial
 
@@ -147,7 +148,7 @@ def tracking_callbacks(spec: JobSpec, settings: Settings, link: StudyLink) -> li
     target = tracking_of(spec, settings)
     if target is None:
         return []
-    from automl.tune.tracking import MLflowTracking  # imports mlflow: only for tracked jobs
+    from automl.tune.tracking.callback import MLflowTracking  # imports mlflow: only for tracked jobs
 
     return [MLflowTracking(*target, link)]
 
@@ -189,8 +190,7 @@ class _ShortTrialError(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if error is not None:
-            lines = [line for line in str(error).splitlines() if line.strip()]
-            what = lines[-1].strip() if lines else type(error).__name__
+            what = last_line(error)
             record.msg = f"{record.getMessage()}: {what} (traceback: {self.folder}/<trial>/error.txt)"
             record.args, record.exc_info, record.exc_text = None, None, None
         return True

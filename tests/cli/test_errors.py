@@ -169,7 +169,7 @@ def published_without_manifest(tmp_path: Path) -> tuple[Any, Any, list[str]]:
     import optuna
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-    from automl.jobs.publish import CHECKPOINT_FILES
+    from automl.jobs.pull import CHECKPOINT_FILES
     from automl.search.keys import BEST_TRIAL
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'db.sqlite'}")
@@ -192,7 +192,7 @@ def test_pull_writes_nothing_outside_its_folder(tmp_path: Path) -> None:
     import io
     import json
 
-    from automl.jobs.publish import pull
+    from automl.jobs.pull import pull
 
     storage, store, names = published_without_manifest(tmp_path)
     meta = {"artifact_id": "evil", "filename": "../../escape.txt", "mimetype": "text/plain",
@@ -215,7 +215,7 @@ def test_a_job_published_without_a_manifest_and_a_name_taken_twice_names_the_fix
     from optuna.artifacts import upload_artifact
 
     from automl.errors import PullError
-    from automl.jobs.publish import pull
+    from automl.jobs.pull import pull
 
     storage, store, _ = published_without_manifest(tmp_path)
     other = tmp_path / "upload" / "config.json"
@@ -237,7 +237,8 @@ def test_push_without_network_is_one_line_naming_the_hub_and_the_fix(tmp_path: P
 
     import optuna
 
-    from automl.jobs.publish import CHECKPOINT_FILES, publish
+    from automl.jobs.publish import publish
+    from automl.jobs.pull import CHECKPOINT_FILES
     from automl.search.keys import BEST_TRIAL as BEST_TRIAL_ATTR
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"

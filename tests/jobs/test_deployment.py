@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,10 @@ from automl.search import keys
 from automl.search.spec import parse_spec
 from automl.settings import Settings
 from storage.optuna_storage import optuna_storage
-from tests.support import DIGITS_JOB
+from tests.support import AUTOML, DIGITS_JOB
 from workers.predict import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
-AUTOML = str(Path(sys.executable).with_name("automl"))
 BACKBONES = ["test_resnet.r160_in1k", "test_convnext.r160_in1k", "test_efficientnet.r160_in1k"]
 
 

@@ -24,12 +24,11 @@ from automl.jobs.outcome import JobOutcome
 from automl.search.spec import parse_spec
 from automl.settings import Settings
 from storage.optuna_storage import optuna_storage
-from tests.support import DIGITS_JOB, load_study, misfit_weights, serve_onnx, trial_folders
+from tests.support import AUTOML, DIGITS_JOB, misfit_weights, serve_onnx, trial_folders
 from workers.predict import evaluate_checkpoint, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 OPTUNA_CLI = str(Path(sys.executable).with_name("optuna"))
-AUTOML = str(Path(sys.executable).with_name("automl"))
 
 
 @dataclass
@@ -461,30 +460,6 @@ def test_workers_without_the_hub_name_the_fix() -> None:
 
     offline = "huggingface_hub.errors.LocalEntryNotFoundError: An error happened while trying"
     assert "set space.pretrained: false" in _hint([offline])
-
-
-def test_no_trial_starts_once_the_job_is_cancelled(tmp_path: Path) -> None:
-    """Between a cancel and the stopper ending the run, Tune asks for more trials: none may
-    start (it would be stopped at once and count as failed)."""
-    from ray.tune.search import Searcher
-
-    from automl.jobs.driver import strategy_for
-    from automl.tune import control
-    from automl.tune.bridge import OptunaSearcher, StudyLink
-
-    spec = parse_spec(DIGITS_JOB)
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    strategy = strategy_for(spec, 1797)
-    strategy.create_study(optuna_storage(url), "cancel-race")
-    searcher = OptunaSearcher(StudyLink(url, "cancel-race", strategy), "val_accuracy", "max",
-                              spec.trial_settings(), n_trials=8, max_concurrent=2)
-    control.register("cancel-race", control.JobControl(cancelled=lambda: True))
-    try:
-        assert searcher.suggest("ray-trial-1") == Searcher.FINISHED
-    finally:
-        control.unregister("cancel-race")
-    assert searcher.suggest("ray-trial-2") is not None
-    assert len(load_study(url, "cancel-race").trials) == 1
 
 
 def test_failures_stop_the_job_only_before_any_epoch() -> None:

@@ -7,10 +7,8 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +26,17 @@ from automl.search.keys import ERROR
 from automl.search.spec import parse_spec
 from automl.settings import Settings
 from tests.support import (
+    AUTOML,
     DIGITS_JOB,
     assert_budget_met_once,
     assert_only_kept_checkpoints,
     load_study,
     misfit_weights,
     trial_folders,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
-AUTOML = str(Path(sys.executable).with_name("automl"))
 
 STEADY_JOB: dict[str, Any] = {
     **DIGITS_JOB,
@@ -47,14 +46,6 @@ STEADY_JOB: dict[str, Any] = {
     "max_failures": 3,
     "space": {**DIGITS_JOB["space"], "lr": 0.003, "freeze_stages": 0},
 }
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.5)
 
 
 def reported_epochs(url: str, study_name: str) -> dict[int, int]:

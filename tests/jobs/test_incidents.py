@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,9 @@ from automl.search.spec import parse_spec
 from automl.service.api import create_app
 from automl.settings import Settings
 from storage.jobs import JobStore
-from tests.support import TINY_SPACE
+from tests.support import AUTOML, TINY_SPACE
 from workers.config import ConfigError
 
-AUTOML = str(Path(sys.executable).with_name("automl"))
 SPEC = {"name": "incident", "dataset": {"source": "builtin:digits"},
         "budget": {"n_trials": 1, "max_epochs": 1}, "space": TINY_SPACE}
 IN_THE_LOG = r"the traceback is in its driver's log under that id \(logs/{job}\.log on its runner\)"

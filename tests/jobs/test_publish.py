@@ -29,8 +29,9 @@ from typer.testing import CliRunner
 
 from automl.cli import app
 from automl.errors import UserError
+from automl.jobs.heartbeat import HeartbeatLost
 from automl.jobs.outcome import JobOutcome
-from automl.jobs.stored import HeartbeatLost, execute_job
+from automl.jobs.process import execute_job
 from automl.search import keys
 from automl.search.spec import parse_spec
 from automl.service.server import build, start_dashboard

@@ -6,16 +6,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from automl.service.server import GRACEFUL_SHUTDOWN_SECONDS
-from tests.support import free_port, wait_for
-
-AUTOML = str(Path(sys.executable).with_name("automl"))
+from automl.settings import Settings
+from tests.support import AUTOML, free_port, wait_for
 
 
 def test_serve_stops_after_sigterm_although_clients_stall(tmp_path: Path) -> None:
@@ -51,3 +51,26 @@ def test_serve_stops_after_sigterm_although_clients_stall(tmp_path: Path) -> Non
         output = server.communicate(timeout=30)[0]
     # the stalled request was cut off by the bound (uvicorn logs the cancelled task's frames)
     assert "timeout graceful shutdown exceeded" in output, output
+
+
+def test_serve_opens_one_optuna_storage_for_the_api_and_the_dashboard(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each storage is a trial cache holding every finished trial it read: two in `automl
+    serve` would hold every study twice."""
+    import optuna
+
+    from automl.service.server import build
+
+    opened: list[object] = []
+    real_init = optuna.storages.RDBStorage.__init__
+
+    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        opened.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", counting_init)
+    api, dashboard = build(Settings(home=tmp_path, database_url=pg_url), "127.0.0.1", free_port())
+    dashboard.server_close()
+    assert len(opened) == 1
+    assert getattr(api.state.service.studies, "_backend", None) is opened[0]

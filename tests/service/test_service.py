@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +19,11 @@ from optuna.trial import TrialState
 
 from automl.settings import Settings
 from storage.jobs import JobStore
-from tests.support import load_study, proxy_to, trial_folders
+from tests.support import AUTOML, free_port, load_study, proxy_to, trial_folders, wait_for
 from workers.data.sources import load_index
 from workers.predict import evaluate_checkpoint, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
-AUTOML = str(Path(sys.executable).with_name("automl"))
 TOKEN = "s3cret-token"
 
 TINY: dict[str, Any] = {
@@ -41,25 +38,6 @@ TINY: dict[str, Any] = {
         "augment": "none", "batch_size": 64, "freeze_stages": 0,
     },
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 300.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -27,3 +28,21 @@ def test_processes_opening_a_fresh_database_at_once_all_get_a_storage(
 def _studies_in(url: str) -> int:
     return len(optuna_storage(url, retry_seconds=5).get_all_studies())
 
+
+
+def test_a_process_opens_one_storage_per_url_and_a_forked_child_its_own(tmp_path: Path) -> None:
+    """Every caller in a process (a driver's job, its bridge, its heartbeat) shares one engine
+    and one trial cache per URL; a private one is asked for by name; a forked child never uses
+    its parent's pooled connections."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    storage = optuna_storage(url)
+    assert optuna_storage(url, retry_seconds=5) is storage
+    assert optuna_storage(url, private=True) is not storage
+    assert optuna_storage(f"sqlite:///{tmp_path / 'other.db'}") is not storage
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        assert pool.submit(_opens_its_own, url, id(storage)).result()
+
+
+def _opens_its_own(url: str, parents: int) -> bool:
+    storage = optuna_storage(url)
+    return id(storage) != parents and optuna_storage(url) is storage

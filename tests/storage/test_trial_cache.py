@@ -20,7 +20,7 @@ def test_service_sees_trials_the_driver_reports_and_tells(pg_url: str, tmp_path:
     service = JobService(Settings(home=tmp_path / "automl-data", database_url=pg_url))
     service.store.submit("cached", "cached", {})
     strategy = Strategy(SearchSpace(max_epochs=3), seed=0, warm_start=False)
-    driver = strategy.create_study(optuna_storage(pg_url), "cached")  # the runner's own storage
+    driver = strategy.create_study(optuna_storage(pg_url, private=True), "cached")  # the runner's
 
     def seen() -> dict[int, tuple[str, object, dict[str, float]]]:
         return {t.number: (t.state, t.value, t.intermediate_values)
@@ -52,7 +52,7 @@ def test_a_trial_enqueued_elsewhere_is_asked_next(pg_url: str) -> None:
     driver = strategy.create_study(optuna_storage(pg_url), "queued")
     running = driver.ask()
     strategy.space.sample(running)
-    elsewhere = strategy.load_study(optuna_storage(pg_url), "queued")  # another process's view
+    elsewhere = strategy.load_study(optuna_storage(pg_url, private=True), "queued")  # another process
     elsewhere.enqueue_trial({"optimizer": "sgd", "lr": 0.05})
 
     trial = driver.ask()
@@ -83,14 +83,15 @@ def test_what_a_running_trial_writes_lands_once_and_only_while_it_runs(
         sampled.append(trial.params)
         driver.tell(trial, 0.5)
 
-    elsewhere = strategy.load_study(optuna_storage(url), "params")  # e.g. a restarted driver
+    elsewhere = strategy.load_study(optuna_storage(url, private=True), "params")  # a restarted driver
     assert [t.params for t in elsewhere.trials] == sampled
     assert len(sampled[2]) > 10
     resumed = elsewhere.ask()  # its cache knows every name's distribution from the trials read
     strategy.space.sample(resumed)
     elsewhere.tell(resumed, 0.5)
     sampled.append(resumed.params)
-    assert [t.params for t in strategy.load_study(optuna_storage(url), "params").trials] == sampled
+    again = strategy.load_study(optuna_storage(url, private=True), "params")
+    assert [t.params for t in again.trials] == sampled
 
     reporting = driver.ask()
     curve = {1: 0.25, 2: float("nan"), 3: float("inf"), 4: float("-inf")}
@@ -99,7 +100,7 @@ def test_what_a_running_trial_writes_lands_once_and_only_while_it_runs(
     reporting.set_user_attr("ray_trial_id", "abc")
     driver._storage.set_trial_system_attr(reporting._trial_id, "completed_rung_0", 0.25)
     driver._storage.set_trial_system_attr(reporting._trial_id, "completed_rung_0", 0.5)  # update
-    read = strategy.load_study(optuna_storage(url), "params").trials[-1]
+    read = strategy.load_study(optuna_storage(url, private=True), "params").trials[-1]
     assert str(read.intermediate_values) == str(curve)  # nan == nan only as text
     assert (read.user_attrs, read.system_attrs) == ({"ray_trial_id": "abc"}, {"completed_rung_0": 0.5})
     driver.tell(reporting, 0.25)

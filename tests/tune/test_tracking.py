@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from automl.errors import JobError
-from automl.tune.tracking import JobRuns
+from automl.tune.tracking.runs import JobRuns
 
 SECRET = "SECRET-INTERNAL-PAGE hunter2"
 

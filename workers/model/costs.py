@@ -32,6 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from workers.config import ConfigError, TrialConfig
+from workers.errors import first_line
 from workers.model.backbone import create_backbone
 from workers.model.preprocessing import default_side
 
@@ -160,7 +161,7 @@ def _export_for_timing(model: torch.nn.Module, side: int, batch: int, path: Path
                                   dynamic_axes=None if dynamo else {"image": {0: "batch"}})
             return
         except Exception as error:  # the exporters raise many kinds; each means "cannot"
-            errors.append(f"{type(error).__name__}: {(str(error).strip() or '-').splitlines()[0]}")
+            errors.append(f"{type(error).__name__}: {first_line(str(error)) or '-'}")
     raise ConfigError(
         f"cannot time this backbone on onnxruntime: neither ONNX exporter translates it "
         f"({errors[-1]}); set objective.latency.runtime: torch")

@@ -13,6 +13,7 @@ import timm
 import torch
 
 from workers.config import ConfigError
+from workers.errors import first_line
 
 
 def uncached_hub_weights(backbones: Iterable[str]) -> list[str]:
@@ -108,7 +109,7 @@ def _check_weights_content(path: str, size: int, mtime_ns: int) -> None:
             "never loaded (they could run code); save the state dict with safetensors"
         ) from None
     except SafetensorError as error:  # the format's own words: a header that does not parse
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise ConfigError(
             f"pretrained weights {path} cannot be read ({reason[:200]}); write them again with "
             "safetensors.torch.save_file or torch.save(model.state_dict())"

@@ -1,20 +1,17 @@
-"""Running a stored job: the job row follows the search (heartbeat, progress, cancel, outcome).
+"""The driver's heartbeat: the job row follows the search, and the driver learns whether it
+still owns its job.
 
-Used by `automl run` (a job row created in the foreground) and by the runner's per-job process.
 A heartbeat thread writes trial counts and the best value every few seconds from the Optuna
 storage (cheap counting queries, not a scan of every trial) and reads the cancel flag back.
 
-The heartbeat is also how a driver learns that it may no longer own its job. Another runner
-takes over a job whose heartbeat is older than `AUTOML_STALE_AFTER` (60 s); so a driver whose
-beats keep failing, or do not return, stops its own job well before that, counted from its last
-written beat (as Ctrl-C would: trials stop, Ray Tune's state and the study stay as they are,
-nothing is finished or published), and so does a driver whose job another runner has claimed.
-The runner that takes the job over resumes it. The driver does not count on the interrupt alone
-(a signal handler can be missing, or the interrupt land where it is caught): past that give-up
-time every step of the job checks the hold (`held`, `automl.tune.control`) and refuses, and the
-driver writes nothing, even when its search had finished. A driver that lost its job without
-noticing publishes nothing either: the publication's transaction checks its claim (`Lease`,
-fenced by `JobStore.fenced`), and a refused one ends the driver as a lost heartbeat does.
+Another runner takes over a job whose heartbeat is older than `AUTOML_STALE_AFTER` (60 s); so a
+driver whose beats keep failing, or do not return, stops its own job well before that, counted
+from its last written beat (as Ctrl-C would: trials stop, Ray Tune's state and the study stay as
+they are, nothing is finished or published), and so does a driver whose job another runner has
+claimed. The runner that takes the job over resumes it. The driver does not count on the
+interrupt alone (a signal handler can be missing, or the interrupt land where it is caught):
+past that give-up time every step of the job checks the hold (`Heartbeat.held`, passed down as
+`held` to `automl.tune.control`) and refuses.
 
 Each beat also saves the job's running time in the study (`automl.tune.control.RunClock`), so a
 driver that dies without a word has its time counted up to its last beat.
@@ -24,30 +21,22 @@ from __future__ import annotations
 
 import _thread
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import optuna
 from optuna.trial import TrialState
 
-from automl.errors import PublishError
-from automl.jobs.driver import run_job
-from automl.jobs.incidents import error_line
-from automl.jobs.outcome import JobOutcome
 from automl.search import keys
-from automl.search.job_ids import new_job_id
 from automl.search.keys import TrialCounts
 from automl.search.ranking import ranked_complete
-from automl.search.spec import JobSpec, parse_spec
 from automl.settings import Settings
-from automl.tune.bridge import Events
 from automl.tune.control import registered
-from storage.jobs import Beat, JobStore, Lease, LeaseLost, Progress
-from storage.optuna_storage import optuna_storage
+from storage.jobs import Beat, JobStore, Progress
+from workers.errors import first_line
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 2.0
@@ -56,11 +45,6 @@ T = TypeVar("T")
 
 class HeartbeatLost(RuntimeError):
     """The driver stopped its own job: it could not prove it still owns it."""
-
-
-class HandedBack(RuntimeError):
-    """A runner's driver stopped by its runner, which is stopping: the runner hands the job back
-    to the queue."""
 
 
 def read_progress(storage: optuna.storages.BaseStorage, job_id: str) -> Progress | None:
@@ -93,7 +77,10 @@ def _best(storage: optuna.storages.BaseStorage, study_id: int) -> tuple[int | No
     return best.number, best.values[0]
 
 
-class _Heartbeat(threading.Thread):
+class Heartbeat(threading.Thread):
+    """The beat of one job's driver, in a daemon thread: `cancel` is set when the job is
+    cancelled, `held()` says whether the driver may still act for the job."""
+
     def __init__(
         self, store: JobStore, storage: optuna.storages.BaseStorage, job_id: str, attempts: int,
         give_up_seconds: float,
@@ -137,7 +124,7 @@ class _Heartbeat(threading.Thread):
                 why = f"the last write did not return in {left:.0f} s"
                 continue  # the clock ran out: the next pass stops the job
             except Exception as error:
-                why = _first_line(error)
+                why = first_line(error)
                 log.warning("job %s: heartbeat failed (%s); the driver stops the job after "
                             "%.0f s without one (%.0f s so far)", self.job_id, why,
                             self.give_up_seconds, time.monotonic() - self.last_written)
@@ -155,7 +142,7 @@ class _Heartbeat(threading.Thread):
         try:
             progress = read_progress(self.storage, self.job_id)
         except Exception as error:  # progress is optional; liveness is not
-            log.warning("job %s: cannot read its progress (%s)", self.job_id, _first_line(error))
+            log.warning("job %s: cannot read its progress (%s)", self.job_id, first_line(error))
             progress = None
         beat = self.store.heartbeat(self.job_id, self.attempts, progress)
         job = registered(self.job_id)  # None before the driver has the study
@@ -165,7 +152,7 @@ class _Heartbeat(threading.Thread):
                 self.storage.set_study_user_attr(study_id, keys.RUN_SECONDS, job.clock.used())
             except Exception as error:  # counted at the next beat, or at the search's end
                 log.warning("job %s: cannot record its running time (%s)", self.job_id,
-                            _first_line(error))
+                            first_line(error))
         return beat
 
     def _lose(self, why: str) -> None:
@@ -198,121 +185,7 @@ def _within(seconds: float, call: Callable[[], T]) -> T:
     return result.result()
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def resume_hint(job_id: str, job_file: str | None = None) -> str:
-    """How the user resumes an interrupted job: the foreground command that ran it, or the
-    route a runner's job is queued again by."""
-    if job_file is not None:
-        return f"resume it with `automl run {job_file} --job-id {job_id}`"
-    return f"resume it with `automl resume {job_id}` (POST /jobs/{job_id}/resume)"
-
-
-def start_foreground(store: JobStore, spec: JobSpec, job_id: str | None) -> tuple[str, bool, bool]:
-    """The job row of `automl run`: a new job, or with `job_id` that job taken back into the
-    foreground (created under that id if there is none). Returns the id, whether it was created,
-    and whether the stored spec (which a resumed job keeps) differs from `spec`."""
-    spec_json = spec.model_dump(mode="json")
-    if job_id is None:
-        job_id = new_job_id(spec.name)
-    elif (resumed := store.resume(job_id, "foreground")) is not None:
-        return job_id, False, resumed.spec != spec_json
-    store.submit(job_id, spec.name, spec_json, state="running")
-    return job_id, True, False
-
-
 def give_up_seconds(settings: Settings) -> float:
     """A driver whose heartbeat keeps failing stops its job at half the stale window: well
     before another runner may take the job over, so two drivers never run one job."""
     return settings.stale_after / 2
-
-
-def execute_job(
-    job_id: str, settings: Settings, store: JobStore, events: Events | None = None,
-    job_file: str | None = None, spec: JobSpec | None = None, hand_back: bool = False,
-    **run_options: Any,
-) -> JobOutcome:
-    """Run a job whose row exists, the row following it. `spec`: the job's spec, when this
-    process has it validated already (the foreground `automl run`); else the stored one is read
-    and validated here, once. `hand_back`: the driver of a runner, for which an interrupt means
-    that the runner is stopping: the row is left for the runner to hand the job back to the
-    queue, not marked cancelled. A driver that cannot prove it still holds the job when it ends
-    writes nothing (`HeartbeatLost`), however its search ended."""
-    job = store.get(job_id)
-    if spec is None or job.spec != spec.model_dump(mode="json"):
-        spec = parse_spec(job.spec, f"job {job_id}")
-    storage = optuna_storage(settings.storage_url)
-    beat = _Heartbeat(store, storage, job_id, job.attempts, give_up_seconds(settings))
-    beat.start()
-    try:
-        outcome = run_job(spec, job_id, settings, events=events, cancelled=beat.cancel.is_set,
-                          held=beat.held, lease=Lease(job_id, job.attempts), **run_options)
-    except LeaseLost as lost:  # this driver no longer holds the job: nothing was published
-        beat.done.set()
-        if not beat.held():
-            raise beat.lost_error() from None
-        raise HeartbeatLost(f"job {job_id}: the driver stopped the job: another runner has "
-                            "taken the job over, so its publication was refused; the runner "
-                            "that took it over resumes it") from lost
-    except KeyboardInterrupt:
-        beat.done.set()
-        if not beat.held():
-            raise beat.lost_error() from None
-        if hand_back:
-            raise HandedBack(f"job {job_id}: interrupted: its runner is stopping and hands it "
-                             "back to the queue") from None
-        store.finish(job_id, "cancelled", error=f"interrupted; {resume_hint(job_id, job_file)}",
-                     progress=read_progress(storage, job_id), attempts=job.attempts)
-        raise
-    except BaseException as error:
-        beat.done.set()
-        if not beat.held():  # the row is another driver's now, or unreachable
-            raise beat.lost_error() from error
-        message = error_line(error, job_id)  # one line: never a traceback, a path, a host
-        if isinstance(error, PublishError):  # nothing was published: resuming publishes afresh
-            message = f"{message}, then {resume_hint(job_id, job_file)}"
-        store.finish(job_id, "failed", error=message, progress=read_progress(storage, job_id),
-                     attempts=job.attempts)
-        if isinstance(error, PublishError):
-            raise PublishError(message) from None
-        raise
-    beat.done.set()
-    if not beat.held():  # the search ended, but another runner may be resuming the job now
-        raise beat.lost_error()
-    store.finish(
-        job_id,
-        outcome.state,
-        error=outcome.error,
-        progress=read_progress(storage, job_id),
-        test_metrics=outcome.test_metrics or None,
-        attempts=job.attempts,
-    )
-    return outcome
-
-
-def main() -> None:
-    """`python -m automl.jobs.stored JOB`: the process a runner starts for each job it claims."""
-    import sys
-
-    from automl.settings import quiet_optuna
-
-    quiet_optuna()
-    # how both the heartbeat and the runner stop this driver; a runner started in the
-    # background by a shell (`automl runner &`) passes SIGINT on ignored
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    (job_id,) = sys.argv[1:]
-    settings = Settings()
-    try:
-        outcome = execute_job(job_id, settings, JobStore(settings.storage_url), hand_back=True,
-                              dataset_roots=settings.dataset_roots)
-    except (HeartbeatLost, HandedBack) as error:
-        print(error, file=sys.stderr)
-        sys.exit(75)  # EX_TEMPFAIL: the job is resumed, not failed
-    print(f"job {job_id} {outcome.state}: {outcome.error or ''}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()
