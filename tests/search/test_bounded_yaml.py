@@ -88,6 +88,6 @@ def test_a_structure_that_holds_itself_is_refused(tmp_path: Path) -> None:
 def test_aliases_within_the_bound_are_read(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text("name: t\ndataset: {source: builtin:digits}\n"
-                   "space:\n  backbone: &small [resnet18, resnet34]\n  teacher: *small\n")
-    with pytest.raises(SpecError, match=r"space\.teacher"):  # read, then judged as a spec
+                   "space:\n  backbone: &small [resnet18, resnet34]\n  tutor: *small\n")
+    with pytest.raises(SpecError, match=r"space\.tutor"):  # read, then judged as a spec
         load_spec(job)
