@@ -285,7 +285,7 @@ except DatasetError as error:
     print(error)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[2], timeout=120)
+                            cwd=Path(__file__).resolve().parents[3], timeout=120)
     assert result.returncode == 0, result.stderr
     assert "(24, 3, 24, 24)" in result.stdout
     assert "reading one needs pyarrow; install it" in result.stdout
