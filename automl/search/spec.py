@@ -1,7 +1,9 @@
-"""The job spec: a YAML file validated by pydantic before anything is stored or started.
+"""The job spec: pydantic models, validated before anything is stored or started.
 
 Errors name the field (`budget.n_trials`, `space.lr`) and what is allowed; nothing half-valid
 gets through, so a job either starts with a spec the engine can run or is refused whole.
+Validation reads no file (a job file is read by `job_file`, its weights by `paths`) and builds
+the search space once: every later part of the job asks the validated spec for it.
 """
 
 from __future__ import annotations
