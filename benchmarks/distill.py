@@ -21,7 +21,6 @@ import torch
 
 from workers.config import TrialConfig
 from workers.export import export_onnx
-from workers.model.checkpoint import read_info
 from workers.predict import evaluate_checkpoint, load_checkpoint
 from workers.quantize import quantize_model
 
@@ -72,7 +71,6 @@ def _row(name: str, checkpoint: Path, work: Path, int8: bool) -> Row:
         return Row(name, params, accuracy, exported.latency_ms)
     quantized = quantize_model(loaded, exported.path, exported.path.with_suffix(".int8.onnx"),
                                exported.target, max_drop=0.99)
-    assert read_info(checkpoint)["trial"]["teacher"]
     return Row(name, params, accuracy, exported.latency_ms, quantized.int8.accuracy,
                quantized.int8.latency_ms)
 

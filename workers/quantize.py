@@ -22,7 +22,7 @@ import torch
 
 from workers.data.index import DatasetError
 from workers.data.sources import load_index
-from workers.errors import UserError
+from workers.errors import UserError, first_line
 from workers.model.costs import LatencyTarget, onnx_latency
 from workers.predict import LoadedModel
 from workers.train.augment import eval_transform
@@ -159,9 +159,9 @@ def _quantize(fp32: Path, out: Path, calibrating: np.ndarray, backbone: str) -> 
                 per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             )
         except Exception as error:  # the quantizer's many failures all mean "cannot do this one"
-            first = str(error).strip().split("\n")[0]
             raise QuantizeError(
-                f"onnxruntime could not quantize {backbone!r}: {type(error).__name__}: {first}; "
+                f"onnxruntime could not quantize {backbone!r}: {type(error).__name__}: "
+                f"{first_line(error)}; "
                 "export it without --int8"
             ) from error
     _carry_metadata(fp32, out, len(calibrating))
