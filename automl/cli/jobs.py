@@ -23,7 +23,14 @@ from automl.cli.common import (
     settings_from,
     storage_flags,
 )
-from automl.cli.render import LiveView, jobs_table, pareto_table, print_outcome, status_panel
+from automl.cli.render import (
+    LiveView,
+    jobs_table,
+    pareto_table,
+    print_deployable,
+    print_outcome,
+    status_panel,
+)
 from automl.jobs.local_ray import own_ray_auth
 
 
@@ -191,11 +198,22 @@ def pareto(
     console.print(f"{len(view.members)} member(s); {note}", highlight=False)
 
 
+DeployableOpt = Annotated[bool, typer.Option(
+    "--deployable", help="the deployable model of the job's distill stage (the distilled "
+    "student, its ONNX and int8 files)")]
+
+
+def one_model(trial: int | None, deployable: bool) -> None:
+    if trial is not None and deployable:
+        fail("--trial and --deployable name different models; give one of them")
+
+
 def pull(
     job: Annotated[str, typer.Argument(help="job id")],
     folder: Annotated[Path, typer.Option("--out", help="directory to write the checkpoint into")],
     trial: Annotated[int | None, typer.Option(
         min=0, help="a kept trial instead of the published best (a Pareto-front member)")] = None,
+    deployable: DeployableOpt = False,
     api: ApiOpt = None,
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
@@ -203,8 +221,9 @@ def pull(
     """Download the best trial's checkpoint (and its test report) into --out."""
     if folder.exists() and not folder.is_dir():
         fail(f"--out {folder} is a file; give a directory (created if missing)")
+    one_model(trial, deployable)
     try:
-        written = backend(api, storage, artifacts).pull(job, folder, trial)
+        written = backend(api, storage, artifacts).pull(job, folder, trial, deployable)
     except OSError as error:
         fail(f"cannot write to --out {folder}: {error.strerror or error}")
     files = ", ".join(sorted(p.name for p in written.iterdir() if not p.name.startswith(".")))
@@ -217,6 +236,7 @@ def push(
     private: Annotated[bool, typer.Option(help="create the repository private")] = False,
     trial: Annotated[int | None, typer.Option(
         min=0, help="a kept trial instead of the published best (a Pareto-front member)")] = None,
+    deployable: DeployableOpt = False,
     api: ApiOpt = None,
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
@@ -227,7 +247,54 @@ def push(
 
     from automl.jobs.push import push_folder
 
+    one_model(trial, deployable)
     with tempfile.TemporaryDirectory(prefix="automl-push-") as tmp:
-        written = backend(api, storage, artifacts).pull(job, Path(tmp) / "model", trial)
+        written = backend(api, storage, artifacts).pull(job, Path(tmp) / "model", trial,
+                                                        deployable)
         url = push_folder(written, repo, private)
     out.print(f"pushed {job} to {url}", highlight=False, soft_wrap=True)
+
+
+def distill(
+    job: Annotated[str, typer.Argument(help="a succeeded job's id")],
+    student: Annotated[list[str] | None, typer.Option(
+        help="a timm backbone (repeatable: searched over); default: the job's distill.student, "
+        "else auto")] = None,
+    limit: Annotated[list[str] | None, typer.Option(
+        help="the student's limit COST=VALUE (repeatable): latency_ms, params_m, macs_g; "
+        "default: distill.limits, else objective.limits")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="epochs per student trial")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="student trials")] = None,
+    teacher_trial: Annotated[int | None, typer.Option(
+        min=0, help="a kept trial as the teacher (default: the published best)")] = None,
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+    ray_address: RayOpt = None,
+) -> None:
+    """Distill a succeeded job's best model into a student that fits the limits, in the
+    foreground (study JOB-distill), and publish it, with its int8 form, as the job's deployable
+    model."""
+    from automl.cli.models import parse_overrides
+
+    settings = settings_from(storage, artifacts, ray_address)
+    own_ray_auth(settings.ray_address)
+    from automl.jobs.driver import distill_job
+    from storage.jobs import JobStore
+
+    changes: dict[str, object] = {}
+    if student:
+        changes["student"] = student[0] if len(student) == 1 else student
+    if limit:
+        changes["limits"] = parse_overrides(limit)
+    for name, value in (("epochs", epochs), ("trials", trials), ("teacher_trial", teacher_trial)):
+        if value is not None:
+            changes[name] = value
+    row = JobStore(settings.storage_url, connect_seconds=10).get(job)
+    if row.state != "succeeded":
+        fail(f"job {job} is {row.state}: distill a job that succeeded (its best model is the "
+             "teacher)")
+    err.print(f"distilling job [bold]{job}[/] (study {job}-distill)", highlight=False)
+    outcome = distill_job(job, settings, row.spec, changes)
+    if outcome.state != "succeeded" or outcome.deployable is None:
+        fail(f"job {job}: {outcome.error or outcome.state}", code=1)
+    print_deployable(outcome.job_id, outcome.deployable, storage_flags(settings))

@@ -190,6 +190,8 @@ def print_outcome(outcome: JobOutcome, metric: str, settings: Any, flags: str,
     if outcome.state != "succeeded":
         out.print(f"error: {outcome.error}", highlight=False, soft_wrap=True)
         return
+    if outcome.error:  # its distill stage failed: the search's result stands
+        out.print(f"warning: {outcome.error}", highlight=False, soft_wrap=True)
     test = outcome.test_metrics
     out.print(
         f"best trial {outcome.best_trial}: {metric} {outcome.best_value:.4f} (validation), "
@@ -213,3 +215,33 @@ def print_outcome(outcome: JobOutcome, metric: str, settings: Any, flags: str,
     out.print("  predict:   automl predict --checkpoint model/ IMAGE...", highlight=False)
     out.print(f"  dashboard: automl dashboard{flags}   (optuna-dashboard on "
               f"{redact(settings.storage_url)})", highlight=False, soft_wrap=True)
+    if outcome.deployable is not None:
+        print_deployable(outcome.job_id, outcome.deployable, flags)
+
+
+def print_deployable(job_id: str, summary: dict[str, Any], flags: str) -> None:
+    """The distill stage's comparison (`automl.jobs.deployable`) and how to pull its model."""
+    from automl.jobs.deployable import int8_verdict
+
+    out = Console()
+    limits = ", ".join(f"{k} <= {v:g}" for k, v in summary["limits"].items()) or "none"
+    table = Table(title=f"deployable model of {job_id} (student limits: {limits}; latency on "
+                  f"{summary['target']})", box=None, pad_edge=False, header_style="bold",
+                  title_justify="left")
+    for name in ("model", "trial", "backbone", "test accuracy", "params M", "MACs G",
+                 "latency ms"):
+        table.add_column(name)
+    for row in summary["rows"]:
+        if row.get("trial") is None:
+            continue
+        table.add_row(row["model"], f"{row['study']}#{row['trial']}", str(row["backbone"]),
+                      _fmt(row.get("test_accuracy")), _num(row.get("params_m")),
+                      _num(row.get("macs_g")), _num(row.get("latency_ms")))
+    out.print(table)
+    out.print(int8_verdict(summary["int8"]), highlight=False, soft_wrap=True)
+    out.print(f"  pull it:   automl pull {job_id} --deployable --out deployable/{flags}",
+              highlight=False, soft_wrap=True)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"

@@ -21,6 +21,9 @@ import optuna
 import ray
 from optuna.trial import TrialState
 
+from automl.errors import JobError
+from automl.jobs.distill import check_students, run_stage
+from automl.jobs.incidents import error_line, user_message
 from automl.jobs.local_ray import connect_local_ray
 from automl.jobs.outcome import (
     JobOutcome,
@@ -32,6 +35,7 @@ from automl.jobs.outcome import (
     why_nothing_completed,
 )
 from automl.jobs.preflight import (
+    DatasetSize,
     check_dataset,
     check_limits,
     check_paths,
@@ -42,7 +46,7 @@ from automl.jobs.preflight import (
 from automl.jobs.publish import publish_best
 from automl.search import keys
 from automl.search.dataset_name import dataset_name
-from automl.search.keys import state_name
+from automl.search.keys import TrialCounts, state_name
 from automl.search.spec import JobSpec
 from automl.search.strategy import Strategy, portfolio_for
 from automl.settings import Settings
@@ -55,7 +59,7 @@ from automl.tune.experiment import (
     tracking_of,
 )
 from automl.tune.retention import folders_of
-from storage.jobs import Lease
+from storage.jobs import Lease, LeaseLost
 from storage.optuna_storage import optuna_storage, retry
 from workers.tune_adapter import remove_orphaned_trial_folders
 
@@ -98,19 +102,26 @@ def run_job(
     connect_seconds: float = 60.0,
     dataset_roots: tuple[Path, ...] = (),
     lease: Lease | None = None,
+    dataset: DatasetSize | None = None,
+    stage_of: str | None = None,
 ) -> JobOutcome:
     """Run the job, or resume it. `cancelled`, `held`: flags read on every step of Tune's loop
     (not queries): whether the job was cancelled, and whether this driver still holds the job
     (`automl.tune.control`); one that does not stops with `LeaseLost` before it asks, reports,
     tells or publishes anything. `lease`: the claim of the job's row this driver runs under, if
-    it has one: its publication lands only while that claim holds (else `LeaseLost`)."""
+    it has one: its publication lands only while that claim holds (else `LeaseLost`).
+    `dataset`, `stage_of`: for a stage of job `stage_of` (its distillation), that job's checked
+    dataset, and the job its MLflow runs nest under."""
     started = time.monotonic()
     # before anything is stored: an impossible job leaves no trace
     check_paths(spec, dataset_roots)
-    dataset = check_dataset(spec, dataset_roots)
+    if dataset is None:
+        dataset = check_dataset(spec, dataset_roots)
     check_pretrained_weights(spec)
     check_limits(spec, dataset.classes)
-    runs = job_runs(spec, settings, job_id)  # a tracking store that cannot be used stops here
+    if spec.distill is not None:
+        check_students(spec, dataset.classes)
+    runs = job_runs(spec, settings, job_id, stage_of)  # an unusable tracking store stops here
     ray_started = time.monotonic()
     ensure_ray(settings.ray_address)
     timings = {"ray_start": time.monotonic() - ray_started}
@@ -175,6 +186,9 @@ def run_job(
                     retry(lambda: study.set_user_attr(keys.FRONT, front), what="record the front")
                 outcome = JobOutcome(job_id, "succeeded", counts, best.number, best.values[0],
                                      test)
+                if spec.distill is not None:
+                    distill(spec, job_id, settings, study, dataset, outcome, lease=lease,
+                            cancelled=cancelled, held=held, connect_seconds=connect_seconds)
             timings["publish"] = time.monotonic() - publishing
             track_end(runs, study, outcome, settings.runs_path / job_id, spec)
     finally:
@@ -189,14 +203,78 @@ def run_job(
     return outcome
 
 
-def job_runs(spec: JobSpec, settings: Settings, job_id: str) -> JobRuns | None:
+def distill(spec: JobSpec, job_id: str, settings: Settings, study: optuna.Study,
+            dataset: DatasetSize, outcome: JobOutcome, **run_options: Any) -> None:
+    """The distill stage after the search's result is published (`automl.jobs.distill`), and
+    its deployable model (`automl.jobs.deployable`). A stage that fails leaves the search's
+    result published and the job succeeded, the failure and how to retry it in its error; a
+    cancelled stage cancels the job (resuming it runs the stage on)."""
+    from automl.jobs.deployable import publish_deployable
+
+    lease = run_options.get("lease")
+    try:
+        stage, student = run_stage(
+            spec, job_id, settings, study, dataset.classes,
+            dataset_name(spec.dataset.source, spec.dataset.name), run_job, dataset=dataset,
+            **run_options)
+        if stage.state == "succeeded":
+            outcome.deployable = publish_deployable(spec, job_id, settings, study, stage,
+                                                    student, dataset.indexed, lease)
+            return
+    except (LeaseLost, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        if user_message(error) is None:
+            log.exception("job %s: the distill stage failed", job_id)
+        outcome.error = (f"the distill stage failed: {error_line(error, job_id)}; the search's "
+                         f"best model is published; retry the stage with `automl distill "
+                         f"{job_id}`")
+        return
+    if stage.state == "cancelled":
+        outcome.state = "cancelled"
+    else:
+        outcome.error = (f"the distill stage {stage.state}: {stage.error}; the search's best "
+                         f"model is published; retry the stage with `automl distill {job_id}`")
+
+
+def distill_job(job_id: str, settings: Settings, stored: dict[str, Any],
+                changes: dict[str, Any], connect_seconds: float = 10.0) -> JobOutcome:
+    """`automl distill JOB`: the distill stage of a succeeded job, run in the foreground with its
+    stored spec's `distill` section updated by `changes` (a job that had none: `changes` is it)."""
+    from automl.search.spec import parse_spec
+
+    started = time.monotonic()
+    section = {**(stored.get("distill") or {}), **changes}
+    spec = parse_spec({**stored, "distill": section}, f"job {job_id} with its distill stage")
+    check_paths(spec)
+    dataset = check_dataset(spec)
+    check_students(spec, dataset.classes)
+    ensure_ray(settings.ray_address)
+    storage = optuna_storage(settings.storage_url, retry_seconds=connect_seconds)
+    study = optuna.load_study(study_name=job_id, storage=storage)
+    best = study.user_attrs.get(keys.BEST_TRIAL)
+    if best is None:
+        raise JobError(f"job {job_id} has no published best model to teach with; distill a "
+                       "job that succeeded (automl list)")
+    trials = study.get_trials(deepcopy=False)
+    counts = TrialCounts.of(t.state for t in trials)
+    value = next((t.values[0] for t in trials if t.number == best and t.values), None)
+    outcome = JobOutcome(job_id, "succeeded", counts, best, value,
+                         dict(study.user_attrs.get(keys.TEST_METRICS, {})))
+    distill(spec, job_id, settings, study, dataset, outcome, connect_seconds=connect_seconds)
+    outcome.elapsed = time.monotonic() - started
+    return outcome
+
+
+def job_runs(spec: JobSpec, settings: Settings, job_id: str,
+             stage_of: str | None = None) -> JobRuns | None:
     """The job's MLflow runs, when it is tracked (`automl.tune.tracking`)."""
     target = tracking_of(spec, settings)
     if target is None:
         return None
     from automl.tune.tracking.runs import JobRuns  # imports mlflow: only for tracked jobs
 
-    return JobRuns(*target, job_id)
+    return JobRuns(*target, job_id, parent_job=stage_of)
 
 
 def track_model_card(runs: JobRuns, folder: Path) -> None:

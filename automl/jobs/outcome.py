@@ -41,6 +41,7 @@ class JobOutcome:
     error: str | None = None
     elapsed: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, database, ...
+    deployable: dict[str, Any] | None = None  # a distill stage's comparison (keys.DEPLOYABLE)
 
 
 def finish_leftovers(link: StudyLink, events: Events | None = None) -> TrialCounts:

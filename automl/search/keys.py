@@ -20,6 +20,10 @@ TEST_METRICS = "test_metrics"  # its scores on the test split
 # the files published with it, the only ones `automl pull` takes:
 # {filename: {"artifact_id": ..., "size": bytes, "sha256": hex}}
 PUBLISHED_FILES = "published_files"
+# a distill stage's result, on the job's study and on the stage's (`automl.jobs.deployable`):
+# the stage's study, its published trial, and the teacher / student alone / distilled / int8
+# comparison; the stage's publication is the deployable model
+DEPLOYABLE = "deployable"
 
 # trial user attributes
 RAY_TRIAL_ID = "ray_trial_id"  # the Ray Tune trial running it

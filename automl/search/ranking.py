@@ -52,6 +52,19 @@ def ranked_complete(complete: Iterable[FrozenTrial], maximize: bool) -> list[Fro
     return ranked_by((t for t in complete if t.values), _first_value, maximize)
 
 
+def fits(trial: FrozenTrial, limits: dict[str, float]) -> bool:
+    """Whether a trial's measured costs (`keys.COSTS`) meet every limit; unmeasured: no."""
+    costs = trial.user_attrs.get(keys.COSTS) or {}
+    return all(isinstance(costs.get(name), int | float) and costs[name] <= limit
+               for name, limit in limits.items())
+
+
+def best_fitting(complete: Iterable[FrozenTrial], limits: dict[str, float],
+                 maximize: bool) -> FrozenTrial | None:
+    """The best complete trial whose costs meet `limits` (a distill stage's student alone)."""
+    return next((t for t in ranked_complete(complete, maximize) if fits(t, limits)), None)
+
+
 def sorted_front(members: Iterable[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
     """A Pareto front's members (`study.best_trials`), best validation metric first."""
     return ranked_by(members, _first_value, maximize)

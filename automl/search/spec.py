@@ -213,6 +213,66 @@ class StrategySpec(_Strict):
         return self
 
 
+class QuantizeSpec(_Strict):
+    """int8 for the deployable student: onnxruntime static quantization, kept only when it loses
+    at most `max_drop` of test accuracy against the float student (`workers.quantize`)."""
+
+    int8: bool = True
+    max_drop: float = Field(0.01, ge=0, lt=1, description="accuracy the int8 model may lose "
+                            "(0.01: one point)")
+    calibration: int = Field(256, ge=1, le=100_000, description="training images to calibrate on")
+
+
+class DistillSpec(_Strict):
+    """The stage after the search: its best model (the teacher) taught to a student that fits
+    the deployment target, in trials of their own (study JOB-distill)."""
+
+    limits: dict[str, float] | None = Field(
+        None, description="the student's limits on costs (default: objective.limits)")
+    student: str | list[str] = Field(
+        "auto", description="auto (the search's best trial that fits the limits, else the "
+        "space's cheapest backbone), a timm backbone, or a list of them to search over")
+    epochs: int | None = Field(None, ge=1, le=1000, description="default: budget.max_epochs")
+    trials: int = Field(8, ge=1, le=10_000)
+    teacher_trial: int | None = Field(None, ge=0, description="a kept trial as the teacher "
+                                      "(default: the published best)")
+
+    @field_validator("student")
+    @classmethod
+    def _known_students(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        if not names or len(set(names)) != len(names):
+            raise ValueError("name one student, or a list of distinct ones")
+        if names == ["auto"]:
+            return value
+        from workers.config import ConfigError
+        from workers.model.backbone import check_backbone
+
+        for name in names:
+            try:
+                check_backbone(name)
+            except ConfigError as error:
+                raise ValueError(f"{error}; name a timm model, or student: auto") from None
+        return value
+
+    @field_validator("limits")
+    @classmethod
+    def _costs(cls, limits: dict[str, float] | None) -> dict[str, float] | None:
+        for name, limit in (limits or {}).items():
+            if name not in COSTS:
+                raise ValueError(f"distill.limits.{name}: unknown cost; limits take "
+                                 f"{', '.join(COSTS)}")
+            if not limit > 0:
+                raise ValueError(f"distill.limits.{name}={limit}: a limit must be above 0")
+        return limits
+
+    @property
+    def students(self) -> tuple[str, ...] | None:
+        """The named students; None: auto."""
+        names = (self.student,) if isinstance(self.student, str) else tuple(self.student)
+        return None if names == ("auto",) else names
+
+
 class JobSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", description="lowercase, digits, dashes")
     dataset: DatasetSpec
@@ -228,6 +288,8 @@ class JobSpec(_Strict):
     checkpoints: CheckpointsSpec = CheckpointsSpec()
     tracking: TrackingSpec = TrackingSpec()
     space: dict[str, Any] = Field(default_factory=dict)
+    distill: DistillSpec | None = None
+    quantize: QuantizeSpec = QuantizeSpec()
 
     @model_validator(mode="before")
     @classmethod
@@ -287,6 +349,22 @@ class JobSpec(_Strict):
                 "trial; lower it or raise max_epochs"
             )
         return self
+
+    @model_validator(mode="after")
+    def _student_has_a_target(self) -> JobSpec:
+        if self.distill is not None and self.distill.students is None \
+                and not self.distill_limits():
+            raise ValueError("distill.student: auto picks the student that fits the target, and "
+                             "there is none: set distill.limits (or objective.limits), e.g. "
+                             "{latency_ms: 5}, or name the student")
+        return self
+
+    def distill_limits(self) -> dict[str, float]:
+        """The student's limits: the distill stage's own, else the job's."""
+        if self.distill is None:
+            return {}
+        own = self.distill.limits
+        return dict(self.objective.limits if own is None else own)
 
     def strategy_object(self, portfolio: tuple[dict[str, Any], ...] = ()) -> Strategy:
         """The strategy this spec asks for (the job's driver adds the portfolio for its data)."""

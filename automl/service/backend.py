@@ -29,7 +29,8 @@ class Backend(Protocol):
 
     def pareto(self, job_id: str) -> ParetoView: ...
 
-    def pull(self, job_id: str, out: Path, trial: int | None = None) -> Path:
+    def pull(self, job_id: str, out: Path, trial: int | None = None,
+             deployable: bool = False) -> Path:
         """The best checkpoint and its reports (or a kept trial's) into `out`; all files or
         none."""
         ...

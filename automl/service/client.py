@@ -49,9 +49,12 @@ class ApiClient:
     def pareto(self, job_id: str) -> ParetoView:
         return ParetoView.model_validate(self._json("GET", f"/jobs/{job_id}/pareto"))
 
-    def pull(self, job_id: str, out: Path, trial: int | None = None) -> Path:
-        """Download the best checkpoint archive (or `trial`'s) and unpack it into `out`."""
-        route = (f"/jobs/{job_id}/best/checkpoint" if trial is None
+    def pull(self, job_id: str, out: Path, trial: int | None = None,
+             deployable: bool = False) -> Path:
+        """Download the best checkpoint archive (or `trial`'s, or the deployable model's) and
+        unpack it into `out`."""
+        route = (f"/jobs/{job_id}/deployable/checkpoint" if deployable
+                 else f"/jobs/{job_id}/best/checkpoint" if trial is None
                  else f"/jobs/{job_id}/trials/{trial}/checkpoint")
         response = self._request("GET", route)
         out.mkdir(parents=True, exist_ok=True)

@@ -109,6 +109,15 @@ def trial_checkpoint(job_id: JobId, number: Annotated[int, PathParam(ge=0, le=MA
     return _archive(service, job_id, number, background)
 
 
+@jobs.get("/{job_id}/deployable/checkpoint", response_class=FileResponse,
+          responses={200: {"content": {"application/gzip": {}}}})
+def deployable_checkpoint(job_id: JobId, service: Service,
+                          background: BackgroundTasks) -> FileResponse:
+    """The deployable model of the job's distill stage: the distilled student, its ONNX and
+    (when it passed) int8 files, and the card comparing it with the teacher."""
+    return _archive(service, job_id, None, background, deployable=True)
+
+
 @jobs.get("/{job_id}/pareto", response_model=ParetoView)
 def pareto(job_id: JobId, service: Service) -> ParetoView:
     """The Pareto front of the metric against the job's costs: scored on the test split once
@@ -117,12 +126,12 @@ def pareto(job_id: JobId, service: Service) -> ParetoView:
 
 
 def _archive(service: JobService, job_id: str, trial: int | None,
-             background: BackgroundTasks) -> FileResponse:
+             background: BackgroundTasks, deployable: bool = False) -> FileResponse:
     """The archive is built in a folder of its own, removed once it is sent, or at once when
     the request is refused (FastAPI runs no background task of a failed request)."""
     folder = Path(tempfile.mkdtemp(prefix="automl-archive-"))
     try:
-        archive = service.checkpoint_archive(job_id, folder, trial)
+        archive = service.checkpoint_archive(job_id, folder, trial, deployable)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -105,16 +105,34 @@ class JobService:
                         config=trial.user_attrs.get(keys.CONFIG, {}),
                         test_metrics=study.user_attrs.get(keys.TEST_METRICS, {}))
 
-    def pull(self, job_id: str, out: Path, trial: int | None = None) -> Path:
+    def pull(self, job_id: str, out: Path, trial: int | None = None,
+             deployable: bool = False) -> Path:
         """The published best, or `trial`'s kept checkpoint (a Pareto-front member, one of the
-        best `keep_trials`). A job that has not succeeded has no published best; a study with
-        no job row (written by other means) is looked up by its study alone."""
+        best `keep_trials`), or the deployable model of its distill stage. A job that has not
+        succeeded has no published best; a study with no job row (written by other means) is
+        looked up by its study alone."""
         job = self.store.find(job_id)
+        if deployable:
+            return self._pull_deployable(job_id, job, out)
         if trial is not None:
             return self._pull_trial(job_id, trial, out)
         if job is not None and job.state != "succeeded":
             raise NotReady(f"job {job_id} is {job.state}: it has no published best trial yet")
         return pull(self.studies, self.settings.artifacts_path, job_id, out)
+
+    def _pull_deployable(self, job_id: str, job: Job | None, out: Path) -> Path:
+        study = self._study(job_id)
+        if study is None:
+            self._job(job_id)  # unknown, or not started yet
+            raise NotReady(f"job {job_id} has not started: it has no deployable model yet")
+        record = study.user_attrs.get(keys.DEPLOYABLE)
+        if record is None:
+            spec = job.spec if job is not None else study.user_attrs.get(keys.SPEC, {})
+            why = ("its distill stage has not published one (still running, or it failed: "
+                   f"`automl status {job_id}`)" if spec.get("distill") else
+                   f"it has no distill stage; distill it with `automl distill {job_id}`")
+            raise NotReady(f"job {job_id} has no deployable model: {why}")
+        return pull(self.studies, self.settings.artifacts_path, record["study"], out)
 
     def _pull_trial(self, job_id: str, number: int, out: Path) -> Path:
         study = self._study(job_id)
@@ -170,15 +188,17 @@ class JobService:
         return ParetoView(job=job_id, metric=metric, costs=costs, final=final is not None,
                           members=members)
 
-    def checkpoint_archive(self, job_id: str, folder: Path, trial: int | None = None) -> Path:
-        """The best checkpoint and its reports (or `trial`'s kept one) as a `.tar.gz` in
-        `folder`."""
-        if trial is None:
+    def checkpoint_archive(self, job_id: str, folder: Path, trial: int | None = None,
+                           deployable: bool = False) -> Path:
+        """The best checkpoint and its reports (or `trial`'s kept one, or the deployable model)
+        as a `.tar.gz` in `folder`."""
+        if trial is None and not deployable:
             self.best(job_id)
-        name = job_id if trial is None else f"{job_id}-trial-{trial}"
+        name = (f"{job_id}-deployable" if deployable else job_id if trial is None
+                else f"{job_id}-trial-{trial}")
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                files = self.pull(job_id, Path(tmp) / name, trial)
+                files = self.pull(job_id, Path(tmp) / name, trial, deployable)
             except PullError as error:
                 raise NotReady(str(error)) from error
             archive = folder / f"{name}.tar.gz"

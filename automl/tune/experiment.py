@@ -24,12 +24,12 @@ from automl.search.keys import TrialCounts
 from automl.search.spec import JobSpec
 from automl.settings import Settings
 from automl.tune.bridge import StudyLink, bridge
-from automl.tune.retention import Retention, front_members
+from automl.tune.retention import Keepers, Retention
 from automl.tune.stopper import JobStopper
 from storage.optuna_storage import retry
 from workers.data.index import DatasetIndex
 from workers.errors import last_line
-from workers.model.costs import COSTS_REQUEST
+from workers.model.costs import COSTS, COSTS_REQUEST
 from workers.tune_adapter import run_tune_trial
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,11 @@ def trial_settings(spec: JobSpec, n_classes: int) -> dict[str, Any]:
     epochs, and in a deployment-aware job what to measure its costs for (`workers.model.costs`)."""
     fixed = spec.trial_settings()
     objective = spec.objective
-    if objective.costs_needed:
-        fixed[COSTS_REQUEST] = {"costs": objective.costs_needed, "limits": dict(objective.limits),
+    # a distill stage picks its student by the costs of the search's trials, and its card
+    # compares the teacher's and the student's all (each backbone and size measured once a job)
+    needed = sorted(set(objective.costs_needed) | (set(COSTS) if spec.distill else set()))
+    if needed:
+        fixed[COSTS_REQUEST] = {"costs": needed, "limits": dict(objective.limits),
                                 "target": objective.latency.model_dump(),
                                 "num_classes": n_classes}
     return fixed
@@ -154,10 +157,13 @@ def tracking_callbacks(spec: JobSpec, settings: Settings, link: StudyLink) -> li
 
 
 def retention_for(spec: JobSpec, link: StudyLink) -> Retention:
-    """Keeps the best `keep_trials`, and on a Pareto front every member of it."""
+    """Keeps the best `keep_trials`, on a Pareto front every member of it, and with a distill
+    stage the best trial that fits the student's limits."""
+    keepers = Keepers(bool(spec.objective.front_costs), tuple(spec.distill_limits().items()),
+                      spec.objective.maximize)
     return Retention(link, spec.checkpoints.keep_trials, spec.objective.metric,
                      spec.objective.maximize,
-                     also_keep=front_members if spec.objective.front_costs else None)
+                     also_keep=keepers if keepers.front or keepers.student_limits else None)
 
 
 def heal_checkpoints(trials: list[RayTrial]) -> None:

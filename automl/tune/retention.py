@@ -23,6 +23,7 @@ import logging
 import math
 import shutil
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from ray import tune
 from ray.tune.experiment import Trial as RayTrial
 
 from automl.search import keys
-from automl.search.ranking import best_value, ranked_complete
+from automl.search.ranking import best_fitting, best_value, ranked_complete
 from automl.tune.bridge import StudyLink
 
 log = logging.getLogger(__name__)
@@ -147,3 +148,23 @@ def folders_of(results: Iterable[tune.Result]) -> dict[str, Path]:
 def front_members(study: optuna.Study) -> set[int]:
     """A Pareto-front job's front (Optuna's best trials: non-dominated, feasible first)."""
     return {t.number for t in study.best_trials}
+
+
+@dataclass(frozen=True)
+class Keepers:
+    """What a job keeps beside its best `keep_trials`: its Pareto front, and for a distill stage
+    the best trial that fits the student's limits (the student alone it is compared with).
+    A dataclass, not a closure: Ray pickles the callback that holds it."""
+
+    front: bool = False
+    student_limits: tuple[tuple[str, float], ...] = ()
+    maximize: bool = True
+
+    def __call__(self, study: optuna.Study) -> set[int]:
+        keep = front_members(study) if self.front else set()
+        if self.student_limits:
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            alone = best_fitting(complete, dict(self.student_limits), self.maximize)
+            if alone is not None:
+                keep.add(alone.number)
+        return keep

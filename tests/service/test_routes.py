@@ -36,6 +36,8 @@ def test_submit_then_inspect(client: TestClient, tmp_path: Path,
     assert client.get(f"/jobs/{job['id']}/best/checkpoint").status_code == 409
     assert client.get("/jobs/nope/best/checkpoint").status_code == 404
     assert client.get(f"/jobs/{job['id']}/trials/0/checkpoint").status_code == 409
+    deployable = client.get(f"/jobs/{job['id']}/deployable/checkpoint")
+    assert deployable.status_code == 409 and "has not started" in deployable.json()["detail"]
     assert not list((tmp_path / "tmp").iterdir())  # a refused archive leaves no folder behind
     cancelled = client.post(f"/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
@@ -61,7 +63,8 @@ def test_a_relative_dataset_path_is_refused_over_http(client: TestClient) -> Non
 
 @pytest.mark.parametrize(
     "route", ["GET /jobs/nope", "GET /jobs/nope/trials", "POST /jobs/nope/cancel",
-              "GET /jobs/nope/best", "GET /jobs/nope/best/checkpoint"],
+              "GET /jobs/nope/best", "GET /jobs/nope/best/checkpoint",
+              "GET /jobs/nope/deployable/checkpoint"],
 )
 def test_unknown_job_ids_are_404(client: TestClient, route: str) -> None:
     method, path = route.split()

@@ -50,11 +50,14 @@ def artifact_root(uri: str) -> str | None:
 class JobRuns:
     """One job's runs in one MLflow experiment, found by their tags, each created once."""
 
-    def __init__(self, uri: str, experiment: str, job_id: str) -> None:
+    def __init__(self, uri: str, experiment: str, job_id: str,
+                 parent_job: str | None = None) -> None:
+        """`parent_job`: the job this one is a stage of (its distillation): its run nests in
+        that job's."""
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        self.uri, self.job_id = uri, job_id
+        self.uri, self.job_id, self.parent_job = uri, job_id, parent_job
         self.client: MlflowClient = MlflowClient(tracking_uri=uri)
         self.parent: str | None = None
         self.trials: dict[int, str] = {}  # trial number -> run id
@@ -107,8 +110,13 @@ class JobRuns:
     def start_job(self, params: dict[str, Any]) -> str:
         """The job's parent run: made with the job's settings as params, or reopened."""
         if self.parent is None:
-            run = self.client.create_run(self.experiment_id, run_name=self.job_id,
-                                         tags={JOB_TAG: self.job_id})
+            tags = {JOB_TAG: self.job_id}
+            above = None if self.parent_job is None else next(
+                (r.info.run_id for r in self._search(f"tags.`{JOB_TAG}` = '{self.parent_job}'")
+                 if TRIAL_TAG not in r.data.tags), None)
+            if above is not None:
+                tags[PARENT_TAG] = above
+            run = self.client.create_run(self.experiment_id, run_name=self.job_id, tags=tags)
             self.parent = run.info.run_id
             self.log(self.parent, params=params)
         else:
