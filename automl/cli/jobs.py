@@ -278,6 +278,7 @@ def distill(
 
     settings = settings_from(storage, artifacts, ray_address)
     own_ray_auth(settings.ray_address)
+    from automl.errors import UnknownJob
     from automl.jobs.driver import distill_job
     from storage.jobs import JobStore
 
@@ -289,7 +290,9 @@ def distill(
     for name, value in (("epochs", epochs), ("trials", trials), ("teacher_trial", teacher_trial)):
         if value is not None:
             changes[name] = value
-    row = JobStore(settings.storage_url, connect_seconds=10).get(job)
+    row = JobStore(settings.storage_url, connect_seconds=10).find(job)
+    if row is None:
+        raise UnknownJob(job)
     if row.state != "succeeded":
         fail(f"job {job} is {row.state}: distill a job that succeeded (its best model is the "
              "teacher)")

@@ -203,7 +203,8 @@ def print_outcome(outcome: JobOutcome, metric: str, settings: Any, flags: str,
     t = outcome.timings
     out.print(
         f"orchestration: ray start {t.get('ray_start', 0):.1f}s, database {t.get('database', 0):.1f}s, "
-        f"test evaluation + publish {t.get('publish', 0):.1f}s",
+        f"test evaluation + publish {t.get('publish', 0):.1f}s"
+        + (f", distill stage {t['distill']:.0f}s" if "distill" in t else ""),
         highlight=False,
     )
     out.print(
@@ -224,6 +225,8 @@ def print_deployable(job_id: str, summary: dict[str, Any], flags: str) -> None:
     from automl.jobs.deployable import int8_verdict
 
     out = Console()
+    if not out.is_terminal:  # a log or a pipe: rows on one line each, not wrapped at 80
+        out = Console(width=200)
     limits = ", ".join(f"{k} <= {v:g}" for k, v in summary["limits"].items()) or "none"
     table = Table(title=f"deployable model of {job_id} (student limits: {limits}; latency on "
                   f"{summary['target']})", box=None, pad_edge=False, header_style="bold",

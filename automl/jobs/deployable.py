@@ -87,7 +87,12 @@ def _int8(spec: JobSpec, folder: Path, exported: Any) -> dict[str, Any]:
                               q.calibration, q.max_drop)
     except QuantizeError as error:
         return {"asked": True, "kept": False, "error": str(error)}
-    return {"asked": True, "kept": done.kept, "max_drop": q.max_drop,
+    # an int8 file no faster than the float one on the target is no deployment gain
+    faster = done.speedup > 1
+    if done.kept and not faster:
+        done.path.unlink(missing_ok=True)
+    return {"asked": True, "kept": done.kept and faster, "faster": faster,
+            "max_drop": q.max_drop,
             "drop": round(done.drop, 4), "speedup": round(done.speedup, 3),
             "fp32": {"test_accuracy": done.fp32.accuracy, "latency_ms": done.fp32.latency_ms,
                      "size_mb": round(done.fp32.size_bytes / 1e6, 3)},
@@ -183,8 +188,9 @@ def int8_verdict(int8: dict[str, Any]) -> str:
             f"{int8['calibration_images']} training images)")
     if int8["kept"]:
         return f"int8: model.int8.onnx, {said}."
-    return (f"int8: not published: {said}, more than quantize.max_drop {int8['max_drop']:g}; "
-            "the float model.onnx is the deployable one.")
+    why = (f"more than quantize.max_drop {int8['max_drop']:g}"
+           if int8["drop"] > int8["max_drop"] else "no faster than fp32 on the target")
+    return f"int8: not published: {said}, {why}; the float model.onnx is the deployable one."
 
 
 def _add_to_card(card: Path, section: str) -> None:

@@ -187,9 +187,12 @@ def run_job(
                 outcome = JobOutcome(job_id, "succeeded", counts, best.number, best.values[0],
                                      test)
                 if spec.distill is not None:
+                    timings["publish"] = time.monotonic() - publishing
+                    distilling = time.monotonic()
                     distill(spec, job_id, settings, study, dataset, outcome, lease=lease,
                             cancelled=cancelled, held=held, connect_seconds=connect_seconds)
-            timings["publish"] = time.monotonic() - publishing
+                    timings["distill"] = time.monotonic() - distilling
+            timings.setdefault("publish", time.monotonic() - publishing)
             track_end(runs, study, outcome, settings.runs_path / job_id, spec)
     finally:
         LISTENERS.pop(job_id, None)

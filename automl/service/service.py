@@ -103,7 +103,8 @@ class JobService:
         return BestView(job=job_id, trial=number, objective=job.spec["objective"]["metric"],
                         value=trial.values[0] if trial.values else None,
                         config=trial.user_attrs.get(keys.CONFIG, {}),
-                        test_metrics=study.user_attrs.get(keys.TEST_METRICS, {}))
+                        test_metrics=study.user_attrs.get(keys.TEST_METRICS, {}),
+                        deployable=study.user_attrs.get(keys.DEPLOYABLE))
 
     def pull(self, job_id: str, out: Path, trial: int | None = None,
              deployable: bool = False) -> Path:

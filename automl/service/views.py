@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 # The API's and the dashboard's answer while the database is away: 503, and how many seconds
 # to wait before asking again (a PostgreSQL restart takes a few)
@@ -83,6 +83,9 @@ class BestView(BaseModel):
     value: float | None
     config: dict[str, Any]
     test_metrics: dict[str, Any]
+    deployable: dict[str, Any] | None = Field(
+        None, description="the distill stage's result: its study, the teacher / student alone / "
+        "distilled / int8 comparison; pull it from /jobs/{id}/deployable/checkpoint")
 
 
 class FrontMember(BaseModel):

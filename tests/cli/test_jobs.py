@@ -90,3 +90,26 @@ def test_run_refuses_a_broken_dataset_before_storing_anything(
                 "one_class": "needs at least two class folders"}[damage]
     assert "error: dataset:" in message and expected in message
     assert not (tmp_path / "automl-data").exists()
+
+
+def test_distill_refuses_a_job_that_has_not_succeeded(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(MINIMAL_JOB))
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/jobs.db"
+    submitted = CliRunner().invoke(app, ["submit", str(job), "--storage", storage])
+    assert submitted.exit_code == 0, submitted.output
+    job_id = next(word for word in submitted.output.split() if word.startswith("t-"))
+    queued = CliRunner().invoke(app, ["distill", job_id, "--storage", storage])
+    assert queued.exit_code == 2
+    assert f"job {job_id} is queued: distill a job that succeeded" in queued.output
+    unknown = CliRunner().invoke(app, ["distill", "nope-123456", "--storage", storage])
+    assert unknown.exit_code == 2 and "unknown job id 'nope-123456'" in unknown.output
+
+
+def test_pull_takes_one_model_at_a_time(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["pull", "x-1", "--out", str(tmp_path / "m"), "--trial",
+                                      "1", "--deployable"])
+    assert result.exit_code == 2
+    assert "--trial and --deployable name different models; give one of them" in result.output
