@@ -55,7 +55,8 @@ def test_a_database_outage_is_a_503_with_retry_after(pg_url: str, tmp_path: Path
 def test_openapi_is_served(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/trials", "/jobs/{job_id}/cancel",
-            "/jobs/{job_id}/best", "/jobs/{job_id}/best/checkpoint", "/healthz"} <= set(paths)
+            "/jobs/{job_id}/best", "/jobs/{job_id}/best/checkpoint",
+            "/jobs/{job_id}/deployable/checkpoint", "/healthz"} <= set(paths)
 
 
 def test_unreachable_database_is_refused_at_start_with_its_url() -> None:
@@ -72,7 +73,7 @@ def test_no_500s_anywhere(tmp_path: Path) -> None:
     app = create_app(Settings(home=tmp_path))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 11
+    assert len(operations) == 12
 
     for operation in operations:
 
