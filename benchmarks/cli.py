@@ -312,7 +312,7 @@ def distill(
         "test_resnet,test_efficientnet",
     epochs: Annotated[int, typer.Option(min=1)] = 12,
     img_size: Annotated[int, typer.Option(min=8, help="the teacher's")] = 32,
-    student_size: Annotated[int, typer.Option(min=8, help="the students'")] = 24,
+    student_size: Annotated[int, typer.Option(min=8, help="the students'")] = 16,
 ) -> None:
     """Teacher; each student alone, distilled with consistent and with cached teacher targets, and
     the better distilled one as int8: test accuracy, params, latency, and the teacher's cost."""

@@ -10,7 +10,7 @@ onnxruntime's on one CPU thread at batch 1 (the default deployment target). Each
 states what the teacher cost that student trial: its forward passes and their seconds, beside the
 trial's own training seconds. The teacher is trained from scratch (nothing is downloaded) on
 digits with the hardest policy the engine has (RandAugment), at a larger input than the students'
-(32 px against 24), which keeps small students short of the teacher; at 32 px and basic
+(32 px against 16), which keeps small students short of the teacher; at 32 px and basic
 augmentation every model saturates and there is no gap to close.
 """
 
