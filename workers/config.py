@@ -22,6 +22,9 @@ from workers.errors import UserError
 OPTIMIZERS = ("adamw", "sgd", "adam")
 SCHEDULES = ("cosine", "step", "multistep", "onecycle", "cyclic", "plateau", "constant")
 AUGMENTS = ("none", "basic", "randaugment", "trivialaugment", "autoaugment")
+# how the teacher's signal reaches the student: the teacher run on each augmented student batch,
+# or its logits computed once per training image (the eval crop) before the first epoch
+DISTILL_TARGETS = ("consistent", "cached")
 OBJECTIVES = (
     "val_accuracy",
     "val_loss",
@@ -117,6 +120,7 @@ class TrialConfig:
     teacher: str | None = None  # its checkpoint directory (a trial's best/, an `automl pull`)
     distill_temperature: float = 4.0
     distill_alpha: float = 0.5  # weight of the teacher's term; 1 - alpha weighs the labels'
+    distill_targets: str = "consistent"  # or "cached": one teacher pass per image in all
     # loop
     batch_size: int = 64
     epochs: int = 10
@@ -225,6 +229,7 @@ class TrialConfig:
                               "leave it out to train on the labels alone")
         _within("distill_temperature", self.distill_temperature, 1.0, 20.0)
         _within("distill_alpha", self.distill_alpha, 0.0, 1.0)
+        _choice("distill_targets", self.distill_targets, DISTILL_TARGETS)
         if self.patience is not None:
             _within("patience", self.patience, 1, MAX_EPOCHS)
         _within("seed", self.seed, 0, 2**31 - 1)

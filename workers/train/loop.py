@@ -31,7 +31,14 @@ from workers.predict import load_checkpoint
 from workers.train.augment import batch_mixer, eval_transform, train_transform
 from workers.train.device import Acceleration, pick_device
 from workers.train.device_augment import DEVICE_POLICIES, DeviceAugment
-from workers.train.distill import DistillationLoss, Teacher
+from workers.train.distill import (
+    CachedLogits,
+    DistillationLoss,
+    IndexedImages,
+    IndexedSquares,
+    Teacher,
+    mix_with_teacher,
+)
 from workers.train.evaluation import device_batches, evaluate_model
 from workers.train.optimizer import create_optimizer
 from workers.train.prepared import PreparedData, prepare_data
@@ -183,16 +190,19 @@ class _Run:
             if acceleration.augment_on_device and config.augment in DEVICE_POLICIES
             else None
         )
+        # cached teacher targets: the batches carry their images' positions to look them up
+        cached = teacher is not None and config.distill_targets == "cached"
         self.train_set = (
-            CachedSquares(data.pixels, labels, split["train"])
+            (IndexedSquares if cached else CachedSquares)(data.pixels, labels, split["train"])
             if self.device_augment
-            else CachedImages(
+            else (IndexedImages if cached else CachedImages)(
                 data.pixels, labels, split["train"], train_transform(config, prep.img_size)
             )
         )
         self.val_set = CachedImages(
             data.pixels, labels, split["val"], eval_transform(prep.img_size)
         )
+        self.cached_logits = self._cache_teacher(teacher) if cached and teacher else None
         self.mixer = batch_mixer(config, data.num_classes)
         if self.mixer is not None and config.batch_size % 2:
             raise ConfigError(
@@ -206,6 +216,17 @@ class _Run:
         if teacher is not None:
             self.criterion = DistillationLoss(
                 self.criterion, config.distill_temperature, config.distill_alpha)
+
+    def _cache_teacher(self, teacher: Teacher) -> CachedLogits:
+        """The teacher's logits for every training image, its eval crop: once per trial (again
+        after a restart: they are not checkpointed)."""
+        split = self.data.index.split_indices["train"]
+        crops = CachedImages(self.data.pixels, self.data.index.labels, split,
+                             eval_transform(self.data.preprocessing.img_size))
+        batches = device_batches(self.loader(crops, train=False), self.device,
+                                 self.data.preprocessing, self.acceleration.channels_last)
+        return CachedLogits(teacher, (images for images, _ in batches), len(split),
+                            self.data.num_classes)
 
     def loader(self, dataset: CachedImages, *, train: bool, epoch: int = 0) -> DataLoader[Any]:
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
@@ -245,6 +266,9 @@ class _Run:
         }
         metrics.update(self.evaluate(self.loader(self.val_set, train=False), "val"))
         metrics["epoch_seconds"] = time.perf_counter() - started
+        if self.teacher is not None:  # its cost so far in this run of the trial
+            metrics["teacher_forwards"] = self.teacher.forwards
+            metrics["teacher_seconds"] = self.teacher.seconds
         return metrics
 
     def _train_epoch(self, epoch: int, on_step: StepHook | None) -> tuple[float, int]:
@@ -252,18 +276,25 @@ class _Run:
         loader = self.loader(self.train_set, train=True, epoch=epoch)
         total, seen = torch.zeros((), device=self.device), 0
         for step, (images, targets) in enumerate(self.batches(loader, epoch)):
+            taught = None  # the teacher's logits for the batch, when they are cached
+            if self.cached_logits is not None:
+                targets, taught = targets[:, 0], self.cached_logits(targets[:, 1], self.device)
             soft_targets = targets
-            if self.mixer is not None:
+            if self.mixer is not None and taught is not None:
+                images, soft_targets, taught = mix_with_teacher(
+                    self.mixer, images, targets, taught, self.config.distill_temperature)
+            elif self.mixer is not None:
                 images, soft_targets = self.mixer(images, targets)
             with torch.autocast(
                 self.device.type, torch.bfloat16, enabled=self.acceleration.autocast
             ):
                 logits = self.model(images)
-                loss = (
-                    self.criterion(logits, soft_targets)
-                    if self.teacher is None
-                    else self.criterion(logits, soft_targets, self.teacher(images))
-                )
+                if self.teacher is None:
+                    loss = self.criterion(logits, soft_targets)
+                else:
+                    if taught is None:  # consistent: the teacher sees this very batch
+                        taught = self.teacher(images)
+                    loss = self.criterion(logits, soft_targets, taught)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.clip_grad:

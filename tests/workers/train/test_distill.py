@@ -3,12 +3,15 @@ the loss mixes the task loss with the teacher's softened outputs."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
+from timm.data import Mixup
 
 from workers.config import ConfigError, TrialConfig
 from workers.data.sources import load_index
@@ -16,7 +19,7 @@ from workers.errors import UserError
 from workers.model.preprocessing import Preprocessing
 from workers.predict import LoadedModel, load_checkpoint
 from workers.train.augment import normalize
-from workers.train.distill import DistillationLoss, Teacher
+from workers.train.distill import DistillationLoss, Teacher, mix_with_teacher
 from workers.train.loop import train
 
 STUDENT = Preprocessing(img_size=32, crop_pct=1.0, interpolation="bilinear",
@@ -81,14 +84,65 @@ def test_a_student_trains_against_its_teacher_with_one_teacher_pass_per_batch(
     index = load_index(student.data)
     batches = len(index.split_indices["train"]) // 64  # drop_last
     assert passes == [64] * (2 * batches)  # the teacher costs one pass per student batch
+    assert summary.history[-1]["teacher_forwards"] == 2 * batches
     assert summary.epochs_run == 2 and 0 <= summary.best_metrics["val_accuracy"] <= 1
     assert summary.best_checkpoint is not None  # a plain checkpoint: predicts without the teacher
     assert load_checkpoint(summary.best_checkpoint, torch.device("cpu")).preprocessing.img_size == 24
 
 
+def test_cached_targets_cost_one_teacher_pass_per_training_batch_per_run_of_a_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = {"backbone": "test_resnet", "img_size": 16, "batch_size": 64, "lr": 3e-3, "epochs": 1}
+    teacher_dir = train(TrialConfig.from_dict(tiny), tmp_path / "teacher").best_checkpoint
+    assert teacher_dir is not None
+    passes: list[int] = []
+    real = Teacher.__call__
+
+    def counted(self: Teacher, images: torch.Tensor) -> torch.Tensor:
+        passes.append(len(images))
+        return real(self, images)
+
+    monkeypatch.setattr(Teacher, "__call__", counted)
+    # mixup on: the cached teacher outputs are mixed as the labels are
+    student = TrialConfig.from_dict({**tiny, "epochs": 2, "teacher": str(teacher_dir),
+                                     "distill_targets": "cached", "mixup_alpha": 0.2})
+    images = len(load_index(student.data).split_indices["train"])
+    once = math.ceil(images / 64)
+    summary = train(student, tmp_path / "student", callback=lambda epoch: epoch.epoch == 1)
+    assert summary.epochs_run == 1 and len(passes) == once and sum(passes) == images
+    assert summary.history[-1]["teacher_forwards"] == once
+    # a restart from the checkpoint computes them again, then nothing more for the epoch
+    resumed = train(student, tmp_path / "student", resume=tmp_path / "student" / "latest")
+    assert resumed.epochs_run == 2 and len(passes) == 2 * once
+    assert resumed.history[-1]["teacher_forwards"] == once  # this run's own passes
+    assert 0 <= resumed.best_metrics["val_accuracy"] <= 1
+
+
+def test_cached_teacher_outputs_are_mixed_with_the_labels_lambda_and_partner() -> None:
+    mixer = Mixup(mixup_alpha=0.4, label_smoothing=0.0, num_classes=10)
+    torch.manual_seed(0)
+    images, teacher_logits = torch.rand(8, 3, 8, 8), torch.randn(8, 10) * 3
+    targets = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    np.random.seed(0)
+    plain_images, plain_targets = mixer(images.clone(), targets)
+    np.random.seed(0)
+    mixed_images, soft, taught = mix_with_teacher(mixer, images.clone(), targets, teacher_logits,
+                                                  4.0)
+    torch.testing.assert_close(mixed_images, plain_images)  # the very draws of the mixer
+    torch.testing.assert_close(soft, plain_targets)
+    lam = float(soft[0, 0])
+    assert 0 < lam < 1
+    p = (teacher_logits / 4.0).softmax(1)
+    torch.testing.assert_close((taught / 4.0).softmax(1), lam * p + (1 - lam) * p.flip(0))
+
+
 def test_a_distill_setting_out_of_range_or_a_missing_teacher_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=re.escape("distill_alpha=1.5 must be in [0, 1]")):
         TrialConfig.from_dict({"distill_alpha": 1.5})
+    with pytest.raises(ConfigError, match=re.escape(
+            "distill_targets='soft' is not one of consistent, cached")):
+        TrialConfig.from_dict({"distill_targets": "soft"})
     with pytest.raises(UserError, match="is not a checkpoint directory"):
         train(TrialConfig.from_dict({"backbone": "test_resnet", "img_size": 32, "epochs": 1,
                                      "teacher": str(tmp_path / "nowhere")}), tmp_path / "s")
