@@ -1,4 +1,4 @@
-"""Every private Optuna (and torchvision) name we build on is where we expect it, with the
+"""Every private Optuna (and torchvision, timm) name we build on is where we expect it, with the
 signature we call it with: an upgrade that moves or changes one fails here, naming the symbol,
 instead of somewhere inside a running job or trial."""
 
@@ -15,9 +15,9 @@ from torchvision.transforms import v2
 
 from automl.search import _optuna
 from storage import optuna_storage
-from workers.train import device_augment
+from workers.train import device_augment, distill
 
-CALLABLES = {**_optuna.PRIVATE_NAMES, **optuna_storage.PRIVATE_NAMES}
+CALLABLES = {**_optuna.PRIVATE_NAMES, **optuna_storage.PRIVATE_NAMES, **distill.PRIVATE_NAMES}
 ATTRIBUTES = {**_optuna.PRIVATE_ATTRIBUTES, **optuna_storage.PRIVATE_ATTRIBUTES,
               **device_augment.PRIVATE_ATTRIBUTES}
 

@@ -35,6 +35,10 @@ from workers.data.loaders import CachedImages, CachedSquares
 from workers.model.preprocessing import Preprocessing
 from workers.predict import LoadedModel
 
+# timm's private names this module calls (timm pinned in requirements.lock), checked by
+# tests/search/test_optuna_private_names.py: the draw Mixup.__call__ makes, without its labels
+PRIVATE_NAMES: dict[str, tuple[str, ...]] = {"timm.data.mixup.Mixup._mix_batch": ("self", "x")}
+
 
 class Teacher:
     """A loaded checkpoint, frozen, answering logits for student-normalized batches."""
