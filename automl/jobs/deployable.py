@@ -173,6 +173,10 @@ def comparison_section(summary: dict[str, Any]) -> str:
             f"{cell(row.get('img_size'))} | {cell(row.get('val'))} | "
             f"{cell(row.get('test_accuracy'))} | {cell(row.get('params_m'), '.3g')} | "
             f"{cell(row.get('macs_g'), '.3g')} | {cell(row.get('latency_ms'), '.3g')} |")
+    teacher, alone = summary["rows"][0], summary["rows"][1]
+    if alone.get("trial") is not None and alone["trial"] == teacher["trial"]:
+        lines += ["", "The search's best model already fits the limits: the student is its own "
+                  "architecture, taught by it (born-again distillation)."]
     lines += ["", int8_verdict(summary["int8"]), ""]
     return "\n".join(lines)
 

@@ -72,15 +72,26 @@ def check_students(spec: JobSpec, n_classes: int) -> None:
     size = spec.search_space().smallest_img_size()
     named = spec.distill.students
     if named is None:
-        cheapest = min(spec.search_space().backbones(),
-                       key=lambda b: static_costs(b, size, n_classes)[1])
-        _refuse_over(spec, cheapest, size, n_classes, limits,
+        _refuse_over(spec, cheapest_backbone(spec, n_classes), size, n_classes, limits,
                      fix="raise the limit, add a smaller backbone to space.backbone, or name "
                      "a student")
         return
     for backbone in named:
         _refuse_over(spec, backbone, size, n_classes, limits,
                      fix="name a smaller student or raise the limit")
+
+
+def cheapest_backbone(spec: JobSpec, n_classes: int) -> str:
+    """The space's backbone with the fewest MACs among those whose parameters and MACs (counted,
+    not run) meet the stage's limits; the fewest MACs of all when none does."""
+    size = spec.search_space().smallest_img_size()
+    static = {k: v for k, v in spec.distill_limits().items() if k in ("params_m", "macs_g")}
+    counted = []
+    for backbone in spec.search_space().backbones():
+        params_m, macs_g, _ = static_costs(backbone, size, n_classes)
+        counted.append((backbone, {"params_m": params_m, "macs_g": macs_g}))
+    fitting = [c for c in counted if not broken_limits(c[1], static)] or counted
+    return min(fitting, key=lambda c: c[1]["macs_g"])[0]
 
 
 def _refuse_over(spec: JobSpec, backbone: str, size: int | None, n_classes: int,
@@ -112,8 +123,7 @@ def choose_student(spec: JobSpec, study: optuna.Study, n_classes: int) -> Studen
             alone = None  # a student alone is the same backbone, or there is none to compare
         return Student(named, size, {}, alone)
     if alone is None:
-        cheapest = min(space.backbones(), key=lambda b: static_costs(b, size, n_classes)[1])
-        return Student((cheapest,), size, {}, None)
+        return Student((cheapest_backbone(spec, n_classes),), size, {}, None)
     config = alone.user_attrs.get(keys.CONFIG, {})
     fields = {f.name for f in dataclasses.fields(TrialConfig)}
     recipe = {k: v for k, v in config.items()

@@ -196,3 +196,15 @@ def test_a_distill_section_that_cannot_run_is_refused_naming_the_field(
     with pytest.raises(SpecError) as refused:
         parse_spec(job(distill=distill))
     assert message in str(refused.value)
+
+
+def test_auto_falls_back_on_the_cheapest_backbone_that_fits_not_the_fewest_macs() -> None:
+    """test_convnext has the fewest MACs at 32 px but 0.21 M parameters: under a 0.15 M limit
+    the student is test_efficientnet (0.10 M)."""
+    from automl.jobs.distill import cheapest_backbone, check_students
+
+    backbones = [TEACHER, STUDENT, "test_convnext.r160_in1k"]
+    spec = parse_spec(job(space={**job()["space"], "backbone": backbones},
+                          distill={"limits": {"params_m": 0.15}}))
+    assert cheapest_backbone(spec, 10) == STUDENT
+    check_students(spec, 10)  # not refused: one backbone fits
