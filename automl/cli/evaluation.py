@@ -33,7 +33,6 @@ def evaluate(
     """Evaluate a checkpoint: accuracy, precision/recall/F1, AUROC, per-class scores,
     calibration (ECE, temperature) and robustness to corruptions."""
     from workers.evaluate.dataset import SPLIT_CHOICES
-    from workers.evaluate.html import write_html
     from workers.evaluate.report import evaluate as run_evaluation
 
     if split is not None and split not in SPLIT_CHOICES:
@@ -47,6 +46,8 @@ def evaluate(
         report = run_evaluation(checkpoint, dataset, split, seed=seed, corruptions=corruptions)
     document = report.to_dict()
     if html is not None:
+        from workers.evaluate.html import write_html  # matplotlib: only for a page
+
         write_html(document, html)
     if as_json:
         sys.stdout.write(json.dumps(document) + "\n")
@@ -85,9 +86,21 @@ def _summary(report: dict[str, Any]) -> None:
               if cal["temperature"] is not None else f"temperature {cal['fitted_on']}",
               highlight=False, soft_wrap=True)
     if rob is not None:
+        _robustness(rob)
         worst = ", ".join(f"{name} {rob['relative_drop'][name]:.1%}" for name in rob["worst"][:3])
         out.print(f"worst corruptions (relative accuracy drop): {worst}", highlight=False,
                   soft_wrap=True)
+
+
+def _robustness(rob: dict[str, Any]) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    severities = rob["severities"]
+    for name in ["corruption", *(f"acc s{s}" for s in severities), "drop"]:
+        table.add_column(name)
+    accuracy = {(r["corruption"], r["severity"]): r["accuracy"] for r in rob["results"]}
+    for name, drop in rob["relative_drop"].items():
+        table.add_row(name, *(_number(accuracy[(name, s)]) for s in severities), f"{drop:.1%}")
+    out.print(table)
 
 
 def _number(value: float | None) -> str:

@@ -70,7 +70,8 @@ def validation_for(loaded: LoadedModel, evaluated: Selection) -> tuple[Selection
         val = _val_of(evaluated)
         if val is None:
             return None, "not fitted: the checkpoint's dataset has no val images"
-        return val, "the checkpoint's own val split"
+        same = " (the evaluated images themselves)" if evaluated.split == "val" else ""
+        return val, f"the checkpoint's own val split{same}"
     try:
         own = select(loaded, None, "val")
     except UserError:  # its dataset is not here (a pulled model): the evaluated one's val
@@ -85,7 +86,10 @@ def validation_for(loaded: LoadedModel, evaluated: Selection) -> tuple[Selection
 
 
 def model_labels(index: DatasetIndex, classes: list[str], source: str) -> np.ndarray:
-    """Each image's label as the model's class id; a class the model does not know is refused."""
+    """Each image's label as the model's class id; a class the model does not know is refused.
+
+    The refusal names the class, unlike a `DatasetError`: `automl evaluate` reads the user's
+    own files on their machine, and a job evaluating its own dataset never meets it."""
     lookup = {name: i for i, name in enumerate(classes)}
     unknown = [name for name in index.classes if name not in lookup]
     if unknown:

@@ -73,6 +73,17 @@ def test_another_dataset_is_matched_by_class_name_and_read_whole(tmp_path: Path)
     assert len(select(loaded, str(tmp_path / "one"))) == 4  # a class of one image is fine
 
 
+def test_a_csv_manifest_is_matched_by_class_name(tmp_path: Path) -> None:
+    images = digits_folder(tmp_path / "images", ["5", "9"], per_class=4)
+    rows = [f"{p.relative_to(tmp_path)},{p.parent.name}" for p in sorted(images.rglob("*.png"))]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    selection = select(stand_in(), str(tmp_path / "labels.csv"))
+    assert selection.split == "all" and len(selection) == 8
+    assert sorted(selection.labels[selection.indices].tolist()) == [5] * 4 + [9] * 4
+    assert validation_for(stand_in(), select(stand_in(), None, "val"))[1] == (
+        "the checkpoint's own val split (the evaluated images themselves)")
+
+
 def test_a_dataset_with_its_own_split_folders_is_evaluated_on_its_test_folder(
     tmp_path: Path,
 ) -> None:
