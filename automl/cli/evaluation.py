@@ -54,20 +54,20 @@ def evaluate(
         return
     _summary(document)
     if html is not None:
-        out.print(f"wrote {html}", highlight=False, soft_wrap=True)
+        out.print(f"wrote {html}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _summary(report: dict[str, Any]) -> None:
     out.print(
         f"{report['backbone']} on {report['dataset']}, split {report['split']}: "
         f"{report['images']} images, {len(report['classes'])} classes, "
-        f"{report['seconds']:.1f}s", highlight=False, soft_wrap=True,
+        f"{report['seconds']:.1f}s", highlight=False, markup=False, soft_wrap=True,
     )
     if report["absent_classes"]:
         absent = report["absent_classes"]
         out.print(f"no images of {len(absent)} of the model's classes: "
                   f"{', '.join(absent[:20])}{' ...' if len(absent) > 20 else ''}",
-                  highlight=False, soft_wrap=True)
+                  highlight=False, markup=False, soft_wrap=True)
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("metric", "value"):
         table.add_column(name)
@@ -84,12 +84,12 @@ def _summary(report: dict[str, Any]) -> None:
     out.print(table)
     out.print(f"temperature fitted on {cal['fitted_on']}"
               if cal["temperature"] is not None else f"temperature {cal['fitted_on']}",
-              highlight=False, soft_wrap=True)
+              highlight=False, markup=False, soft_wrap=True)
     if rob is not None:
         _robustness(rob)
         worst = ", ".join(f"{name} {rob['relative_drop'][name]:.1%}" for name in rob["worst"][:3])
         out.print(f"worst corruptions (relative accuracy drop): {worst}", highlight=False,
-                  soft_wrap=True)
+                  markup=False, soft_wrap=True)
 
 
 def _robustness(rob: dict[str, Any]) -> None:

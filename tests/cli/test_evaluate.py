@@ -44,10 +44,11 @@ def test_the_summary_json_and_html_of_one_evaluation(checkpoint: Path, tmp_path:
     assert "temperature fitted on the checkpoint's own val split" in text
     assert "corruption" not in text  # --no-corruptions
 
-    new = digits_folder(tmp_path / "new", ["0", "9"], per_class=5)
+    new = digits_folder(tmp_path / "new [bold]data", ["0", "9"], per_class=5)
     code, stdout, stderr = run("--checkpoint", str(checkpoint), "--dataset", str(new))
     assert code == 0, stderr
     text = " ".join(stdout.split())
+    assert f"on {new}, split all" in text  # printed as it is, not read as rich markup
     assert "split all: 10 images" in text
     assert "no images of 8 of the model's classes: 1, 2, 3, 4, 5, 6, 7, 8" in text
     assert "worst corruptions (relative accuracy drop):" in text

@@ -5,7 +5,7 @@ severities.
 | corruption | severity 1, 2, 3 |
 | --- | --- |
 | gaussian_noise | sigma 0.08, 0.18, 0.38 of the pixel range (ImageNet-C's severities 1, 3, 5) |
-| gaussian_blur | sigma 1, 2, 3 px at 224 px, scaled with the crop's side (at least 0.4 of it) |
+| gaussian_blur | sigma 1, 2, 3 px times max(crop side / 224, 0.4): 1, 2, 3 px at 224 px |
 | brightness | + 0.1, 0.3, 0.5 of the pixel range (ImageNet-C's 1, 3, 5, there on HSV value) |
 | contrast | distance from the mean grey times 0.4, 0.2, 0.05 (ImageNet-C's 1, 3, 5) |
 | jpeg | JPEG quality 25, 15, 7 (ImageNet-C's 1, 3, 5) |

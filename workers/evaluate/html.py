@@ -99,7 +99,7 @@ def _robustness(rob: dict[str, Any]) -> list[str]:
 
 def _confusion(report: dict[str, Any]) -> Figure:
     classes = report["classes"]
-    size = max(4.0, 0.45 * len(classes) + 2)
+    size = min(max(4.0, 0.45 * len(classes) + 2), 14.0)  # 1000 classes: still a picture
     fig, ax = plt.subplots(figsize=(size, size), dpi=100)
     matrix = report["confusion_matrix"]
     ax.imshow(matrix, cmap="Blues")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,9 @@ def evaluate(
     )
 
 
-def _robustness(clean_accuracy: float, seed: int, score: Any) -> dict[str, Any]:
+def _robustness(
+    clean_accuracy: float, seed: int, score: Callable[[Corrupter], dict[str, float]]
+) -> dict[str, Any]:
     """Scores per corruption and severity; the relative accuracy drop per corruption (mean
     over severities) and over all corruptions."""
     results = []

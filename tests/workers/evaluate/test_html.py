@@ -58,12 +58,16 @@ def test_the_page_is_written_whole_and_escapes_what_the_data_names(
 ) -> None:
     target = tmp_path / "report.html"
     target.write_text("an older report")
-    odd = {**report, "dataset": "<script>alert(1)</script>", "robustness": None}
+    unfitted = {**report["calibration"], "temperature": None, "ece_calibrated": None,
+                "nll_calibrated": None, "bins_calibrated": None, "fitted_on": "not fitted: no val"}
+    odd = {**report, "dataset": "<script>alert(1)</script>", "robustness": None,
+           "calibration": unfitted}
     write_html(odd, target)
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no partial file left
     text = target.read_text()
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert text.count("<img") == 4 and "Robustness" not in text
+    assert "not fitted: no val" in text and "ECE at the temperature" not in text
     assert render(odd) == text
     with pytest.raises(KeyError):
         write_html({"backbone": "a report with no more in it"}, target)
