@@ -23,6 +23,7 @@ from workers.evaluate.corruptions import CORRUPTIONS, SEVERITIES
 from workers.evaluate.dataset import select
 from workers.evaluate.predictions import decoded_pixels, predict
 from workers.evaluate.report import evaluate, relative_drop
+from workers.model.hub import write_hub_folder
 from workers.predict import load_checkpoint
 
 
@@ -70,6 +71,16 @@ def test_calibration_and_robustness_hold_together(report: dict[str, Any]) -> Non
              if r["corruption"] == "gaussian_noise"}
     assert noise[3] < rob["clean_accuracy"]
     json.dumps(report, allow_nan=False)  # plain JSON: NaN became null
+
+
+def test_a_pulled_model_folder_evaluates_the_same(
+    checkpoint: Path, report: dict[str, Any], tmp_path: Path
+) -> None:
+    pulled = write_hub_folder(checkpoint, tmp_path / "model")  # what `automl pull` writes
+    got = evaluate(pulled, corruptions=False, device=torch.device("cpu")).to_dict()
+    assert got["metrics"] == pytest.approx(report["metrics"], abs=1e-5)
+    assert got["calibration"]["temperature"] == pytest.approx(
+        report["calibration"]["temperature"], rel=1e-4)
 
 
 def test_another_dataset_without_corruptions(checkpoint: Path, tmp_path: Path) -> None:
