@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from automl.cli import jobs, models, serve
+from automl.cli import evaluation, jobs, models, serve
 from automl.cli.common import Commands
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command()(jobs.distill)
 app.command("train-one")(models.train_one)
 app.command()(models.predict)
 app.command()(models.export)
+app.command()(evaluation.evaluate)
 app.command()(serve.serve)
 app.command()(serve.dashboard)
 app.command()(serve.runner)

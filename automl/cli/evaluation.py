@@ -1,0 +1,107 @@
+"""`automl evaluate`: one report on a checkpoint (scores, calibration, robustness), as a table,
+JSON or a self-contained HTML page (workers/evaluate)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from automl.cli.common import err, fail, out
+
+
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint directory (automl pull)")],
+    dataset: Annotated[str | None, typer.Option(
+        help="ImageFolder dir, CSV manifest, parquet/arrow or builtin:digits, labels matched "
+        "to the model's classes by name (default: the checkpoint's own dataset)")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="test, val, train or all (default: test where the dataset has one, else all)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print the whole report as one JSON document")] = False,
+    html: Annotated[Path | None, typer.Option(
+        help="also write the report as a self-contained HTML page")] = None,
+    seed: Annotated[int, typer.Option(help="the corruptions' random seed")] = 0,
+    corruptions: Annotated[bool, typer.Option(
+        "--corruptions/--no-corruptions", help="score the corruption suite too")] = True,
+) -> None:
+    """Evaluate a checkpoint: accuracy, precision/recall/F1, AUROC, per-class scores,
+    calibration (ECE, temperature) and robustness to corruptions."""
+    from workers.evaluate.dataset import SPLIT_CHOICES
+    from workers.evaluate.report import evaluate as run_evaluation
+
+    if split is not None and split not in SPLIT_CHOICES:
+        fail(f"--split {split!r} is not a split; use one of {', '.join(SPLIT_CHOICES)}")
+    if html is not None:
+        if html.is_dir():
+            fail(f"--html {html} is a directory; give a file name such as {html / 'report.html'}")
+        if not html.parent.is_dir():
+            fail(f"--html {html}: folder {html.parent} does not exist; create it first")
+    with err.status("evaluating", spinner="dots"):
+        report = run_evaluation(checkpoint, dataset, split, seed=seed, corruptions=corruptions)
+    document = report.to_dict()
+    if html is not None:
+        from workers.evaluate.html import write_html  # matplotlib: only for a page
+
+        write_html(document, html)
+    if as_json:
+        sys.stdout.write(json.dumps(document) + "\n")
+        return
+    _summary(document)
+    if html is not None:
+        out.print(f"wrote {html}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _summary(report: dict[str, Any]) -> None:
+    out.print(
+        f"{report['backbone']} on {report['dataset']}, split {report['split']}: "
+        f"{report['images']} images, {len(report['classes'])} classes, "
+        f"{report['seconds']:.1f}s", highlight=False, markup=False, soft_wrap=True,
+    )
+    if report["absent_classes"]:
+        absent = report["absent_classes"]
+        out.print(f"no images of {len(absent)} of the model's classes: "
+                  f"{', '.join(absent[:20])}{' ...' if len(absent) > 20 else ''}",
+                  highlight=False, markup=False, soft_wrap=True)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("metric", "value"):
+        table.add_column(name)
+    for name, value in report["metrics"].items():
+        table.add_row(name, _number(value))
+    cal = report["calibration"]
+    table.add_row("ece", _number(cal["ece"]))
+    if cal["temperature"] is not None:
+        table.add_row("temperature", _number(cal["temperature"]))
+        table.add_row("ece at temperature", _number(cal["ece_calibrated"]))
+    rob = report["robustness"]
+    if rob is not None:
+        table.add_row("mean corruption drop", _number(rob["mean_relative_drop"]))
+    out.print(table)
+    out.print(f"temperature fitted on {cal['fitted_on']}"
+              if cal["temperature"] is not None else f"temperature {cal['fitted_on']}",
+              highlight=False, markup=False, soft_wrap=True)
+    if rob is not None:
+        _robustness(rob)
+        worst = ", ".join(f"{name} {rob['relative_drop'][name]:.1%}" for name in rob["worst"][:3])
+        out.print(f"worst corruptions (relative accuracy drop): {worst}", highlight=False,
+                  markup=False, soft_wrap=True)
+
+
+def _robustness(rob: dict[str, Any]) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    severities = rob["severities"]
+    for name in ["corruption", *(f"acc s{s}" for s in severities), "drop"]:
+        table.add_column(name)
+    accuracy = {(r["corruption"], r["severity"]): r["accuracy"] for r in rob["results"]}
+    for name, drop in rob["relative_drop"].items():
+        table.add_row(name, *(_number(accuracy[(name, s)]) for s in severities), f"{drop:.1%}")
+    out.print(table)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

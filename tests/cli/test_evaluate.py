@@ -1,0 +1,90 @@
+"""`automl evaluate`: a summary table, one JSON document, an HTML page; bad input is one line,
+exit code 2, and nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from automl.cli import app
+from tests.workers.evaluate.test_dataset import digits_folder
+from tests.workers.evaluate.tiny import train_tiny
+
+
+@pytest.fixture(scope="module")
+def checkpoint(isolated_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("tiny-trial"))
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["evaluate", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_the_summary_json_and_html_of_one_evaluation(checkpoint: Path, tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    code, stdout, stderr = run("--checkpoint", str(checkpoint), "--json", "--html", str(page),
+                               "--seed", "4")
+    assert code == 0, stderr
+    report = json.loads(stdout)  # one JSON document, nothing else on stdout
+    assert report["split"] == "test" and report["robustness"]["seed"] == 4
+    assert page.read_text().count("data:image/png;base64,") == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+    code, stdout, stderr = run("--checkpoint", str(checkpoint), "--no-corruptions")
+    assert code == 0, stderr
+    text = " ".join(stdout.split())
+    assert f"accuracy {report['metrics']['accuracy']:.4f}" in text
+    assert f"f1_macro {report['metrics']['f1_macro']:.4f}" in text
+    assert f"ece at temperature {report['calibration']['ece_calibrated']:.4f}" in text
+    assert "temperature fitted on the checkpoint's own val split" in text
+    assert "corruption" not in text  # --no-corruptions
+
+    new = digits_folder(tmp_path / "new [bold]data", ["0", "9"], per_class=5)
+    code, stdout, stderr = run("--checkpoint", str(checkpoint), "--dataset", str(new))
+    assert code == 0, stderr
+    text = " ".join(stdout.split())
+    assert f"on {new}, split all" in text  # printed as it is, not read as rich markup
+    assert "split all: 10 images" in text
+    assert "no images of 8 of the model's classes: 1, 2, 3, 4, 5, 6, 7, 8" in text
+    assert "worst corruptions (relative accuracy drop):" in text
+    assert "mean corruption drop" in text
+
+
+def test_bad_input_is_one_line_exit_2_and_nothing_written(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    page = tmp_path / "out" / "report.html"
+    page.parent.mkdir()
+
+    def refused(*args: str) -> str:
+        code, stdout, stderr = run("--html", str(page), *args)
+        assert code == 2, (stdout, stderr)
+        assert "Traceback" not in stderr and stdout == ""
+        assert len(stderr.strip().splitlines()) == 1, stderr
+        assert list(page.parent.iterdir()) == []
+        return " ".join(stderr.split())
+
+    (tmp_path / "not-a-model").mkdir()
+    assert "is not a checkpoint directory" in refused("--checkpoint", str(tmp_path / "not-a-model"))
+    ckpt = ("--checkpoint", str(checkpoint))
+    (tmp_path / "empty").mkdir()
+    assert "has no class folders" in refused(*ckpt, "--dataset", str(tmp_path / "empty"))
+    unknown = digits_folder(tmp_path / "unknown", ["3"], per_class=3)
+    shutil.copytree(unknown / "3", unknown / "dog")
+    assert "class 'dog' is not one of the model's 10 classes" in refused(
+        *ckpt, "--dataset", str(unknown))
+    broken = digits_folder(tmp_path / "broken", ["1", "2"], per_class=3)
+    (broken / "2" / "zz.png").write_bytes(b"not a png at all")
+    assert "zz.png" in refused(*ckpt, "--dataset", str(broken), "--no-corruptions")
+    assert "--split 'everything' is not a split" in refused(*ckpt, "--split", "everything")
+    assert "has no test images; use --split all" in refused(
+        *ckpt, "--dataset", str(unknown.parent / "broken"), "--split", "test")
+    code, _, stderr = run(*ckpt, "--html", str(page.parent))
+    assert code == 2 and "is a directory; give a file name" in stderr
+    code, _, stderr = run(*ckpt, "--html", str(tmp_path / "nowhere" / "r.html"))
+    assert code == 2 and "does not exist; create it first" in stderr
