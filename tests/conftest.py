@@ -30,24 +30,6 @@ if _WORKER:
     atexit.register(shutil.rmtree, _tmp, ignore_errors=True)
 
 
-# seconds a whole-job test takes, against a fraction of one for the others: what orders files
-SLOW_SECONDS, QUICK_SECONDS = 60.0, 0.2
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with the most whole-job work first. `--dist loadfile` gives each file to one worker
-    as xdist hands them out in collection order (`--no-loadscope-reorder`: not xdist's own order,
-    by number of tests, which puts the few long fault tests last): started last, the longest
-    file would run alone at the end while the other worker idles. Longest first keeps both
-    workers busy to the end. Within a file, the order is kept."""
-    weight: dict[Path, float] = {}
-    for item in items:
-        slow = item.get_closest_marker("slow") is not None
-        weight[item.path] = weight.get(item.path, 0.0) + (SLOW_SECONDS if slow else QUICK_SECONDS)
-    order = {id(item): position for position, item in enumerate(items)}
-    items.sort(key=lambda item: (-weight[item.path], order[id(item)]))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Digits and decoded images go to a per-session cache, never the user's ~/.cache."""
