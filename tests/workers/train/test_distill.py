@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,10 +65,9 @@ def test_the_loss_is_the_task_loss_at_alpha_zero_and_the_soft_term_alone_at_one(
     torch.testing.assert_close(half, expected)
 
 
-def test_a_student_trains_against_its_teacher_with_one_teacher_pass_per_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    tiny = {"backbone": "test_resnet", "img_size": 32, "batch_size": 64, "lr": 3e-3, "epochs": 1}
+def counted_teacher(tiny: dict[str, Any], tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[int]]:
+    """A teacher trained on `tiny`, and the batch size of each teacher pass from now on."""
     teacher_dir = train(TrialConfig.from_dict(tiny), tmp_path / "teacher").best_checkpoint
     assert teacher_dir is not None
     passes: list[int] = []
@@ -78,6 +78,14 @@ def test_a_student_trains_against_its_teacher_with_one_teacher_pass_per_batch(
         return real(self, images)
 
     monkeypatch.setattr(Teacher, "__call__", counted)
+    return teacher_dir, passes
+
+
+def test_a_student_trains_against_its_teacher_with_one_teacher_pass_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = {"backbone": "test_resnet", "img_size": 32, "batch_size": 64, "lr": 3e-3, "epochs": 1}
+    teacher_dir, passes = counted_teacher(tiny, tmp_path, monkeypatch)
     student = TrialConfig.from_dict({**tiny, "img_size": 24, "epochs": 2,
                                      "teacher": str(teacher_dir), "distill_alpha": 0.7})
     summary = train(student, tmp_path / "student")
@@ -94,16 +102,7 @@ def test_cached_targets_cost_one_teacher_pass_per_training_batch_per_run_of_a_tr
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tiny = {"backbone": "test_resnet", "img_size": 16, "batch_size": 64, "lr": 3e-3, "epochs": 1}
-    teacher_dir = train(TrialConfig.from_dict(tiny), tmp_path / "teacher").best_checkpoint
-    assert teacher_dir is not None
-    passes: list[int] = []
-    real = Teacher.__call__
-
-    def counted(self: Teacher, images: torch.Tensor) -> torch.Tensor:
-        passes.append(len(images))
-        return real(self, images)
-
-    monkeypatch.setattr(Teacher, "__call__", counted)
+    teacher_dir, passes = counted_teacher(tiny, tmp_path, monkeypatch)
     # mixup on: the cached teacher outputs are mixed as the labels are
     student = TrialConfig.from_dict({**tiny, "epochs": 2, "teacher": str(teacher_dir),
                                      "distill_targets": "cached", "mixup_alpha": 0.2})
