@@ -33,7 +33,12 @@ from ray import tune
 from sqlalchemy.orm import Session
 
 from automl.errors import PublishError
-from automl.jobs.report import model_card_body, write_confusion_png, write_hub_card
+from automl.jobs.report import (
+    model_card_body,
+    write_confusion_png,
+    write_evaluation,
+    write_hub_card,
+)
 from automl.search import keys
 from automl.search._optuna import storage_of, study_id
 from automl.search.keys import TrialCounts
@@ -98,19 +103,27 @@ def write_model_folder(
     card's text."""
     test = dict(test)
     classes = test.pop("classes", None)
+    evaluation = test.pop("evaluation", None)
     scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
     config = trial.user_attrs.get(keys.CONFIG, {})
+    calibration = (evaluation or {}).get("calibration") or {}
     write_hub_folder(checkpoint, out, {"job": job_id, "trial": trial.number,
                                        "objective": objective, "test_metrics": scalars,
-                                       "costs": trial.user_attrs.get(keys.COSTS)})
+                                       "costs": trial.user_attrs.get(keys.COSTS),
+                                       "temperature": calibration.get("temperature")})
     if classes is not None and "test_confusion_matrix" in test:
         write_confusion_png(test["test_confusion_matrix"], classes, out / "confusion_matrix.png")
+    if evaluation is not None:
+        # named as users know it, not by the folder it was scored from
+        evaluation = {**evaluation, "checkpoint": f"{job_id} trial {trial.number}",
+                      "dataset": dataset}
+        write_evaluation(evaluation, out)
     body = model_card_body(
         job_id=job_id, trial_number=trial.number, config=config, dataset=dataset,
         classes=classes or json.loads((out / "automl.json").read_text())["classes"],
         val_value=float(trial.values[0]) if trial.values else float("nan"),
         objective=objective, test_metrics=scalars, counts=counts,
-        costs=trial.user_attrs.get(keys.COSTS),
+        costs=trial.user_attrs.get(keys.COSTS), evaluation=evaluation,
     )
     write_hub_card(out / "README.md", body, job_id=job_id, config=config, dataset=dataset,
                    test_metrics=scalars)

@@ -143,7 +143,8 @@ def test_a_full_artifact_store_publishes_nothing_and_a_resume_publishes_it_whole
     assert published.resumed.state == "succeeded", published.resumed.error
     manifest = published.manifest()
     assert {"model.safetensors", "config.json", "automl.json", "README.md",
-            "confusion_matrix.png"} == set(manifest)
+            "confusion_matrix.png", "evaluation.json", "evaluation.html", "reliability.png",
+            "robustness.png"} == set(manifest)
     listed = {m.filename: m.artifact_id for m in get_all_artifact_meta(published.study())}
     assert listed == {name: f["artifact_id"] for name, f in manifest.items()}
     assert published.blobs() == set(listed.values())

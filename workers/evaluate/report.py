@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from workers.data.index import DatasetIndex
 from workers.evaluate import calibration, metrics
 from workers.evaluate.corruptions import CORRUPTIONS, SEVERITIES, Corrupter
 from workers.evaluate.dataset import select, validation_for
@@ -52,12 +53,14 @@ def evaluate(
     corruptions: bool = True,
     batch_size: int = 128,
     device: torch.device | None = None,
+    index: DatasetIndex | None = None,
 ) -> Report:
     """Evaluate `checkpoint` on `split` of `source` (None: its own dataset); see the package's
-    docstring for which images that means."""
+    docstring for which images that means. `index`: the checkpoint's own dataset as its job
+    indexed it (a job scoring its published model), not indexed again."""
     started = time.perf_counter()
     loaded = load_checkpoint(checkpoint, device)
-    selection = select(loaded, source, split)
+    selection = select(loaded, source, split, index)
     pixels = decoded_pixels(loaded, selection)
     clean = predict(loaded, selection, pixels, batch_size=batch_size)
     val_selection, fitted_on = validation_for(loaded, selection)
