@@ -213,6 +213,14 @@ class StrategySpec(_Strict):
         return self
 
 
+class EvaluationSpec(_Strict):
+    """The evaluation every published model gets on the test split (`automl evaluate`'s)."""
+
+    corruptions: bool = Field(True, description="score the corruption suite too (18 more passes "
+                              "over the test split)")
+    seed: int = Field(0, ge=0, description="the corruptions' random seed")
+
+
 class QuantizeSpec(_Strict):
     """int8 for the deployable student: onnxruntime static quantization, kept only when it loses
     at most `max_drop` of test accuracy against the float student (`workers.quantize`)."""
@@ -288,6 +296,7 @@ class JobSpec(_Strict):
     checkpoints: CheckpointsSpec = CheckpointsSpec()
     tracking: TrackingSpec = TrackingSpec()
     space: dict[str, Any] = Field(default_factory=dict)
+    evaluation: EvaluationSpec = EvaluationSpec()
     distill: DistillSpec | None = None
     quantize: QuantizeSpec = QuantizeSpec()
 

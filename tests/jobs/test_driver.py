@@ -53,7 +53,7 @@ def run(tmp: Path, database_url: str | None = None, **changes: Any) -> Ran:
 @pytest.fixture(scope="module")
 def sqlite_job(tmp_path_factory: pytest.TempPathFactory) -> Ran:
     tmp = tmp_path_factory.mktemp("sqlite")
-    return run(tmp, checkpoints={"keep_trials": 1},
+    return run(tmp, checkpoints={"keep_trials": 1}, evaluation={"corruptions": True, "seed": 3},
                tracking={"mlflow": f"sqlite:///{tmp}/mlflow.db", "experiment": "digits"})
 
 
@@ -231,6 +231,7 @@ def test_pulled_checkpoint_predicts_with_the_recorded_test_accuracy(
     assert evaluation["metrics"]["accuracy"] == pytest.approx(recorded)
     assert evaluation["checkpoint"] == f"{job_id} trial {sqlite_job.outcome.best_trial}"
     assert evaluation["split"] == "test" and evaluation["images"] == measured["test_images"]
+    assert evaluation["robustness"]["seed"] == 3  # the job's evaluation settings
     drop = evaluation["robustness"]["mean_relative_drop"]
     assert drop == sqlite_job.outcome.test_metrics["test_mean_corruption_drop"]
     temperature = evaluation["calibration"]["temperature"]
