@@ -27,7 +27,7 @@ from workers.train.augment import eval_transform, normalize
 
 DEFAULT_K = 12
 OVERLAY_PX = 96  # the overlay's shorter side at least: a 32-px crop is seen
-BLEND = 0.45  # the heatmap's weight in the overlay
+BLEND = 0.6  # the heatmap's weight in the overlay where it is hottest (0 where cold)
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,15 @@ def crops(loaded: LoadedModel, pixels: np.ndarray, dataset_indices: np.ndarray) 
 
 
 def overlay_png(crop: np.ndarray, heat: np.ndarray) -> str:
-    """A uint8 CHW crop with an (H, W) heatmap in [0, 1] blended in (jet), as a base64 PNG."""
+    """A uint8 CHW crop with an (H, W) heatmap in [0, 1] blended in (jet, weighted by the
+    heat: cold places show the image as it is), as a base64 PNG."""
     image = crop.transpose(1, 2, 0).astype(np.float32)
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
-    colored = colormaps["jet"](np.clip(heat, 0.0, 1.0))[..., :3] * 255.0
-    blended = ((1 - BLEND) * image + BLEND * colored).clip(0, 255).astype(np.uint8)
+    heat = np.clip(heat, 0.0, 1.0)
+    colored = colormaps["jet"](heat)[..., :3] * 255.0
+    alpha = BLEND * heat[..., None]
+    blended = ((1 - alpha) * image + alpha * colored).clip(0, 255).astype(np.uint8)
     scale = max(1, math.ceil(OVERLAY_PX / min(blended.shape[:2])))
     blended = blended.repeat(scale, axis=0).repeat(scale, axis=1)
     buffer = io.BytesIO()
