@@ -116,7 +116,9 @@ def write_model_folder(
     if evaluation is not None:
         # named as users know it, not by the folder it was scored from
         evaluation = {**evaluation, "checkpoint": f"{job_id} trial {trial.number}",
-                      "dataset": dataset}
+                      "dataset": dataset, "worst_errors": [
+                          {**e, "path": shown_path(e["path"], config.get("source"))}
+                          for e in evaluation.get("worst_errors") or []]}
         write_evaluation(evaluation, out)
     body = model_card_body(
         job_id=job_id, trial_number=trial.number, config=config, dataset=dataset,
@@ -128,6 +130,18 @@ def write_model_folder(
     write_hub_card(out / "README.md", body, job_id=job_id, config=config, dataset=dataset,
                    test_metrics=scalars)
     return scalars, body
+
+
+def shown_path(path: str | None, source: str | None) -> str | None:
+    """An image's path as the published model shows it: relative to the dataset's folder, or
+    its file name (a publication does not tell where the runner keeps its files)."""
+    if path is None:
+        return None
+    if source is not None and not source.startswith("builtin:"):
+        root = Path(source) if Path(source).is_dir() else Path(source).parent
+        if Path(path).is_relative_to(root):
+            return str(Path(path).relative_to(root))
+    return Path(path).name
 
 
 def publish(

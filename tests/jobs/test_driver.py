@@ -232,6 +232,9 @@ def test_pulled_checkpoint_predicts_with_the_recorded_test_accuracy(
     assert evaluation["checkpoint"] == f"{job_id} trial {sqlite_job.outcome.best_trial}"
     assert evaluation["split"] == "test" and evaluation["images"] == measured["test_images"]
     assert evaluation["robustness"]["seed"] == 3  # the job's evaluation settings
+    worst = evaluation["worst_errors"]
+    assert worst and all(e["true"] != e["predicted"] for e in worst)
+    assert all("/" not in e["path"] for e in worst)  # no runner's folder in a publication
     drop = evaluation["robustness"]["mean_relative_drop"]
     assert drop == sqlite_job.outcome.test_metrics["test_mean_corruption_drop"]
     temperature = evaluation["calibration"]["temperature"]

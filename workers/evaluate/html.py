@@ -27,6 +27,9 @@ th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
 .charts img { max-width: 100%; margin: 0.5em 0; }
 .note { color: #555; }
+.worst { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 1em; }
+.worst figure { margin: 0; font-size: 0.85em; }
+.worst img { width: 100%; image-rendering: pixelated; }
 """
 
 
@@ -83,6 +86,8 @@ def render(report: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
     parts += _calibration(report["calibration"], pngs["reliability"])
     if report["robustness"] is not None:
         parts += _robustness(report["robustness"], pngs["robustness"])
+    if report.get("worst_errors"):
+        parts += _worst(report["worst_errors"])
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{escape(title)}</title><style>{_STYLE}</style></head>\n"
@@ -113,6 +118,24 @@ def _robustness(rob: dict[str, Any], chart: bytes) -> list[str]:
             _table(["corruption"] + [f"accuracy, severity {s}" for s in severities]
                    + ["relative drop"], rows),
             "<div class='charts'>", _img(chart, "robustness"), "</div>"]
+
+
+def _worst(errors: list[dict[str, Any]]) -> list[str]:
+    """The most confidently wrong images, the heatmap of the predicted class blended in."""
+    methods = ", ".join(dict.fromkeys(e["method"] for e in errors))
+    figures = []
+    for n, e in enumerate(errors, 1):
+        caption = f"{e['true']} \u2192 {e['predicted']} ({e['confidence']:.1%})"
+        where = e["path"] if e["path"] is not None else f"image {e['index']}"
+        figures.append(
+            f"<figure><img alt='worst error {n}' title='{escape(where)}' "
+            f"src='data:image/png;base64,{escape(e['overlay_png'])}'>"
+            f"<figcaption>{escape(caption)}<br><span class='note'>{escape(where)}</span>"
+            "</figcaption></figure>")
+    return ["<h2>Worst errors</h2>",
+            f"<p class='note'>the {len(errors)} most confidently wrong images, true \u2192 "
+            f"predicted (confidence); heatmap of the predicted class: {escape(methods)}</p>",
+            "<div class='worst'>", *figures, "</div>"]
 
 
 def _confusion(report: dict[str, Any]) -> Figure:
