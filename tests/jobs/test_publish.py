@@ -32,6 +32,7 @@ from automl.errors import UserError
 from automl.jobs.heartbeat import HeartbeatLost
 from automl.jobs.outcome import JobOutcome
 from automl.jobs.process import execute_job
+from automl.jobs.publish import shown_path
 from automl.search import keys
 from automl.search.spec import parse_spec
 from automl.service.server import build, start_dashboard
@@ -268,3 +269,14 @@ def test_a_driver_that_lost_its_job_publishes_nothing_and_leaves_the_job_to_the_
     assert published.blobs() == blobs  # what it wrote is gone again
     row = store.get(job_id)
     assert (row.state, row.runner, row.attempts) == ("running", "driver-2", first.attempts + 1)
+
+
+def test_a_publication_shows_image_paths_within_the_dataset_only(tmp_path: Path) -> None:
+    images = tmp_path / "photos"
+    (images / "cat").mkdir(parents=True)
+    manifest = tmp_path / "labels.csv"
+    assert shown_path(str(images / "cat" / "a.png"), str(images)) == "cat/a.png"
+    assert shown_path(str(tmp_path / "cat" / "b.png"), str(manifest)) == "cat/b.png"
+    assert shown_path("/root/.cache/automl/digits/3/x.png", "builtin:digits") == "x.png"
+    assert shown_path("/elsewhere/c.png", str(images)) == "c.png"
+    assert shown_path(None, str(images)) is None
