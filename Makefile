@@ -45,6 +45,7 @@ bench: $(STAMP) services
 	$(BIN)/automl-bench loader
 	$(BIN)/automl-bench storage
 	$(BIN)/automl-bench api
+	$(BIN)/automl-bench serve
 	$(BIN)/automl-bench soak
 	$(BIN)/automl-bench gpu
 

@@ -367,6 +367,36 @@ def api(
     out.print(table)
 
 
+@app.command("serve")
+def serve_model(
+    backbone: Annotated[str, typer.Option(help="timm backbone, randomly initialised")] = "resnet18",
+    img_size: Annotated[int, typer.Option(min=8)] = 128,
+    seconds: Annotated[float, typer.Option(min=1, help="per client count")] = 10.0,
+    threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads, server and raw")] = 1,
+) -> None:
+    """Throughput and p50/p95 of `automl serve-model` for 1 and 32 clients, against
+    onnxruntime alone at the batch sizes the server formed."""
+    from benchmarks.serve import run
+
+    result = run(backbone, img_size, seconds, threads)
+    table = Table("clients", "requests", "images/s", "p50 (ms)", "p95 (ms)", "errors",
+                  "mean batch", "batches by size (le: n)",
+                  title=f"automl serve-model /predict: {result.backbone} at {result.img_size} px, "
+                        f"{result.threads} onnxruntime thread(s), {os.cpu_count()} CPU cores")
+    for load in result.loads:
+        table.add_row(str(load.clients), str(load.requests), f"{load.images_per_s:.1f}",
+                      f"{load.p50_ms:.1f}", f"{load.p95_ms:.1f}", str(load.errors),
+                      f"{load.mean_batch:.1f}",
+                      ", ".join(f"{le}: {n}" for le, n in load.batches.items()))
+    out.print(table)
+    raw = Table("batch", "images/s", title="onnxruntime alone, the same file and threads")
+    for row in result.raw:
+        raw.add_row(str(row.batch), f"{row.images_per_s:.1f}")
+    out.print(raw)
+    out.print(f"server / raw at {result.loads[-1].clients} clients: {result.ratio:.2f} "
+              "(goal >= 0.8)", highlight=False)
+
+
 @app.command()
 def soak(
     trials: Annotated[int, typer.Option(min=2)] = 200,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from automl.cli import evaluation, jobs, models, serve
+from automl.cli import evaluation, jobs, models, serve, serving
 from automl.cli.common import Commands
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ app.command()(evaluation.evaluate)
 app.command()(serve.serve)
 app.command()(serve.dashboard)
 app.command()(serve.runner)
+app.command("serve-model")(serving.serve_model)
 
 
 def main() -> None:

@@ -1,0 +1,71 @@
+"""`automl serve-model`: a published model behind HTTP (onnxruntime, FastAPI, uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from automl.cli.common import err, require_free_port
+
+DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_WAIT_MS = 5.0
+
+
+def serve_model(
+    model: Annotated[str, typer.Argument(
+        metavar="NAME_OR_FOLDER",
+        help="a model's name in the model repository, a model folder of it (its latest "
+             "version), or any folder holding model.onnx")],
+    name: Annotated[str | None, typer.Option(
+        help="served name (default: the repository's model name, else the folder's)")] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8001,
+    max_batch: Annotated[int | None, typer.Option(
+        min=1, help=f"most images in one batch (default: config.pbtxt's max_batch_size, "
+                    f"else {DEFAULT_MAX_BATCH})")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(
+        min=0, help="longest a batch waits for more images after its first (default: "
+                    f"config.pbtxt's max_queue_delay_microseconds, else {DEFAULT_MAX_WAIT_MS})")
+    ] = None,
+    repository: Annotated[Path | None, typer.Option(
+        help="the model repository (default: AUTOML_HOME/models)")] = None,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="onnxruntime threads (default: the CPUs this process may use)")] = None,
+    max_queue: Annotated[int, typer.Option(
+        min=1, help="requests waiting for a batch before new ones get 503")] = 1024,
+    max_body_mb: Annotated[float, typer.Option(
+        min=0.001, help="largest request body, in MB")] = 20.0,
+) -> None:
+    """Serve a model: KServe v2 protocol, POST /predict, POST /feedback, Prometheus /metrics.
+    Every route but /v2/health/* needs `Authorization: Bearer $AUTOML_API_TOKEN` when it is
+    set."""
+    import logging
+
+    import uvicorn
+
+    from automl.settings import Settings
+    from serving.app import create_app
+    from serving.model import ServedModel
+    from serving.resolve import resolve
+
+    settings = Settings()
+    found = resolve(model, repository or settings.home / "models", name)
+    loaded = ServedModel(found.path, threads)
+    batch = max_batch or found.max_batch or DEFAULT_MAX_BATCH
+    wait = max_wait_ms if max_wait_ms is not None else (
+        found.max_wait_ms if found.max_wait_ms is not None else DEFAULT_MAX_WAIT_MS)
+    require_free_port(host, port, "--port")
+    app = create_app(loaded, name=found.name, version=found.version, token=settings.api_token,
+                     max_batch=batch, max_wait_ms=wait, max_queue=max_queue,
+                     max_body_bytes=int(max_body_mb * 1024 * 1024))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    token = "token required" if settings.api_token else "no token (set AUTOML_API_TOKEN)"
+    err.print(
+        f"serving {found.name!r} version {found.version} ({len(loaded.classes)} classes, "
+        f"{loaded.img_size} px) on http://{host}:{port} ({token}); batches of up to {batch}, "
+        f"waiting up to {wait:g} ms; POST /predict, /v2/models/{found.name}/infer, /metrics",
+        highlight=False, soft_wrap=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)

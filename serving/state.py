@@ -1,0 +1,33 @@
+"""What the routes share: the model, its batcher, the metrics and the recording queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from serving.batching import Batcher
+from serving.metrics import Metrics
+from serving.model import ServedModel
+from serving.recording import RecordingQueue
+
+
+@dataclass
+class Server:
+    model: ServedModel
+    name: str
+    version: str
+    batcher: Batcher
+    metrics: Metrics
+    recording: RecordingQueue | None
+    max_files: int
+    ready: bool = False
+
+    def set_alert(self, check: str, firing: bool) -> None:
+        """The monitor's verdict on `check`, as the `automl_monitor_alert` gauge."""
+        self.metrics.set_alert(check, firing)
+
+
+def server(request: Request) -> Server:
+    found: Server = request.app.state.server
+    return found
