@@ -380,21 +380,27 @@ def serve_model(
 
     result = run(backbone, img_size, seconds, threads)
     table = Table("clients", "requests", "images/s", "p50 (ms)", "p95 (ms)", "errors",
-                  "mean batch", "batches by size (le: n)",
+                  "mean batch", "batches by size (le: n)", "server CPU ms/img",
+                  "clients' CPU ms/img",
                   title=f"automl serve-model /predict: {result.backbone} at {result.img_size} px, "
                         f"{result.threads} onnxruntime thread(s), {os.cpu_count()} CPU cores")
     for load in result.loads:
         table.add_row(str(load.clients), str(load.requests), f"{load.images_per_s:.1f}",
                       f"{load.p50_ms:.1f}", f"{load.p95_ms:.1f}", str(load.errors),
                       f"{load.mean_batch:.1f}",
-                      ", ".join(f"{le}: {n}" for le, n in load.batches.items()))
+                      ", ".join(f"{le}: {n}" for le, n in load.batches.items()),
+                      "" if load.server_cpu_ms is None else f"{load.server_cpu_ms:.1f}",
+                      f"{load.client_cpu_ms:.1f}")
     out.print(table)
-    raw = Table("batch", "images/s", title="onnxruntime alone, the same file and threads")
+    raw = Table("batch", "images/s", "CPU ms/img",
+                title="onnxruntime alone, the same file and threads")
     for row in result.raw:
-        raw.add_row(str(row.batch), f"{row.images_per_s:.1f}")
+        raw.add_row(str(row.batch), f"{row.images_per_s:.1f}", f"{row.cpu_ms:.1f}")
     out.print(raw)
-    out.print(f"server / raw at {result.loads[-1].clients} clients: {result.ratio:.2f} "
-              "(goal >= 0.8)", highlight=False)
+    cpu = "" if result.cpu_ratio is None else (
+        f"; CPU per image, raw / server: {result.cpu_ratio:.2f}")
+    out.print(f"server / raw images/s at {result.loads[-1].clients} clients: {result.ratio:.2f} "
+              f"(goal >= 0.8){cpu}", highlight=False)
 
 
 @app.command()

@@ -10,7 +10,9 @@ crops) to /predict for `--seconds` each: throughput and latency from the client'
 batch sizes the server formed come from its /metrics histogram; onnxruntime alone then runs the
 same file with the same thread count at those batch sizes, in this run. The ratio of the two at
 32 clients is the serving stack's efficiency (HTTP, multipart, PNG decode and batching included;
-on a small machine the clients' own CPU use is in it too).
+on a small machine the clients' own CPU use is in it too, and other load on the machine). The
+CPU ratio (onnxruntime's CPU time per image alone over the server process's, all its threads)
+says the same without the clients and the neighbours: what the server spends beyond inference.
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ class Load:
     errors: int
     mean_batch: float
     batches: dict[str, int]  # histogram bucket (le) -> batches in it, this phase only
+    server_cpu_ms: float | None  # CPU time of the server process per image (Linux)
+    client_cpu_ms: float  # CPU time of this process (the clients) per image
 
 
 @dataclass(frozen=True)
 class Raw:
     batch: int
     images_per_s: float
+    cpu_ms: float  # per image
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class Result:
     loads: list[Load]
     raw: list[Raw]
     ratio: float  # server images/s at the most clients / onnxruntime's at its mean batch
+    cpu_ratio: float | None  # onnxruntime's CPU per image / the server's, at the same batches
 
 
 def make_model(folder: Path, backbone: str, img_size: int) -> Path:
@@ -146,18 +152,19 @@ async def _load(base: str, images: list[bytes], clients: int, seconds: float
     return latencies, errors, wall
 
 
-def _raw(path: Path, batch: int, threads: int, seconds: float = 3.0) -> float:
+def _raw(path: Path, batch: int, threads: int, seconds: float = 3.0) -> tuple[float, float]:
+    """Images/s and CPU ms per image of onnxruntime alone on `batch`-image batches."""
     from serving.model import ServedModel
 
     model = ServedModel(path, threads)
     rows = np.random.default_rng(1).integers(
         0, 256, (batch, 3, model.img_size, model.img_size), dtype=np.uint8)
     model.run(rows)  # warm up
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         model.run(rows)
         done += batch
-    return done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started), 1000 * (time.process_time() - cpu) / done
 
 
 def run(backbone: str = "resnet18", img_size: int = 128, seconds: float = 10.0,
@@ -182,22 +189,38 @@ def run(backbone: str = "resnet18", img_size: int = 128, seconds: float = 10.0,
             loads = []
             for n in clients:
                 before, sum0, count0 = _batches(base)
+                server0, client0 = _cpu_seconds(process.pid), time.process_time()
                 latencies, errors, wall = asyncio.run(_load(base, images, n, seconds))
+                server1, client1 = _cpu_seconds(process.pid), time.process_time()
                 after, sum1, count1 = _batches(base)
                 ordered = sorted(latencies)
+                done = max(len(ordered), 1)
                 loads.append(Load(
                     n, len(ordered), (len(ordered) - errors) / wall, statistics.median(ordered),
                     ordered[int(0.95 * (len(ordered) - 1))], errors,
-                    (sum1 - sum0) / max(count1 - count0, 1),
-                    _per_bucket(before, after)))
+                    (sum1 - sum0) / max(count1 - count0, 1), _per_bucket(before, after),
+                    None if server0 is None or server1 is None
+                    else 1000 * (server1 - server0) / done,
+                    1000 * (client1 - client0) / done))
         finally:
             process.terminate()
             process.wait(timeout=30)
         sizes = sorted({1, *(max(1, round(load.mean_batch)) for load in loads)})
-        raw = [Raw(b, _raw(path, b, threads)) for b in sizes]
+        raw = [Raw(b, *_raw(path, b, threads)) for b in sizes]
     busiest = loads[-1]
     at = next(r for r in raw if r.batch == max(1, round(busiest.mean_batch)))
-    return Result(backbone, img_size, threads, loads, raw, busiest.images_per_s / at.images_per_s)
+    cpu = None if busiest.server_cpu_ms is None else at.cpu_ms / busiest.server_cpu_ms
+    return Result(backbone, img_size, threads, loads, raw, busiest.images_per_s / at.images_per_s,
+                  cpu)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process, all its threads (Linux's /proc), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _per_bucket(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

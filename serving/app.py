@@ -72,6 +72,7 @@ def create_app(
 
     app = FastAPI(title=f"automl model server: {name}", version=version, lifespan=lifespan)
     app.state.server = state
+    app.state.set_alert = state.set_alert  # the monitor's verdicts, as automl_monitor_alert
     app.include_router(v2.router)
     app.include_router(predict.router)
 

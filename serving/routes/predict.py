@@ -9,7 +9,7 @@ import uuid
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, BackgroundTasks, Depends, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -26,7 +26,7 @@ FIELD = "file"
 
 
 @router.post("/predict")
-async def predict(request: Request, state: State, background: BackgroundTasks) -> list[Prediction]:
+async def predict(request: Request, state: State) -> list[Prediction]:
     """One or more images as multipart form field `file`; a prediction per file, in order."""
     form = await request.form(max_files=state.max_files, max_fields=state.max_files)
     try:
@@ -43,40 +43,35 @@ async def predict(request: Request, state: State, background: BackgroundTasks) -
     for outcome in prepared:
         if isinstance(outcome, BaseException):
             raise outcome
-    crops = [p for p in prepared if not isinstance(p, BaseException)]
-    results = await asyncio.gather(*(state.batcher.submit(crop[None]) for crop, _, _ in crops))
-    answers, chosen = [], []
-    for outputs in results:
+    inputs = [p for p in prepared if not isinstance(p, BaseException)]
+    results = await asyncio.gather(*(state.batcher.submit(crop[None]) for crop, _ in inputs))
+    answers, served, now = [], [], time.time()
+    for outputs, (_, features) in zip(results, inputs, strict=True):
         index, label, probability = state.model.label(outputs[PROBABILITIES][0])
-        answers.append(Prediction(prediction_id=uuid.uuid4().hex, label=label,
-                                  probability=probability))
-        chosen.append(index)
+        answer = Prediction(prediction_id=uuid.uuid4().hex, label=label, probability=probability)
+        answers.append(answer)
         state.metrics.predictions.labels(state.name, label).inc()
+        if features is not None:
+            served.append(Served(prediction_id=answer.prediction_id, model=state.name,
+                                 version=state.version, label=index, confidence=probability,
+                                 signature=features, at=now))
     if state.recording is not None:
-        background.add_task(_record, state, answers, chosen, crops)
+        # queued before the answer leaves (feedback may follow at once), written by the
+        # recording thread: never waits on the database
+        state.recording.put(served)
     return answers
 
 
-def _prepare(state: Server, data: bytes, i: int, n: int) -> tuple[np.ndarray, int, int]:
+def _prepare(state: Server, data: bytes, i: int, n: int
+             ) -> tuple[np.ndarray, dict[str, float] | None]:
+    """The model's input, and its signature when the server records (in a worker thread)."""
     try:
-        return state.model.prepare(data)
+        crop, width, height = state.model.prepare(data)
     except ClientError as error:
         if n > 1:
             error.message = f"file {i + 1} of {n}: {error.message}"
         raise
-
-
-def _record(state: Server, answers: list[Prediction], chosen: list[int],
-            crops: list[tuple[np.ndarray, int, int]]) -> None:
-    """After the answer is sent (a background task, in a worker thread)."""
-    assert state.recording is not None
-    now = time.time()
-    state.recording.put([
-        Served(prediction_id=a.prediction_id, model=state.name, version=state.version,
-               label=index, confidence=a.probability, signature=signature(crop, width, height),
-               at=now)
-        for a, index, (crop, width, height) in zip(answers, chosen, crops, strict=True)
-    ])
+    return crop, None if state.recording is None else signature(crop, width, height)
 
 
 @router.post("/feedback")

@@ -31,6 +31,8 @@ def smallest_runs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                      "orchestration overhead"),
         "soak": (["--trials", "2", "--images", "30", "--at", "2"], "soak: 2 trials"),
         "api": (["--jobs", "1", "--clients", "1", "--requests", "1"], "automl serve under load"),
+        "serve": (["--backbone", "test_resnet.r160_in1k", "--img-size", "16", "--seconds", "1"],
+                  "automl serve-model /predict"),
         "cache-scale": (["--images", "16", "--img-size", "32", "--data-dir", bench],
                         "decoded-image cache: 16 JPEGs"),
         "gpu": (["--steps", "5", "--images", "64", "--no-share"], "training throughput"),

@@ -152,8 +152,10 @@ def test_predict_equals_automl_predict(client: httpx.Client, images: list[Path],
 def test_feedback_reaches_the_recorder(client: httpx.Client, images: list[Path],
                                        recorder: MemoryRecorder) -> None:
     answer = client.post("/predict", files={"file": images[0].read_bytes()}).json()[0]
-    # sent at once: the server waits for the row to reach the recorder
-    ok = client.post("/feedback", json={"prediction_id": answer["prediction_id"], "label": "7"})
+    # sent at once, on another connection: the row was queued before the answer left, and the
+    # server waits for it to reach the recorder
+    ok = httpx.post(f"{client.base_url}feedback", headers=AUTH,
+                    json={"prediction_id": answer["prediction_id"], "label": "7"})
     assert ok.status_code == 200, ok.text
     assert recorder.labels[answer["prediction_id"]] == 7
     unknown = client.post("/feedback", json={"prediction_id": "nope", "label": "7"})
