@@ -154,7 +154,7 @@ def test_feedback_reaches_the_recorder(client: httpx.Client, images: list[Path],
     answer = client.post("/predict", files={"file": images[0].read_bytes()}).json()[0]
     # sent at once, on another connection: the row was queued before the answer left, and the
     # server waits for it to reach the recorder
-    ok = httpx.post(f"{client.base_url}feedback", headers=AUTH,
+    ok = httpx.post(f"{client.base_url}/feedback", headers=AUTH,
                     json={"prediction_id": answer["prediction_id"], "label": "7"})
     assert ok.status_code == 200, ok.text
     assert recorder.labels[answer["prediction_id"]] == 7
