@@ -74,6 +74,10 @@ class Batcher:
         self._pool.shutdown(wait=True)
 
     @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
     def depth(self) -> int:
         return 0 if self._queue is None else self._queue.qsize()
 
@@ -125,10 +129,10 @@ class Batcher:
         live = [r for r in batch if not r.future.done()]  # a cancelled client's rows are skipped
         if not live:
             return
-        rows = live[0].rows if len(live) == 1 else np.concatenate([r.rows for r in live])
         try:
+            rows = live[0].rows if len(live) == 1 else np.concatenate([r.rows for r in live])
             outputs = await loop.run_in_executor(self._pool, self.run, rows)
-        except Exception as error:  # the model failed: every request of the batch learns it
+        except Exception as error:  # every request of the batch learns it; the loop goes on
             for r in live:
                 if not r.future.done():
                     r.future.set_exception(error)

@@ -23,6 +23,11 @@ class Server:
     max_files: int
     ready: bool = False
 
+    @property
+    def serving(self) -> bool:
+        """Ready for requests: started, not stopping, its batcher alive."""
+        return self.ready and self.batcher.running
+
     def set_alert(self, check: str, firing: bool) -> None:
         """The monitor's verdict on `check`, as the `automl_monitor_alert` gauge."""
         self.metrics.set_alert(check, firing)

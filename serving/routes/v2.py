@@ -21,11 +21,18 @@ from serving.wire import (
     ModelReady,
     Ready,
     ResponseOutput,
+    ServerMetadata,
     TensorMetadata,
 )
 
 router = APIRouter(prefix="/v2", tags=["v2"])
+SERVER_VERSION = "0.1.0"
 State = Annotated[Server, Depends(server)]
+
+
+@router.get("")
+def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="automl", version=SERVER_VERSION, extensions=[])
 
 
 @router.get("/health/live")
@@ -35,7 +42,7 @@ def live() -> Live:
 
 @router.get("/health/ready")
 def ready(state: State) -> Ready:
-    return Ready(ready=state.ready)
+    return Ready(ready=state.serving)
 
 
 @router.get("/models/{name}")
@@ -60,7 +67,7 @@ def version_metadata(name: str, version: str, state: State) -> ModelMetadata:
 @router.get("/models/{name}/ready")
 def model_ready(name: str, state: State) -> ModelReady:
     _known(name, state)
-    return ModelReady(name=state.name, ready=state.ready)
+    return ModelReady(name=state.name, ready=state.serving)
 
 
 @router.post("/models/{name}/infer")

@@ -73,6 +73,7 @@ def test_v2_metadata(client: httpx.Client) -> None:
                     {"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
     }
     assert client.get("/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
+    assert client.get("/v2").json() == {"name": "automl", "version": "0.1.0", "extensions": []}
     assert client.get("/v2/models/digits/versions/3").status_code == 200
     missing = client.get("/v2/models/other")
     assert missing.status_code == 404 and "no model named 'other'" in missing.json()["error"]
@@ -255,3 +256,13 @@ def test_an_unexpected_error_is_a_500_with_an_incident_id(
         assert c.post("/v2/health/live").status_code == 405
         assert c.get("/v2/health/live").status_code == 200
     assert "/secret/path exploded" in caplog.text
+
+
+def test_stopping_hands_over_what_waits_and_closes_the_recorder(
+        model: ServedModel, images: list[Path]) -> None:
+    recorder = MemoryRecorder()
+    app = create_app(model, name="closing", recorder=recorder)
+    with live(app) as url, httpx.Client(base_url=url) as c:
+        answer = c.post("/predict", files={"file": images[0].read_bytes()}).json()[0]
+    assert recorder.closed and answer["prediction_id"] in recorder.rows
+    assert not app.state.server.serving
