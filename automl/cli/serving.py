@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from automl.cli.common import err, require_free_port
+from automl.cli.common import err, require_free_port, settings_from
 
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 5.0
@@ -45,12 +45,11 @@ def serve_model(
 
     import uvicorn
 
-    from automl.settings import Settings
     from serving.app import create_app
     from serving.model import ServedModel
     from serving.resolve import resolve
 
-    settings = Settings()
+    settings = settings_from()
     found = resolve(model, repository or settings.home / "models", name)
     loaded = ServedModel(found.path, threads)
     batch = max_batch or found.max_batch or DEFAULT_MAX_BATCH
