@@ -8,7 +8,7 @@ import uuid
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from serving.errors import ClientError
 from serving.model import NUMPY
@@ -40,8 +40,11 @@ def live() -> Live:
     return Live(live=True)
 
 
-@router.get("/health/ready")
-def ready(state: State) -> Ready:
+@router.get("/health/ready", responses={503: {"model": Ready}})
+def ready(state: State, response: Response) -> Ready:
+    """The status code is the answer (a Kubernetes readinessProbe reads it): 200 or 503."""
+    if not state.serving:
+        response.status_code = 503
     return Ready(ready=state.serving)
 
 
@@ -64,9 +67,11 @@ def version_metadata(name: str, version: str, state: State) -> ModelMetadata:
     return metadata(name, state)
 
 
-@router.get("/models/{name}/ready")
-def model_ready(name: str, state: State) -> ModelReady:
+@router.get("/models/{name}/ready", responses={503: {"model": ModelReady}})
+def model_ready(name: str, state: State, response: Response) -> ModelReady:
     _known(name, state)
+    if not state.serving:
+        response.status_code = 503
     return ModelReady(name=state.name, ready=state.serving)
 
 

@@ -266,3 +266,13 @@ def test_stopping_hands_over_what_waits_and_closes_the_recorder(
         answer = c.post("/predict", files={"file": images[0].read_bytes()}).json()[0]
     assert recorder.closed and answer["prediction_id"] in recorder.rows
     assert not app.state.server.serving
+
+
+def test_not_ready_is_a_503(model: ServedModel) -> None:
+    app = create_app(model, name="starting")
+    with live(app) as url, httpx.Client(base_url=url) as c:
+        app.state.server.ready = False  # as while it stops
+        assert c.get("/v2/health/ready").status_code == 503
+        not_ready = c.get("/v2/models/starting/ready")
+        assert not_ready.status_code == 503 and not_ready.json()["ready"] is False
+        assert c.get("/v2/health/live").status_code == 200
