@@ -47,6 +47,7 @@ bench: $(STAMP) services
 	$(BIN)/automl-bench api
 	$(BIN)/automl-bench soak
 	$(BIN)/automl-bench gpu
+	$(BIN)/automl-bench evaluate
 
 ## lock: pin the whole dependency set again after changing pyproject.toml's dependencies
 lock: $(STAMP)
