@@ -67,7 +67,7 @@ def pull(
 # the study's test scores (`keys.TEST_METRICS`) under the names of an evaluation report's scores
 TEST_METRIC_NAMES = {"test_accuracy": "accuracy", "test_precision": "precision_macro",
                      "test_recall": "recall_macro", "test_f1": "f1_macro",
-                     "test_auroc": "auroc_macro", "test_loss": "nll"}
+                     "test_auroc": "auroc_macro", "test_loss": "nll", "test_ece": "ece"}
 
 
 def published_evaluation(
