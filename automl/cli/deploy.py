@@ -31,7 +31,8 @@ def deploy(
     from automl.jobs.deploy import deploy as deploy_job
     from automl.service.service import JobService
 
-    name = check_name(name or job)  # before anything is looked up
+    # before anything is looked up
+    name = check_name(name) if name is not None else check_name(job, "the job id (give --name)")
     settings = settings_from(storage, artifacts)
     root = check_repository(repository or settings.home / "models")
 

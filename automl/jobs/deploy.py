@@ -79,26 +79,29 @@ class Deployed:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, option: str = "--name") -> str:
     """A model name that is one safe folder name (Triton's model names are folder names)."""
     if not _NAME.fullmatch(name) or name in (".", ".."):
         raise DeployError(
-            f"--name {name[:64]!r} is not a model name: use 1-128 letters, digits, '.', '_' or "
-            "'-', starting with a letter or digit")
+            f"{option} {name[:64]!r} is not a model name: use 1-128 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit")
     return name
 
 
 def check_repository(path: Path) -> Path:
-    """The repository folder, made if missing; one that cannot be written is refused up front."""
-    if path.exists() and not path.is_dir():
-        raise DeployError(f"--repository {path} is a file; give a folder (made if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DeployError(f"cannot create --repository {path}: "
-                          f"{error.strerror or error}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise DeployError(f"cannot write to --repository {path}: permission denied")
+    """The repository folder, refused up front when it could not be made or written; nothing
+    is created here (a deploy that fails later leaves no empty folders behind)."""
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "is a file" if existing == path else f"cannot be made: {existing} is a file"
+        raise DeployError(f"--repository {path} {what}; give a folder (made if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DeployError(f"cannot write to --repository {path}: permission denied on "
+                          f"{existing}")
     return path
 
 
@@ -120,7 +123,8 @@ def _deploy_folder(settings: Settings, folder: Path, job_id: str, spec: dict[str
     onnx_file, int8 = _onnx_of(folder, say)
     meta = json.loads((folder / "automl.json").read_text())
     model_dir = root / name
-    created = not model_dir.exists()
+    # the outermost folder this deploy makes, removed again if it fails
+    made = next((p for p in reversed((model_dir, *model_dir.parents)) if not p.exists()), None)
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".deploy-", dir=model_dir))
     try:
@@ -140,8 +144,8 @@ def _deploy_folder(settings: Settings, folder: Path, job_id: str, spec: dict[str
         _replace(model_dir / repository.CONFIG, config)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(model_dir, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         raise
     return Deployed(name, version, model_dir / str(version), root, source, int8, registered,
                     warnings)
@@ -332,8 +336,10 @@ def _decoded(index: Any, rows: np.ndarray, resize: int, size: int,
             yield width, height, crop(decode_one(path, resize, interpolation))
         return
     wanted = {int(r) for r in rows}
-    position = 0
+    last, position = max(wanted), 0
     for batch in index.stored.encoded(256):
+        if position > last:
+            return
         for encoded in batch:
             if position in wanted:
                 with Image.open(io.BytesIO(encoded.data)) as image:
