@@ -10,7 +10,7 @@ atomically. What a version holds:
 - automl.json: where it came from (job, trial, source, ...), classes, preprocessing,
   temperature, test scores, and the job spec's `monitor:` thresholds;
 - README.md: the model card;
-- reference.json: the monitoring reference (`reference`), the shape `serving.monitor` reads:
+- reference.json: the monitoring reference (`build_reference`), the shape `serving.monitor` reads:
 
     {"classes": [...], "test_metrics": {...}, "test_images": n,
      "class_distribution": {"test_true": [fraction per class], "test_predicted": [...]},
@@ -19,8 +19,9 @@ atomically. What a version holds:
 
   `confidence` bins are (edges[i], edges[i+1]] (the first one closed at 0), as the evaluation's
   reliability bins. A `signature` feature's edges are the *interior* cut points of the training
-  values' deciles (10th..90th percentile, repeated values merged), and its k+2 bins are open at
-  both ends: (-inf, e0], (e0, e1], ..., (ek, +inf); a value's bin is
+  values' deciles (10th..90th percentile, each an observed value: numpy's "lower" quantile;
+  repeated values merged, so a feature with one value has one edge), and its k+2 bins are open
+  at both ends: (-inf, e0], (e0, e1], ..., (ek, +inf); a value's bin is
   `numpy.searchsorted(edges, value, side="left")`. `signature` is left out (with a warning)
   when the job's dataset cannot be read where deploy runs.
 """
@@ -300,7 +301,12 @@ def signature_reference(folder: Path, preprocessing: dict[str, Any],
     from workers.model.checkpoint import read_info
 
     config = TrialConfig.from_dict(read_info(folder)["trial"])
-    index = load_index(config.data)
+    return index_signature(load_index(config.data), preprocessing, limit)
+
+
+def index_signature(index: Any, preprocessing: dict[str, Any],
+                    limit: int = SIGNATURE_IMAGES) -> dict[str, dict[str, list[float]]]:
+    """`signature_reference` of a `DatasetIndex`'s training split."""
     rows = np.asarray(index.split_indices["train"])
     if len(rows) == 0:
         raise DeployError("the dataset has no training images")
@@ -350,7 +356,7 @@ def _decoded(index: Any, rows: np.ndarray, resize: int, size: int,
 
 
 def _decile_bins(values: np.ndarray) -> dict[str, list[float]]:
-    edges = np.unique(np.quantile(values, np.linspace(0.1, 0.9, 9)))
+    edges = np.unique(np.quantile(values, np.linspace(0.1, 0.9, 9), method="lower"))
     which = np.searchsorted(edges, values, side="left")
     counts = np.bincount(which, minlength=len(edges) + 1)
     return {"edges": [float(e) for e in edges], "train": _fractions(counts)}
