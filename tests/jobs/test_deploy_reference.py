@@ -43,7 +43,7 @@ def test_deciles_have_open_ended_bins_and_merge_repeated_cut_points() -> None:
     assert int(np.searchsorted(bins["edges"], bins["edges"][0], side="left")) == 0
 
 
-def test_a_folder_and_a_parquet_table_of_the_same_images_give_the_same_signature(
+def test_signatures_of_a_folder_and_a_parquet_table_are_what_the_server_sees(
         tmp_path: Path) -> None:
     images = _images()
     folder = tmp_path / "folder"
