@@ -147,3 +147,17 @@ def test_windows_are_durations() -> None:
     for bad in ("soon", "1y", "10s", "-1h"):
         with pytest.raises(ValueError):
             parse_window(bad)
+
+
+def test_the_job_spec_monitor_section_is_what_automl_json_carries() -> None:
+    from automl.errors import SpecError
+    from automl.search.spec import parse_spec
+
+    base = {"name": "m", "dataset": {"source": "builtin:digits"}}
+    assert Thresholds.resolve({"monitor": parse_spec(base).monitor.model_dump()}) == Thresholds()
+    spec = parse_spec({**base, "monitor": {"psi": 0.25, "min_predictions": 200}})
+    meta = {"monitor": spec.monitor.model_dump()}  # what deploy writes into automl.json
+    assert Thresholds.resolve(meta) == Thresholds(psi=0.25, min_predictions=200)
+    for bad in ({"psi": 0}, {"accuracy_drop": 2}, {"min_predictions": 0}, {"window": "1h"}):
+        with pytest.raises(SpecError, match="monitor"):
+            parse_spec({**base, "monitor": bad})
