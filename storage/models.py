@@ -81,6 +81,7 @@ class MonitorPrediction(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     model: Mapped[str] = mapped_column(String(128))
+    seq: Mapped[int] = mapped_column(BigInteger)  # the model's nth sampled prediction
     prediction_id: Mapped[str] = mapped_column(String(64))
     version: Mapped[str] = mapped_column(String(32))
     label: Mapped[int] = mapped_column(Integer)
@@ -92,9 +93,19 @@ class MonitorPrediction(Base):
 
     __table_args__ = (
         UniqueConstraint("model", "prediction_id", name="uq_automl_monitor_predictions_id"),
-        Index("ix_automl_monitor_predictions_model_id", "model", "id"),
+        Index("ix_automl_monitor_predictions_model_seq", "model", "seq"),
         Index("ix_automl_monitor_predictions_model_at", "model", "at"),
     )
+
+
+class MonitorModel(Base):
+    """A model's count of sampled predictions ever inserted: the newest `max_rows` are those
+    whose `seq` is above `seq - max_rows`, so pruning reads no rows it keeps."""
+
+    __tablename__ = "automl_monitor_models"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
 
 
 class MonitorCount(Base):

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from storage.models import MonitorCount, MonitorPrediction
+from storage.models import MonitorCount, MonitorModel, MonitorPrediction
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,8 @@ class MonitorStore:
     database (PostgreSQL deployed, the SQLite file under AUTOML_HOME embedded).
 
     Bounded two ways. Sampled predictions (class, confidence, signature, time, id, feedback):
-    the newest `max_rows` per model, the oldest deleted in the same transaction that inserts
+    the newest `max_rows` per model, the oldest deleted in the same transaction that inserts,
+    by a per-model sequence number, so a batch costs the same at 100 rows as at 100,000
     (a sliding window, not a reservoir: feedback arrives for recent predictions, and a
     reservoir would drop recent ids at random, so their feedback would be refused). Rollups:
     one counter row per model version, hour, and class or confidence bin, for every
@@ -221,13 +222,12 @@ class MonitorStore:
             counters[(row.model, row.version, hour, "n", 0)] += 1
             counters[(row.model, row.version, hour, "class", row.label)] += 1
             counters[(row.model, row.version, hour, "conf", confidence_bin(row.confidence))] += 1
-        sampled = [r for r in served if self._kept(r.prediction_id)]
-        kept = [{"model": r.model, "prediction_id": r.prediction_id, "version": r.version,
-                 "label": r.label, "confidence": r.confidence, "signature": r.signature,
-                 "at": r.at} for r in sampled]
+        sampled: dict[str, list[Served]] = {}
+        for row in served:
+            if self._kept(row.prediction_id):
+                sampled.setdefault(row.model, []).append(row)
         counts = [{"model": m, "version": v, "hour": h, "kind": k, "bin": b, "count": n}
                   for (m, v, h, k, b), n in sorted(counters.items())]  # one lock order
-        models = sorted({r.model for r in sampled})
 
         def write() -> None:
             with self._engine.begin() as connection:
@@ -235,23 +235,29 @@ class MonitorStore:
                 connection.execute(upsert.on_conflict_do_update(
                     index_elements=["model", "version", "hour", "kind", "bin"],
                     set_={"count": MonitorCount.count + upsert.excluded.count}), counts)
-                if kept:
-                    connection.execute(
-                        self._insert(MonitorPrediction).on_conflict_do_nothing(
-                            index_elements=["model", "prediction_id"]), kept)
-                for model in models:
-                    self._prune(connection, model)
+                for model in sorted(sampled):
+                    self._insert_sampled(connection, model, sampled[model])
 
         self._call(write, "record predictions")
 
-    def _prune(self, connection: Connection, model: str) -> None:
-        """Delete the model's rows older than its newest `max_rows` (ids grow with inserts)."""
-        oldest_kept = connection.scalar(
-            select(MonitorPrediction.id).where(MonitorPrediction.model == model)
-            .order_by(MonitorPrediction.id.desc()).offset(self.max_rows - 1).limit(1))
-        if oldest_kept is not None:
+    def _insert_sampled(self, connection: Connection, model: str, rows: list[Served]) -> None:
+        """The rows numbered on from the model's counter (its row, locked till commit, orders
+        concurrent writers), and the model's rows numbered `max_rows` or more below the newest
+        deleted: an index range, whatever the table holds."""
+        upsert = self._insert(MonitorModel).values(model=model, seq=len(rows))
+        top = int(connection.execute(upsert.on_conflict_do_update(
+            index_elements=["model"], set_={"seq": MonitorModel.seq + upsert.excluded.seq})
+            .returning(MonitorModel.seq)).scalar_one())
+        first = top - len(rows) + 1
+        connection.execute(
+            self._insert(MonitorPrediction).on_conflict_do_nothing(
+                index_elements=["model", "prediction_id"]),
+            [{"model": r.model, "seq": first + i, "prediction_id": r.prediction_id,
+              "version": r.version, "label": r.label, "confidence": r.confidence,
+              "signature": r.signature, "at": r.at} for i, r in enumerate(rows)])
+        if top > self.max_rows:
             connection.execute(delete(MonitorPrediction).where(
-                MonitorPrediction.model == model, MonitorPrediction.id < oldest_kept))
+                MonitorPrediction.model == model, MonitorPrediction.seq <= top - self.max_rows))
 
     def feedback(self, model: str, prediction_id: str, label: int) -> None:
         """The true label of a held prediction, committed before this returns (a later one for

@@ -171,3 +171,22 @@ def test_feedback_waits_out_a_short_outage() -> None:
             assert time.monotonic() - started >= 0.9
             store.close()
 
+
+
+def test_concurrent_servers_lose_no_count_and_stay_bounded(url: str) -> None:
+    """Two server processes' recorders (two stores, one database) writing at once."""
+    stores = [MonitorStore(url, max_rows=40), MonitorStore(url, max_rows=40)]
+
+    def serve(k: int) -> None:
+        for batch in range(10):
+            stores[k].record([served(1000 * k + 10 * batch + i, at=T0 + batch) for i in range(10)])
+
+    threads = [threading.Thread(target=serve, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert stores[0].rows("m") == 40
+    assert stores[1].rollups("m", T0, T0 + 1)[0].count == 200
+    for store in stores:
+        store.close()

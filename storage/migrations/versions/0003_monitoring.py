@@ -19,6 +19,7 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
                   autoincrement=True),
         sa.Column("model", sa.String(128), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
         sa.Column("prediction_id", sa.String(64), nullable=False),
         sa.Column("version", sa.String(32), nullable=False),
         sa.Column("label", sa.Integer(), nullable=False),
@@ -29,10 +30,15 @@ def upgrade() -> None:
         sa.Column("feedback_at", sa.Float()),
         sa.UniqueConstraint("model", "prediction_id", name="uq_automl_monitor_predictions_id"),
     )
-    op.create_index("ix_automl_monitor_predictions_model_id", "automl_monitor_predictions",
-                    ["model", "id"])
+    op.create_index("ix_automl_monitor_predictions_model_seq", "automl_monitor_predictions",
+                    ["model", "seq"])
     op.create_index("ix_automl_monitor_predictions_model_at", "automl_monitor_predictions",
                     ["model", "at"])
+    op.create_table(
+        "automl_monitor_models",
+        sa.Column("model", sa.String(128), primary_key=True),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+    )
     op.create_table(
         "automl_monitor_counts",
         sa.Column("model", sa.String(128), primary_key=True),
@@ -46,6 +52,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("automl_monitor_counts")
+    op.drop_table("automl_monitor_models")
     op.drop_index("ix_automl_monitor_predictions_model_at", "automl_monitor_predictions")
-    op.drop_index("ix_automl_monitor_predictions_model_id", "automl_monitor_predictions")
+    op.drop_index("ix_automl_monitor_predictions_model_seq", "automl_monitor_predictions")
     op.drop_table("automl_monitor_predictions")
