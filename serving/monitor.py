@@ -78,11 +78,18 @@ class Thresholds:
     def resolve(cls, meta: Mapping[str, Any] | None = None, **flags: Any) -> Thresholds:
         """Defaults, then the version's automl.json `monitor` section, then the flags given
         (None: not given)."""
-        names = {f.name for f in fields(cls)}
+        kinds = {f.name: int if f.name == "min_predictions" else float for f in fields(cls)}
         chosen: dict[str, Any] = {}
         section = (meta or {}).get("monitor") or {}
-        chosen.update({k: v for k, v in section.items() if k in names and v is not None})
-        chosen.update({k: v for k, v in flags.items() if k in names and v is not None})
+        if not isinstance(section, Mapping):
+            raise ValueError(f"automl.json's monitor section is not a mapping: {section!r}")
+        for source in (section, flags):
+            for key, value in source.items():
+                if key in kinds and value is not None:
+                    try:
+                        chosen[key] = kinds[key](value)
+                    except (TypeError, ValueError):
+                        raise ValueError(f"{key} must be a number, got {value!r}") from None
         return cls(**chosen)
 
 
@@ -159,7 +166,8 @@ def feedback_scores(held: Sequence[Held], classes: int) -> dict[str, Any]:
     """Accuracy, macro F1 (over the classes that occur as truth or prediction, as scikit-learn
     computes it) and the confusion matrix (rows: the label sent back, columns: the prediction)
     of the predictions that received feedback."""
-    labeled = [(h.feedback, h.label) for h in held if h.feedback is not None]
+    labeled = [(h.feedback, h.label) for h in held
+               if h.feedback is not None and h.feedback >= 0 and h.label >= 0]
     size = max([classes, *(max(t, p) + 1 for t, p in labeled)]) if labeled else classes
     confusion = np.zeros((size, size), dtype=int)
     for true, predicted in labeled:

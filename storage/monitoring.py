@@ -262,7 +262,9 @@ class MonitorStore:
     def feedback(self, model: str, prediction_id: str, label: int) -> None:
         """The true label of a held prediction, committed before this returns (a later one for
         the same id replaces it); `UnknownPrediction` for an id never served, not sampled, or
-        pruned."""
+        pruned. A negative label is a `ValueError`."""
+        if int(label) < 0:
+            raise ValueError(f"a label is a class index, got {label}")
 
         def write() -> int:
             with self._engine.begin() as connection:

@@ -139,6 +139,9 @@ def test_thresholds_come_from_defaults_then_automl_json_then_flags() -> None:
         psi=0.5, accuracy_drop=0.1, min_predictions=100)
     with pytest.raises(ValueError, match="psi"):
         Thresholds.resolve({"monitor": {"psi": 0}})
+    with pytest.raises(ValueError, match="accuracy_drop must be a number"):
+        Thresholds.resolve({"monitor": {"accuracy_drop": "a lot"}})
+    assert Thresholds.resolve({"monitor": {"psi": "0.3"}}).psi == 0.3
 
 
 def test_windows_are_durations() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from storage.models import MonitorCount
@@ -102,6 +102,8 @@ def test_feedback_is_stored_and_unknown_ids_are_refused(url: str) -> None:
         store.feedback("m", "never-served", 0)
     with pytest.raises(UnknownPrediction):
         store.feedback("other-model", "p1", 0)
+    with pytest.raises(ValueError):
+        store.feedback("m", "p1", -1)
     store.close()
     reopened = MonitorStore(url)  # committed: another process sees it
     assert [h.feedback for h in reopened.held("m", T0, T0 + 1)] == [None, 2, 2]
@@ -190,3 +192,31 @@ def test_concurrent_servers_lose_no_count_and_stay_bounded(url: str) -> None:
     assert stores[1].rollups("m", T0, T0 + 1)[0].count == 200
     for store in stores:
         store.close()
+
+
+def test_a_database_from_before_monitoring_is_migrated(url: str) -> None:
+    """A deployment's database at the jobs schema's revision 0002: the store brings it to the
+    head, the jobs kept, and `automl runner`'s JobStore finds nothing left to do."""
+    from alembic import command
+    from alembic.config import Config
+
+    from storage.jobs import JobStore
+    from storage.monitoring import _MIGRATIONS, _VERSION_TABLE
+
+    engine = create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("version_table", _VERSION_TABLE)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        connection.execute(text("INSERT INTO automl_jobs (id, name, spec, state, created_at, "
+                                "attempts, cancel_requested, n_running, n_complete, n_pruned, "
+                                "n_failed, restarts) VALUES ('job-1', 'digits', '{}', 'queued', "
+                                "CURRENT_TIMESTAMP, 0, false, 0, 0, 0, 0, 0)"))
+    engine.dispose()
+    store = MonitorStore(url)  # upgrades it
+    store.record([served(1)])
+    jobs = JobStore(url)
+    assert store.rows("m") == 1 and jobs.get("job-1").name == "digits"
+    store.close()
