@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -103,7 +104,16 @@ class Rollup:
 
 
 def confidence_bin(confidence: float) -> int:
+    if not math.isfinite(confidence):
+        return 0
     return min(max(int(confidence * CONFIDENCE_BINS), 0), CONFIDENCE_BINS - 1)
+
+
+def _finite(signature: dict[str, float]) -> dict[str, float]:
+    """The signature's finite numbers only: JSON (PostgreSQL's) has no NaN or infinity, and one
+    odd image must not fail its whole batch."""
+    return {k: float(v) for k, v in signature.items()
+            if isinstance(v, int | float) and math.isfinite(v)}
 
 
 def hour_of(at: float) -> int:
@@ -254,7 +264,7 @@ class MonitorStore:
                 index_elements=["model", "prediction_id"]),
             [{"model": r.model, "seq": first + i, "prediction_id": r.prediction_id,
               "version": r.version, "label": r.label, "confidence": r.confidence,
-              "signature": r.signature, "at": r.at} for i, r in enumerate(rows)])
+              "signature": _finite(r.signature), "at": r.at} for i, r in enumerate(rows)])
         if top > self.max_rows:
             connection.execute(delete(MonitorPrediction).where(
                 MonitorPrediction.model == model, MonitorPrediction.seq <= top - self.max_rows))

@@ -90,6 +90,16 @@ def test_confidence_bins_match_the_reference_edges() -> None:
     for i in range(CONFIDENCE_BINS):
         assert confidence_bin((edges[i] + edges[i + 1]) / 2) == i
     assert confidence_bin(0.0) == 0 and confidence_bin(1.0) == CONFIDENCE_BINS - 1
+    assert confidence_bin(float("nan")) == 0
+
+
+def test_a_non_finite_signature_value_does_not_fail_the_batch(url: str) -> None:
+    store = MonitorStore(url)
+    odd = Served("odd", "m", "1", 0, 0.5, {"width": 3.0, "contrast": float("nan"),
+                                           "brightness": float("inf")}, T0)
+    store.record([odd, served(1)])
+    assert store.held("m", T0, T0 + 1)[0].signature == {"width": 3.0}
+    store.close()
 
 
 def test_feedback_is_stored_and_unknown_ids_are_refused(url: str) -> None:
