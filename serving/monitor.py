@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from serving.signature import FEATURES
-from storage.monitoring import CONFIDENCE_BINS, HOUR, Held, Rollup
+from storage.monitoring import CONFIDENCE_BINS, HOUR, Held, Rollup, confidence_bin
 
 _UNITS = {"s": 1, "m": 60, "h": HOUR, "d": 24 * HOUR, "w": 7 * 24 * HOUR}
 _EPS = 1e-4  # a reference bin's floor: a class the test set never predicted is not infinitely far
@@ -144,15 +144,21 @@ def _floored(fractions: ArrayLike) -> np.ndarray:
     return np.asarray(q / q.sum())
 
 
-def _midpoints() -> np.ndarray:
-    return (np.arange(CONFIDENCE_BINS) + 0.5) / CONFIDENCE_BINS
+def _confidence_edges(reference: Mapping[str, Any], bins: int) -> np.ndarray:
+    """The reference's confidence bin edges (deploy writes the evaluation's reliability bins:
+    15 equal ones, (e_i, e_i+1], the first closed at 0); equal bins where it gives none."""
+    edges = (reference.get("confidence") or {}).get("edges") or []
+    if bins and len(edges) == bins + 1:
+        return np.asarray(edges, dtype=float)
+    return np.linspace(0, 1, (bins or CONFIDENCE_BINS) + 1)
 
 
-def _mean_confidence(histogram: ArrayLike) -> float | None:
-    """The mean over the 15 bins' midpoints: the same estimate for the window (whose rollups
+def _mean_confidence(histogram: ArrayLike, edges: np.ndarray) -> float | None:
+    """The mean over the bins' midpoints: the same estimate for the window (whose rollups
     keep only the histogram) and for the test set (whose reference keeps only fractions)."""
     h = np.asarray(histogram, dtype=float)
-    return None if h.sum() == 0 else float(np.dot(h, _midpoints()) / h.sum())
+    middle = (edges[:-1] + edges[1:]) / 2
+    return None if h.sum() == 0 else float(np.dot(h, middle) / h.sum())
 
 
 def _bin_signature(values: Sequence[float], edges: Sequence[float]) -> list[int]:
@@ -205,6 +211,9 @@ def monitor_report(
     distribution = reference.get("class_distribution") or {}
     test_predicted = distribution.get("test_predicted") or []
     test_confidence = (reference.get("confidence") or {}).get("test") or []
+    confidence_edges = _confidence_edges(reference, len(test_confidence))
+    standard_bins = len(test_confidence) == CONFIDENCE_BINS and np.allclose(
+        confidence_edges, np.linspace(0, 1, CONFIDENCE_BINS + 1))
     signatures = reference.get("signature") or {}
     metrics = reference.get("test_metrics") or {}
     by_rollups = length % HOUR == 0
@@ -229,9 +238,8 @@ def monitor_report(
             predictions = len(sample)
             class_counts = np.bincount([h.label for h in sample if 0 <= h.label < len(classes)],
                                        minlength=len(classes))
-            confidence_counts = np.bincount(
-                [min(max(int(h.confidence * CONFIDENCE_BINS), 0), CONFIDENCE_BINS - 1)
-                 for h in sample], minlength=CONFIDENCE_BINS)
+            confidence_counts = np.bincount([confidence_bin(h.confidence) for h in sample],
+                                            minlength=CONFIDENCE_BINS)
         entry: dict[str, Any] = {
             "start": _iso(since), "end": _iso(until), "start_unix": since,
             "predictions": int(predictions), "sampled": len(sample),
@@ -244,11 +252,15 @@ def monitor_report(
                 "psi": psi(class_counts, test_predicted) if total else None,
                 "p_value": chi_square_p(class_counts, test_predicted) if total else None,
             }
-        if len(test_confidence) == CONFIDENCE_BINS:
+        if test_confidence and not standard_bins:  # another binning: the sample's values
+            index = np.searchsorted(confidence_edges, [h.confidence for h in sample], "left")
+            confidence_counts = np.bincount(np.clip(index - 1, 0, len(test_confidence) - 1),
+                                            minlength=len(test_confidence))
+        if test_confidence:
             total = int(np.sum(confidence_counts))
             entry["confidence"] = {
                 "histogram": np.asarray(confidence_counts, dtype=int).tolist(),
-                "mean": _mean_confidence(confidence_counts),
+                "mean": _mean_confidence(confidence_counts, confidence_edges),
                 "psi": psi(confidence_counts, test_confidence) if total else None,
                 "p_value": chi_square_p(confidence_counts, test_confidence) if total else None,
             }
@@ -275,7 +287,8 @@ def monitor_report(
         "reference": {
             "classes": classes, "test_images": reference.get("test_images"),
             "test_accuracy": metrics.get("test_accuracy"), "test_f1": metrics.get("test_f1"),
-            "mean_confidence": _mean_confidence(test_confidence) if test_confidence else None,
+            "mean_confidence": _mean_confidence(test_confidence, confidence_edges)
+            if test_confidence else None,
             "signature": bool(signatures),
         },
         "measure": "PSI on the reference's bins, with a chi-square test at the same bins",

@@ -65,7 +65,7 @@ class Recorder(Protocol):
 # a serving node has no Optuna: the import-linter contract on `serving` follows imports through
 # here), so it builds its own engine and runs the same alembic migrations the same way.
 
-CONFIDENCE_BINS = 15  # the reference's confidence histogram: [0, 1/15), ..., [14/15, 1]
+CONFIDENCE_BINS = 15  # the reference's confidence histogram: [0, 1/15], (1/15, 2/15], ...
 HOUR = 3600
 MAX_ROWS = 100_000
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -104,9 +104,11 @@ class Rollup:
 
 
 def confidence_bin(confidence: float) -> int:
+    """The bin of the reference's: (i/15, (i+1)/15], the first one closed at 0 (the
+    evaluation's reliability bins, which deploy's reference.json carries)."""
     if not math.isfinite(confidence):
         return 0
-    return min(max(int(confidence * CONFIDENCE_BINS), 0), CONFIDENCE_BINS - 1)
+    return min(max(math.ceil(confidence * CONFIDENCE_BINS) - 1, 0), CONFIDENCE_BINS - 1)
 
 
 def _finite(signature: dict[str, float]) -> dict[str, float]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from serving.signature import FEATURES
-from storage.monitoring import CONFIDENCE_BINS, HOUR, MonitorStore, Served
+from storage.monitoring import CONFIDENCE_BINS, HOUR, MonitorStore, Served, confidence_bin
 
 CLASSES = ["cat", "dog", "fox"]
 PREDICTED = [0.5, 0.3, 0.2]
@@ -24,8 +24,7 @@ T0 = 1_700_000_000.0 - 1_700_000_000.0 % HOUR + 3 * HOUR  # an hour's start
 def reference(*, accuracy: float = 0.9, f1: float = 0.88, signature: bool = True) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     confidences = np.clip(rng.normal(*CONFIDENCE, 20_000), 0, 1)
-    hist = np.bincount(np.minimum((confidences * CONFIDENCE_BINS).astype(int),
-                                  CONFIDENCE_BINS - 1), minlength=CONFIDENCE_BINS)
+    hist = np.bincount([confidence_bin(c) for c in confidences], minlength=CONFIDENCE_BINS)
     out: dict[str, Any] = {
         "classes": CLASSES,
         "test_metrics": {"test_accuracy": accuracy, "test_f1": f1, "test_loss": 0.3},

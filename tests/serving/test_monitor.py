@@ -164,3 +164,13 @@ def test_the_job_spec_monitor_section_is_what_automl_json_carries() -> None:
     for bad in ({"psi": 0}, {"accuracy_drop": 2}, {"min_predictions": 0}, {"window": "1h"}):
         with pytest.raises(SpecError, match="monitor"):
             parse_spec({**base, "monitor": bad})
+
+
+def test_a_reference_with_other_confidence_bins_is_read_from_the_sample(
+        store: MonitorStore) -> None:
+    ref = reference()
+    ref["confidence"] = {"edges": [0.0, 0.5, 0.8, 1.0], "test": [0.05, 0.25, 0.7]}
+    traffic(store, 200, confidence=(0.9, 0.05))  # nearly all in the last bin
+    entry = monitor_report(store, "digits", ref, windows=1, now=T0)["windows"][0]
+    assert len(entry["confidence"]["histogram"]) == 3
+    assert entry["confidence"]["histogram"][2] > 190 and entry["confidence"]["psi"] > 0.2

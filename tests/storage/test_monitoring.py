@@ -87,8 +87,9 @@ def test_rollups_count_every_prediction_for_all_time(url: str) -> None:
 
 def test_confidence_bins_match_the_reference_edges() -> None:
     edges = [i / CONFIDENCE_BINS for i in range(CONFIDENCE_BINS + 1)]
-    for i in range(CONFIDENCE_BINS):
+    for i in range(CONFIDENCE_BINS):  # (edges[i], edges[i + 1]], as deploy's reference
         assert confidence_bin((edges[i] + edges[i + 1]) / 2) == i
+        assert confidence_bin(edges[i + 1]) == i
     assert confidence_bin(0.0) == 0 and confidence_bin(1.0) == CONFIDENCE_BINS - 1
     assert confidence_bin(float("nan")) == 0
 
