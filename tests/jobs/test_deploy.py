@@ -18,25 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 import pytest
 from typer.testing import CliRunner
 
 from automl.cli import app
 from automl.jobs.deploy import _deploy_folder, build_reference
 from automl.jobs.driver import run_job
-from automl.search import keys
 from automl.search.spec import parse_spec
 from automl.settings import Settings
 from serving import repository
 from serving.signature import FEATURES
-from storage.optuna_storage import optuna_storage
 from tests.support import DIGITS_JOB
 from workers.data.digits import DIGITS_SIZE
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-MONITOR = {"max_accuracy_drop": 0.05}
+MONITOR = {"psi": 0.3, "accuracy_drop": 0.05, "min_predictions": 50}
 
 
 @dataclass
@@ -58,14 +55,12 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
     spec = parse_spec({**DIGITS_JOB, "budget": {"n_trials": 1, "max_epochs": 1},
                        "max_concurrent_trials": 1, "strategy": {"seed": 0, "warm_start": False,
                                                                 "pruner": "none"},
-                       "tracking": {"mlflow": uri, "experiment": "digits"}})
+                       "tracking": {"mlflow": uri, "experiment": "digits"},
+                       "monitor": MONITOR})
     settings = Settings(home=tmp / "automl-data")
     job_id = "digits-deploy"
     outcome = run_job(spec, job_id, settings)
     assert outcome.state == "succeeded", outcome.error
-    # the monitor: section of a spec is copied as it is (its own schema is the monitor's)
-    study = optuna.load_study(study_name=job_id, storage=optuna_storage(settings.storage_url))
-    study.set_user_attr(keys.SPEC, {**study.user_attrs[keys.SPEC], "monitor": MONITOR})
     flags = ["--storage", settings.storage_url, "--artifacts", settings.artifacts_path]
     return Job(job_id, settings, flags, uri, tmp)
 
