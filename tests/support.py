@@ -40,6 +40,8 @@ DIGITS_JOB: dict[str, Any] = {
     "max_concurrent_trials": 2,
     "resources": {"cpu": 1},
     "strategy": {"seed": 0, "warm_start": False, "pruner": "sha"},
+    # the corruption suite: scored where a test asks for it (tests/jobs/test_driver.py)
+    "evaluation": {"corruptions": False},
     "space": {
         "backbone": "test_resnet.r160_in1k",
         "pretrained": False,

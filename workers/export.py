@@ -46,16 +46,18 @@ class Exported:
 
 
 class _Serving(torch.nn.Module):
-    """uint8 images in, (probabilities, logits) out: the evaluation pipeline after the crop."""
+    """uint8 images in, (probabilities, logits) out: the evaluation pipeline after the crop.
+    The probabilities are at the model's temperature when it has one (as `automl predict`)."""
 
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__()
         self.model = loaded.model
         self.mean, self.std = loaded.preprocessing.mean, loaded.preprocessing.std
+        self.temperature = loaded.temperature or 1.0
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(normalize(image, self.mean, self.std)).float()
-        return logits.softmax(dim=1), logits
+        return (logits / self.temperature).softmax(dim=1), logits
 
 
 def export_onnx(checkpoint: Path, out: Path, opset: int | None = None) -> Exported:
@@ -140,6 +142,7 @@ def _add_metadata(path: Path, loaded: LoadedModel) -> int:
         "preprocessing": json.dumps({**prep.to_dict(),
                                      "resize": stored_size(prep.img_size, prep.crop_pct)}),
         "backbone": loaded.config.backbone,
+        "temperature": json.dumps(loaded.temperature or 1.0),
         "input": (f"uint8 RGB NCHW [N, 3, {prep.img_size}, {prep.img_size}]: shorter side "
                   f"resized to preprocessing.resize ({prep.interpolation}), then center-cropped; "
                   "normalization is in the graph"),

@@ -36,6 +36,8 @@ class LoadedModel:
     classes: list[str]
     preprocessing: Preprocessing
     device: torch.device
+    # the published model's calibration (its job's evaluation fitted it on val): logits / T
+    temperature: float | None = None
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,19 @@ def load_checkpoint(path: Path, device: torch.device | None = None) -> LoadedMod
     device = device or pick_device()
     model.to(device).eval()
     return LoadedModel(
-        model, config, classes, Preprocessing.from_dict(saved["preprocessing"]), device
+        model, config, classes, Preprocessing.from_dict(saved["preprocessing"]), device,
+        saved.get("temperature"),
     )
 
 
 @torch.inference_mode()
 def predict_images(
-    loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 64
+    loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 64, calibrated: bool = True
 ) -> list[Prediction]:
-    """Exactly the evaluation pipeline: decode, resize to the stored size, center crop, normalize."""
+    """Exactly the evaluation pipeline: decode, resize to the stored size, center crop, normalize.
+    `calibrated`: probabilities at the model's temperature when it has one (the labels are the
+    same either way)."""
+    temperature = (loaded.temperature or 1.0) if calibrated else 1.0
     prep = loaded.preprocessing
     size = stored_size(prep.img_size, prep.crop_pct)
     crop = eval_transform(prep.img_size)
@@ -76,7 +82,7 @@ def predict_images(
             [crop(torch.from_numpy(decode_one(p, size, prep.interpolation))) for p in chunk]
         )
         batch = normalize(images.to(loaded.device), prep.mean, prep.std)
-        probs = loaded.model(batch).float().softmax(dim=1).cpu().numpy()
+        probs = (loaded.model(batch).float() / temperature).softmax(dim=1).cpu().numpy()
         out.extend(_prediction(p, row, loaded.classes) for p, row in zip(chunk, probs, strict=True))
     return out
 

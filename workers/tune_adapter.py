@@ -140,14 +140,18 @@ def can_evaluate_here(gpus_per_trial: float) -> bool:
 
 
 def evaluate_on_split(
-    checkpoint: tune.Checkpoint, split: str = "test", index: DatasetIndex | None = None
+    checkpoint: tune.Checkpoint, split: str = "test", index: DatasetIndex | None = None,
+    *, corruptions: bool = True, seed: int = 0,
 ) -> dict[str, Any]:
-    """Score a trial's checkpoint on one split: in the driver, or as a Ray task on a GPU node;
-    `index`: the job's dataset as its driver indexed it."""
-    from workers.predict import evaluate_checkpoint, load_checkpoint
+    """The whole evaluation of a trial's checkpoint on one split of its dataset (`automl
+    evaluate`: scores, calibration, corruptions), in the driver or as a Ray task on a GPU node:
+    its scores as the split's metrics (`workers.evaluate.summary`), the model's `classes`, and
+    the report under `evaluation`. `index`: the job's dataset as its driver indexed it;
+    `corruptions`, `seed`: the job's `evaluation` settings."""
+    from workers.evaluate.report import evaluate
+    from workers.evaluate.summary import split_metrics
 
     with checkpoint.as_directory() as directory:
-        loaded = load_checkpoint(Path(directory))
-        metrics = evaluate_checkpoint(loaded, split, index=readable_here(index))
-        metrics["classes"] = loaded.classes
-        return metrics
+        report = evaluate(Path(directory), None, split, index=readable_here(index),
+                          corruptions=corruptions, seed=seed).to_dict()
+    return {**split_metrics(report, split), "classes": report["classes"], "evaluation": report}

@@ -29,6 +29,9 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="the corruptions' random seed")] = 0,
     corruptions: Annotated[bool, typer.Option(
         "--corruptions/--no-corruptions", help="score the corruption suite too")] = True,
+    worst: Annotated[int, typer.Option(
+        min=0, help="show the N most confidently wrong images, with a Grad-CAM heatmap of the "
+        "predicted class (0: none)")] = 12,
     against: Annotated[str | None, typer.Option(
         help="a job id: compare with its published model's scores on its test split (worse, "
         "better or within noise, per score); the exit code stays 0 either way")] = None,
@@ -36,7 +39,8 @@ def evaluate(
     artifacts: ArtifactsOpt = None,
 ) -> None:
     """Evaluate a checkpoint: accuracy, precision/recall/F1 with bootstrap intervals, AUROC,
-    per-class scores, calibration (ECE, temperature) and robustness to corruptions."""
+    per-class scores, calibration (ECE, temperature), robustness to corruptions and the worst
+    errors."""
     from workers.evaluate.dataset import SPLIT_CHOICES
     from workers.evaluate.report import evaluate as run_evaluation
 
@@ -49,7 +53,8 @@ def evaluate(
             fail(f"--html {html}: folder {html.parent} does not exist; create it first")
     reference = None if against is None else _published(against, storage, artifacts)
     with err.status("evaluating", spinner="dots"):
-        report = run_evaluation(checkpoint, dataset, split, seed=seed, corruptions=corruptions)
+        report = run_evaluation(checkpoint, dataset, split, seed=seed, corruptions=corruptions,
+                                worst=worst)
     document = report.to_dict()
     if reference is not None:
         document["against"] = _compared(document, reference)
@@ -60,14 +65,14 @@ def evaluate(
     if as_json:
         sys.stdout.write(json.dumps(document) + "\n")
         return
-    _summary(document)
+    _summary(document, html is not None)
     if reference is not None:
         _against(document["against"])
     if html is not None:
         out.print(f"wrote {html}", highlight=False, markup=False, soft_wrap=True)
 
 
-def _summary(report: dict[str, Any]) -> None:
+def _summary(report: dict[str, Any], page: bool) -> None:
     out.print(
         f"{report['backbone']} on {report['dataset']}, split {report['split']}: "
         f"{report['images']} images, {len(report['classes'])} classes, "
@@ -101,6 +106,19 @@ def _summary(report: dict[str, Any]) -> None:
         worst = ", ".join(f"{name} {rob['relative_drop'][name]:.1%}" for name in rob["worst"][:3])
         out.print(f"worst corruptions (relative accuracy drop): {worst}", highlight=False,
                   markup=False, soft_wrap=True)
+    _worst_errors(report["worst_errors"], page)
+
+
+def _worst_errors(errors: list[dict[str, Any]], page: bool) -> None:
+    if not errors:
+        return
+    shown = f"{len(errors)} shown in the HTML page" if page else f"{len(errors)}; --html shows them"
+    out.print(f"worst errors: {shown}; the most confident (true -> predicted):", highlight=False,
+              markup=False, soft_wrap=True)
+    for e in errors[:3]:
+        where = e["path"] if e["path"] is not None else f"image {e['index']}"
+        out.print(f"  {e['true']} -> {e['predicted']} ({e['confidence']:.1%}): {where}",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 def _robustness(rob: dict[str, Any]) -> None:

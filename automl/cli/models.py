@@ -88,13 +88,16 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="image files, or folders of them")],
     checkpoint: Annotated[Path, typer.Option(help="checkpoint directory (automl pull)")],
     top: Annotated[int, typer.Option(min=1, help="also print the top-k classes")] = 1,
+    calibrated: Annotated[bool, typer.Option(
+        "--calibrated/--uncalibrated", help="probabilities at the temperature the job's "
+        "evaluation fitted, where the model has one (labels are the same)")] = True,
 ) -> None:
     """Print label and probability for each image, one JSON object per line."""
     from workers.data.folders import image_files
     from workers.predict import load_checkpoint, predict_images
 
     files = image_files(images)  # a folder: every image under it, so no shell glob limit
-    predictions = predict_images(load_checkpoint(checkpoint), files)
+    predictions = predict_images(load_checkpoint(checkpoint), files, calibrated=calibrated)
     for item in predictions:
         ranked = sorted(item.probabilities.items(), key=lambda kv: -kv[1])[:top]
         row: dict[str, Any] = {

@@ -44,6 +44,7 @@ from automl.jobs.preflight import (
     feasible_portfolio,
 )
 from automl.jobs.publish import publish_best
+from automl.jobs.report import EVALUATION_FILES
 from automl.search import keys
 from automl.search.dataset_name import dataset_name
 from automl.search.keys import TrialCounts, state_name
@@ -281,8 +282,10 @@ def job_runs(spec: JobSpec, settings: Settings, job_id: str,
 
 
 def track_model_card(runs: JobRuns, folder: Path) -> None:
+    """The card, the confusion matrix and the evaluation (report, page, charts) in MLflow."""
+    names = ["README.md", "confusion_matrix.png", *EVALUATION_FILES]
     try:
-        runs.log_artifacts([folder / "README.md", folder / "confusion_matrix.png"])
+        runs.log_artifacts([folder / name for name in names if (folder / name).is_file()])
     except Exception as error:  # the job's result stands without its copy in MLflow
         log.warning("MLflow at %s: could not keep the model card: %s", runs.uri, error)
 

@@ -127,12 +127,13 @@ def score_on_test(
 ) -> dict[str, Any]:
     """In the driver when it can (no cold worker to start), else on a node with the trial's GPU;
     `index`: the job's dataset as its driver indexed it."""
+    options = spec.evaluation.model_dump()
     if can_evaluate_here(spec.resources.gpu):
-        return evaluate_on_split(checkpoint, "test", index)
+        return evaluate_on_split(checkpoint, "test", index, **options)
     evaluate = ray.remote(evaluate_on_split).options(
         num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu
     )
-    return ray.get(evaluate.remote(checkpoint, "test", index))
+    return ray.get(evaluate.remote(checkpoint, "test", index, **options))
 
 
 def why_nothing_completed(spec: JobSpec, job_id: str, results: list[tune.Result]) -> str:

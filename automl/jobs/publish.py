@@ -33,7 +33,12 @@ from ray import tune
 from sqlalchemy.orm import Session
 
 from automl.errors import PublishError
-from automl.jobs.report import model_card_body, write_confusion_png, write_hub_card
+from automl.jobs.report import (
+    model_card_body,
+    write_confusion_png,
+    write_evaluation,
+    write_hub_card,
+)
 from automl.search import keys
 from automl.search._optuna import storage_of, study_id
 from automl.search.keys import TrialCounts
@@ -98,23 +103,45 @@ def write_model_folder(
     card's text."""
     test = dict(test)
     classes = test.pop("classes", None)
+    evaluation = test.pop("evaluation", None)
     scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
     config = trial.user_attrs.get(keys.CONFIG, {})
+    calibration = (evaluation or {}).get("calibration") or {}
     write_hub_folder(checkpoint, out, {"job": job_id, "trial": trial.number,
                                        "objective": objective, "test_metrics": scalars,
-                                       "costs": trial.user_attrs.get(keys.COSTS)})
+                                       "costs": trial.user_attrs.get(keys.COSTS),
+                                       "temperature": calibration.get("temperature")})
     if classes is not None and "test_confusion_matrix" in test:
         write_confusion_png(test["test_confusion_matrix"], classes, out / "confusion_matrix.png")
+    if evaluation is not None:
+        # named as users know it, not by the folder it was scored from
+        evaluation = {**evaluation, "checkpoint": f"{job_id} trial {trial.number}",
+                      "dataset": dataset, "worst_errors": [
+                          {**e, "path": shown_path(e["path"], config.get("source"))}
+                          for e in evaluation.get("worst_errors") or []]}
+        write_evaluation(evaluation, out)
     body = model_card_body(
         job_id=job_id, trial_number=trial.number, config=config, dataset=dataset,
         classes=classes or json.loads((out / "automl.json").read_text())["classes"],
         val_value=float(trial.values[0]) if trial.values else float("nan"),
         objective=objective, test_metrics=scalars, counts=counts,
-        costs=trial.user_attrs.get(keys.COSTS),
+        costs=trial.user_attrs.get(keys.COSTS), evaluation=evaluation,
     )
     write_hub_card(out / "README.md", body, job_id=job_id, config=config, dataset=dataset,
                    test_metrics=scalars)
     return scalars, body
+
+
+def shown_path(path: str | None, source: str | None) -> str | None:
+    """An image's path as the published model shows it: relative to the dataset's folder, or
+    its file name (a publication does not tell where the runner keeps its files)."""
+    if path is None:
+        return None
+    if source is not None and not source.startswith("builtin:"):
+        root = Path(source) if Path(source).is_dir() else Path(source).parent
+        if Path(path).is_relative_to(root):
+            return str(Path(path).relative_to(root))
+    return Path(path).name
 
 
 def publish(

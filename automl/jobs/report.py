@@ -1,4 +1,5 @@
-"""What a finished job publishes beside the weights: test metrics, confusion matrix, model card."""
+"""What a finished job publishes beside the weights: test metrics, confusion matrix, model card,
+and the evaluation of the model on the test split (`automl evaluate`'s report)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from automl.search.keys import TrialCounts
+from workers.evaluate.html import CHART_FILES, write_html
 
 
 def write_confusion_png(matrix: list[list[int]], classes: list[str], path: Path) -> Path:
@@ -40,6 +42,7 @@ def model_card_body(
     test_metrics: dict[str, Any],
     counts: TrialCounts,
     costs: dict[str, float] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> str:
     """The card's text (also the study's note in optuna-dashboard). The dataset is named by
     `dataset` (`automl.search.dataset_name`), not by the trial's source path."""
@@ -65,7 +68,7 @@ completed trials ({counts.pruned} pruned, {counts.failed} failed).
 | metric | value |
 | --- | --- |
 {rows}
-{cost_section}
+{cost_section}{evaluation_section(evaluation)}
 ## Trial configuration
 
 ```json
@@ -87,6 +90,42 @@ model = timm.create_model("local-dir:model/", pretrained=True).eval()
 transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
 ```
 """
+
+
+# what a publication carries of its evaluation
+EVALUATION_FILES = ("evaluation.json", "evaluation.html", *CHART_FILES.values())
+
+
+def write_evaluation(evaluation: dict[str, Any], folder: Path) -> None:
+    """The published model's evaluation (`automl evaluate` on the test split) beside it: the
+    report as JSON, its HTML page, and its calibration and robustness charts as PNGs."""
+    (folder / EVALUATION_FILES[0]).write_text(json.dumps(evaluation))
+    write_html(evaluation, folder / EVALUATION_FILES[1], charts=folder)
+
+
+def evaluation_section(evaluation: dict[str, Any] | None) -> str:
+    """The card's summary of the evaluation: calibration, robustness, the weakest classes."""
+    if evaluation is None:
+        return ""
+    cal = evaluation["calibration"]
+    lines = [f"- Calibration: expected calibration error {cal['ece']:.4f} as trained"]
+    if cal["temperature"] is not None:
+        lines[0] += (f", {cal['ece_calibrated']:.4f} at temperature {cal['temperature']:.3f} "
+                     f"(fitted on {cal['fitted_on']}); `automl predict` reports probabilities "
+                     "at that temperature")
+    rob = evaluation["robustness"]
+    if rob is not None:
+        worst = ", ".join(f"{name} {rob['relative_drop'][name]:.1%}" for name in rob["worst"][:3])
+        lines.append(f"- Robustness: accuracy drops by {rob['mean_relative_drop']:.1%} on average "
+                     f"under {len(rob['relative_drop'])} corruptions x {len(rob['severities'])} "
+                     f"severities (relative to clean); worst: {worst}")
+    scored = [row for row in evaluation["per_class"] if row["support"] and row["f1"] is not None]
+    weakest = sorted(scored, key=lambda row: row["f1"])[:3]
+    if weakest:
+        lines.append("- Weakest classes (F1): " + ", ".join(
+            f"{row['class']} {row['f1']:.3f}" for row in weakest))
+    return ("\n## Evaluation (test split; the whole report: evaluation.html)\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def write_hub_card(path: Path, body: str, *, job_id: str, config: dict[str, Any],

@@ -213,6 +213,14 @@ class StrategySpec(_Strict):
         return self
 
 
+class EvaluationSpec(_Strict):
+    """The evaluation every published model gets on the test split (`automl evaluate`'s)."""
+
+    corruptions: bool = Field(True, description="score the corruption suite too (18 more passes "
+                              "over the test split)")
+    seed: int = Field(0, ge=0, description="the corruptions' random seed")
+
+
 class QuantizeSpec(_Strict):
     """int8 for the deployable student: onnxruntime static quantization, kept only when it loses
     at most `max_drop` of test accuracy against the float student (`workers.quantize`)."""
@@ -221,6 +229,18 @@ class QuantizeSpec(_Strict):
     max_drop: float = Field(0.01, ge=0, lt=1, description="accuracy the int8 model may lose "
                             "(0.01: one point)")
     calibration: int = Field(256, ge=1, le=100_000, description="training images to calibrate on")
+
+
+class MonitorSpec(_Strict):
+    """The thresholds `automl monitor` judges the served model by (`automl deploy` copies them
+    into the version's automl.json; the command's flags override them)."""
+
+    psi: float = Field(0.2, gt=0, le=10, description="population stability index above which "
+                       "a distribution (classes, confidence, an input feature) has drifted")
+    accuracy_drop: float = Field(0.05, ge=0, le=1, description="how far accuracy or macro F1 "
+                                 "from feedback labels may fall below the job's test score")
+    min_predictions: int = Field(30, ge=1, le=10_000_000, description="fewer predictions "
+                                 "(labels, for the scores) in a window: not judged")
 
 
 class DistillSpec(_Strict):
@@ -288,8 +308,10 @@ class JobSpec(_Strict):
     checkpoints: CheckpointsSpec = CheckpointsSpec()
     tracking: TrackingSpec = TrackingSpec()
     space: dict[str, Any] = Field(default_factory=dict)
+    evaluation: EvaluationSpec = EvaluationSpec()
     distill: DistillSpec | None = None
     quantize: QuantizeSpec = QuantizeSpec()
+    monitor: MonitorSpec = MonitorSpec()
 
     @model_validator(mode="before")
     @classmethod

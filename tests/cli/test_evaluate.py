@@ -32,10 +32,12 @@ def test_the_summary_json_and_html_of_one_evaluation(checkpoint: Path, tmp_path:
     assert code == 0, stderr
     report = json.loads(stdout)  # one JSON document, nothing else on stdout
     assert report["split"] == "test" and report["robustness"]["seed"] == 4
-    assert page.read_text().count("data:image/png;base64,") == 5
+    assert len(report["worst_errors"]) == 12  # --worst's default
+    assert page.read_text().count("data:image/png;base64,") == 5 + 12  # charts and overlays
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
 
-    code, stdout, stderr = run("--checkpoint", str(checkpoint), "--no-corruptions")
+    code, stdout, stderr = run("--checkpoint", str(checkpoint), "--no-corruptions", "--worst",
+                               "3")
     assert code == 0, stderr
     text = " ".join(stdout.split())
     assert f"accuracy {report['metrics']['accuracy']:.4f}" in text
@@ -43,9 +45,13 @@ def test_the_summary_json_and_html_of_one_evaluation(checkpoint: Path, tmp_path:
     assert f"ece at temperature {report['calibration']['ece_calibrated']:.4f}" in text
     assert "temperature fitted on the checkpoint's own val split" in text
     assert "corruption" not in text  # --no-corruptions
+    assert "worst errors: 3; --html shows them" in text
+    top = report["worst_errors"][0]  # the same top error, whatever K
+    assert f"{top['true']} -> {top['predicted']} ({top['confidence']:.1%}): {top['path']}" in text
 
     new = digits_folder(tmp_path / "new [bold]data", ["0", "9"], per_class=5)
-    code, stdout, stderr = run("--checkpoint", str(checkpoint), "--dataset", str(new))
+    code, stdout, stderr = run("--checkpoint", str(checkpoint), "--dataset", str(new),
+                               "--worst", "0")
     assert code == 0, stderr
     text = " ".join(stdout.split())
     assert f"on {new}, split all" in text  # printed as it is, not read as rich markup
@@ -53,6 +59,7 @@ def test_the_summary_json_and_html_of_one_evaluation(checkpoint: Path, tmp_path:
     assert "no images of 8 of the model's classes: 1, 2, 3, 4, 5, 6, 7, 8" in text
     assert "worst corruptions (relative accuracy drop):" in text
     assert "mean corruption drop" in text
+    assert "worst errors" not in text  # --worst 0
 
 
 def test_bad_input_is_one_line_exit_2_and_nothing_written(

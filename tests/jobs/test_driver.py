@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 import pytest
+import torch
 from huggingface_hub import ModelCard
 from optuna.trial import TrialState
 from ray import tune
@@ -52,7 +53,7 @@ def run(tmp: Path, database_url: str | None = None, **changes: Any) -> Ran:
 @pytest.fixture(scope="module")
 def sqlite_job(tmp_path_factory: pytest.TempPathFactory) -> Ran:
     tmp = tmp_path_factory.mktemp("sqlite")
-    return run(tmp, checkpoints={"keep_trials": 1},
+    return run(tmp, checkpoints={"keep_trials": 1}, evaluation={"corruptions": True, "seed": 3},
                tracking={"mlflow": f"sqlite:///{tmp}/mlflow.db", "experiment": "digits"})
 
 
@@ -138,7 +139,9 @@ def test_mlflow_holds_the_job_as_a_run_with_each_trial_nested_in_it(sqlite_job: 
     assert job.data.params["budget.n_trials"] == "8"
     assert job.data.metrics["test_accuracy"] == outcome.test_metrics["test_accuracy"]
     artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(job.info.run_id)}
-    assert {"README.md", "confusion_matrix.png"} <= artifacts
+    assert {"README.md", "confusion_matrix.png", "evaluation.html", "evaluation.json",
+            "reliability.png", "robustness.png"} <= artifacts
+    assert job.data.metrics["test_ece"] == outcome.test_metrics["test_ece"]
 
     trials = {int(r.data.tags["automl.trial"]): r for r in runs if r is not job}
     assert sorted(trials) == [t.number for t in sqlite_job.study.trials]  # one run each
@@ -222,6 +225,23 @@ def test_pulled_checkpoint_predicts_with_the_recorded_test_accuracy(
     assert scores["accuracy"] == pytest.approx(recorded)
     measured = evaluate_checkpoint(load_checkpoint(tmp_path / "model"), "test")
     assert measured["test_accuracy"] == pytest.approx(recorded, abs=1e-6)
+    # the job's evaluation of it: its page and charts, its summary on the card, its temperature
+    assert {"evaluation.json", "evaluation.html", "reliability.png", "robustness.png"} <= files
+    evaluation = json.loads((tmp_path / "model" / "evaluation.json").read_text())
+    assert evaluation["metrics"]["accuracy"] == pytest.approx(recorded)
+    assert evaluation["checkpoint"] == f"{job_id} trial {sqlite_job.outcome.best_trial}"
+    assert evaluation["split"] == "test" and evaluation["images"] == measured["test_images"]
+    assert evaluation["robustness"]["seed"] == 3  # the job's evaluation settings
+    worst = evaluation["worst_errors"]
+    assert worst and all(e["true"] != e["predicted"] for e in worst)
+    assert all("/" not in e["path"] for e in worst)  # no runner's folder in a publication
+    drop = evaluation["robustness"]["mean_relative_drop"]
+    assert drop == sqlite_job.outcome.test_metrics["test_mean_corruption_drop"]
+    temperature = evaluation["calibration"]["temperature"]
+    assert json.loads((tmp_path / "model" / "automl.json").read_text())["temperature"] == temperature
+    assert load_checkpoint(tmp_path / "model").temperature == temperature
+    assert "## Evaluation (test split" in card.text
+    assert f"at temperature {temperature:.3f}" in card.text and f"{drop:.1%}" in card.text
     image = next(Path(load_checkpoint(tmp_path / "model").config.data.source).glob("*"), None)
     assert image is None  # builtin:digits is not a path; predict on a real PNG instead
     from workers.data.sources import load_index
@@ -232,6 +252,15 @@ def test_pulled_checkpoint_predicts_with_the_recorded_test_accuracy(
     assert predicted.exit_code == 0, predicted.output
     row = json.loads(predicted.stdout.strip().splitlines()[-1])
     assert row["label"] in [str(d) for d in range(10)] and 0 < row["probability"] <= 1
+    # at the fitted temperature: the raw probabilities' logits / T, the same label
+    raw = runner.invoke(app, ["predict", "--checkpoint", str(tmp_path / "model"), str(png),
+                              "--uncalibrated", "--top", "10"])
+    assert raw.exit_code == 0, raw.output
+    ranked = json.loads(raw.stdout.strip().splitlines()[-1])["top"]
+    assert ranked[0]["label"] == row["label"]
+    logits = torch.log(torch.tensor([max(r["probability"], 1e-12) for r in ranked]))
+    assert row["probability"] == pytest.approx(
+        float((logits / temperature).softmax(0)[0]), abs=1e-3)
     # a folder: every image under it, in order, each predicted as it would be alone
     folder = runner.invoke(app, ["predict", "--checkpoint", str(tmp_path / "model"),
                                  str(png.parent)])

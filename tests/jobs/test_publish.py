@@ -32,6 +32,7 @@ from automl.errors import UserError
 from automl.jobs.heartbeat import HeartbeatLost
 from automl.jobs.outcome import JobOutcome
 from automl.jobs.process import execute_job
+from automl.jobs.publish import shown_path
 from automl.search import keys
 from automl.search.spec import parse_spec
 from automl.service.server import build, start_dashboard
@@ -143,7 +144,8 @@ def test_a_full_artifact_store_publishes_nothing_and_a_resume_publishes_it_whole
     assert published.resumed.state == "succeeded", published.resumed.error
     manifest = published.manifest()
     assert {"model.safetensors", "config.json", "automl.json", "README.md",
-            "confusion_matrix.png"} == set(manifest)
+            "confusion_matrix.png", "evaluation.json", "evaluation.html", "reliability.png",
+            "robustness.png"} == set(manifest)
     listed = {m.filename: m.artifact_id for m in get_all_artifact_meta(published.study())}
     assert listed == {name: f["artifact_id"] for name, f in manifest.items()}
     assert published.blobs() == set(listed.values())
@@ -267,3 +269,14 @@ def test_a_driver_that_lost_its_job_publishes_nothing_and_leaves_the_job_to_the_
     assert published.blobs() == blobs  # what it wrote is gone again
     row = store.get(job_id)
     assert (row.state, row.runner, row.attempts) == ("running", "driver-2", first.attempts + 1)
+
+
+def test_a_publication_shows_image_paths_within_the_dataset_only(tmp_path: Path) -> None:
+    images = tmp_path / "photos"
+    (images / "cat").mkdir(parents=True)
+    manifest = tmp_path / "labels.csv"
+    assert shown_path(str(images / "cat" / "a.png"), str(images)) == "cat/a.png"
+    assert shown_path(str(tmp_path / "cat" / "b.png"), str(manifest)) == "cat/b.png"
+    assert shown_path("/root/.cache/automl/digits/3/x.png", "builtin:digits") == "x.png"
+    assert shown_path("/elsewhere/c.png", str(images)) == "c.png"
+    assert shown_path(None, str(images)) is None

@@ -203,9 +203,13 @@ def test_dashboard_shows_the_job_in_chromium(
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         page.goto(link)  # the study page lists the published artifacts
         page.get_by_text("Study Artifacts").first.wait_for(timeout=30_000)
-        assert "model.safetensors" in page.inner_text("body")
+        body = page.inner_text("body")
+        assert "model.safetensors" in body
+        for name in ("evaluation.html", "evaluation.json", "reliability.png"):
+            assert name in body  # the published model's evaluation, beside it
         page.goto(f"{link}/note")  # the model card is the study's note
         page.get_by_text(f"Model card: {finished_job}").first.wait_for(timeout=30_000)
+        assert "Evaluation (test split" in page.inner_text("body")
         browser.close()
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 

@@ -3,7 +3,10 @@ the user gave cannot be used raises."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +19,9 @@ if TYPE_CHECKING:
     from workers.data.tables.images import StoredImages
 
 SPLITS = ("train", "val", "test")
+
+# set while indexing images to score rather than to train on (`scoring_only`)
+_ONE_CLASS_ALLOWED: ContextVar[bool] = ContextVar("one_class_allowed", default=False)
 
 
 class DatasetError(UserError, ValueError):
@@ -75,10 +81,22 @@ def require_two_classes(
     kinds: str = "class folders (or labels)",
 ) -> None:
     """A classifier needs two classes: `where` names the dataset, `one` and `kinds` say it in the
-    source's own terms (class folders, a table's rows)."""
-    if len(classes) < 2:
+    source's own terms (class folders, a table's rows). Images indexed to be scored
+    (`scoring_only`) may all be of one class."""
+    if len(classes) < 2 and not (classes and _ONE_CLASS_ALLOWED.get()):
         raise DatasetError(
             f"{where} {one}; a classifier needs at least two {kinds}"
             if classes
             else f"{where} has no classes"
         )
+
+
+@contextlib.contextmanager
+def scoring_only() -> Iterator[None]:
+    """Index for scoring a trained model while in this block: a dataset of one class is fine
+    there (new photos of one kind), where training needs two."""
+    token = _ONE_CLASS_ALLOWED.set(True)
+    try:
+        yield
+    finally:
+        _ONE_CLASS_ALLOWED.reset(token)

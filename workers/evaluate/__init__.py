@@ -21,10 +21,15 @@ One evaluation of a checkpoint (a trial's, or a model folder `automl pull` wrote
   ImageNet-C, Hendrycks & Dietterich 2019), applied to the evaluation crops before they are
   normalized; per corruption the relative accuracy drop ((clean - corrupted) / clean, the mean
   over its severities) and the mean over corruptions. Deterministic given `--seed`.
+- **Worst errors** (`--worst N`, default 12, 0 for none): the N most confidently wrong images,
+  most confident first: dataset index and file, true and predicted class, confidence, and where
+  the model looked for the class it chose, a Grad-CAM heatmap on the model's final feature map
+  (gradient saliency where there is no usable map; `method` says which) blended into the eval
+  crop as a small base64 PNG: the only pixels in the report (workers/evaluate/worst.py).
 
 It prints a summary table; `--json` prints the whole report as one JSON document instead and
 `--html FILE` writes a self-contained page (tables, and the confusion matrix, ROC, PR,
-reliability and robustness charts as inline images) that opens offline.
+reliability and robustness charts and the worst errors as inline images) that opens offline.
 
 Which images (`--dataset`, `--split`):
 

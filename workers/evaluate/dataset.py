@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workers.config import DataConfig
-from workers.data.index import DatasetIndex
+from workers.data.index import DatasetIndex, scoring_only
 from workers.data.sources import load_index
 from workers.errors import UserError
 from workers.predict import LoadedModel
@@ -40,8 +40,12 @@ class Selection:
         return [name for i, name in enumerate(classes) if i not in present]
 
 
-def select(loaded: LoadedModel, source: str | None = None, split: str | None = None) -> Selection:
-    """The images `automl evaluate` scores (`source` None: the checkpoint's own dataset)."""
+def select(
+    loaded: LoadedModel, source: str | None = None, split: str | None = None,
+    index: DatasetIndex | None = None,
+) -> Selection:
+    """The images `automl evaluate` scores (`source` None: the checkpoint's own dataset);
+    `index`: that own dataset as its job indexed it, when the caller has it."""
     if split is not None and split not in SPLIT_CHOICES:
         raise UserError(f"--split {split!r} is not a split; use one of {', '.join(SPLIT_CHOICES)}")
     own = source is None or source == loaded.config.data.source
@@ -52,7 +56,9 @@ def select(loaded: LoadedModel, source: str | None = None, split: str | None = N
         # no fractions: val and test exist only where the data has its own (folders, shards),
         # and a class of one image is no error (nothing is carved out of it)
         data = DataConfig(source=source, val_fraction=0.0, test_fraction=0.0)
-    index = load_index(data)
+    if index is None or not own:
+        with scoring_only():
+            index = load_index(data)
     if split is None:
         split = "test" if own or len(index.split_indices["test"]) else "all"
     everything = np.arange(len(index), dtype=np.int64)

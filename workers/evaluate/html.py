@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # headless: no display on servers
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+CHART_FILES = {"reliability": "reliability.png", "robustness": "robustness.png"}
 MAX_CURVES = 20  # classes drawn on the ROC and PR charts; the table has them all
 
 _STYLE = """
@@ -26,12 +27,18 @@ th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
 .charts img { max-width: 100%; margin: 0.5em 0; }
 .note { color: #555; }
+.worst { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 1em; }
+.worst figure { margin: 0; font-size: 0.85em; }
+.worst img { width: 100%; image-rendering: pixelated; }
 """
 
 
-def write_html(report: dict[str, Any], path: Path) -> Path:
-    """Write the page atomically: a temporary file beside `path`, renamed over it when whole."""
-    page = render(report)
+def write_html(report: dict[str, Any], path: Path, charts: Path | None = None) -> Path:
+    """Write the page atomically: a temporary file beside `path`, renamed over it when whole.
+    `charts`: a folder that also gets the calibration and robustness charts as PNG files
+    (`CHART_FILES`; optuna-dashboard previews a study's PNG artifacts), drawn once for both."""
+    pngs = chart_pngs(report)
+    page = render(report, pngs)
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # renamed once whole
     try:
@@ -39,11 +46,25 @@ def write_html(report: dict[str, Any], path: Path) -> Path:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+    if charts is not None:
+        for name, file_name in CHART_FILES.items():
+            if name in pngs:
+                (charts / file_name).write_bytes(pngs[name])
     return path
 
 
-def render(report: dict[str, Any]) -> str:
-    """The page's HTML (a report as `Report.to_dict()` gives it)."""
+def chart_pngs(report: dict[str, Any]) -> dict[str, bytes]:
+    """Every chart of the page as PNG bytes, by name (robustness only when it was scored)."""
+    figures = {"confusion": _confusion(report), "roc": _curves(report, "roc"),
+               "pr": _curves(report, "pr"), "reliability": _reliability(report["calibration"])}
+    if report["robustness"] is not None:
+        figures["robustness"] = _robustness_chart(report["robustness"])
+    return {name: _png(figure) for name, figure in figures.items()}
+
+
+def render(report: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
+    """The page's HTML (a report as `Report.to_dict()` gives it; `pngs`: its charts, drawn)."""
+    pngs = pngs if pngs is not None else chart_pngs(report)
     title = f"Evaluation: {report['backbone']} on {report['dataset']} ({report['split']})"
     parts = [
         f"<h1>{escape(title)}</h1>",
@@ -64,12 +85,14 @@ def render(report: dict[str, Any]) -> str:
         ["class", "precision", "recall", "f1", "auroc", "support"],
         [[r["class"], r["precision"], r["recall"], r["f1"], r["auroc"], r["support"]]
          for r in report["per_class"]])]
-    parts += ["<div class='charts'>", _img(_confusion(report), "confusion matrix"),
-              _img(_curves(report, "roc"), "ROC curves"),
-              _img(_curves(report, "pr"), "precision-recall curves"), "</div>"]
-    parts += _calibration(report["calibration"])
+    parts += ["<div class='charts'>", _img(pngs["confusion"], "confusion matrix"),
+              _img(pngs["roc"], "ROC curves"),
+              _img(pngs["pr"], "precision-recall curves"), "</div>"]
+    parts += _calibration(report["calibration"], pngs["reliability"])
     if report["robustness"] is not None:
-        parts += _robustness(report["robustness"])
+        parts += _robustness(report["robustness"], pngs["robustness"])
+    if report.get("worst_errors"):
+        parts += _worst(report["worst_errors"])
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{escape(title)}</title><style>{_STYLE}</style></head>\n"
@@ -94,7 +117,7 @@ def _interval(ci: dict[str, Any] | None) -> str:
     return "" if ci is None else f"[{ci['low']:.4f}, {ci['high']:.4f}]"
 
 
-def _calibration(cal: dict[str, Any]) -> list[str]:
+def _calibration(cal: dict[str, Any], chart: bytes) -> list[str]:
     rows = [["ECE (15 bins)", cal["ece"]], ["NLL", cal["nll"]]]
     if cal["temperature"] is not None:
         rows += [["temperature", cal["temperature"]], ["ECE at the temperature",
@@ -103,10 +126,10 @@ def _calibration(cal: dict[str, Any]) -> list[str]:
     return ["<h2>Calibration</h2>",
             f"<p class='note'>temperature fitted on: {escape(cal['fitted_on'])}</p>",
             _table(["", "value"], rows),
-            "<div class='charts'>", _img(_reliability(cal), "reliability diagram"), "</div>"]
+            "<div class='charts'>", _img(chart, "reliability diagram"), "</div>"]
 
 
-def _robustness(rob: dict[str, Any]) -> list[str]:
+def _robustness(rob: dict[str, Any], chart: bytes) -> list[str]:
     severities = rob["severities"]
     accuracy = {(r["corruption"], r["severity"]): r["accuracy"] for r in rob["results"]}
     rows = [[name] + [accuracy[(name, s)] for s in severities] + [rob["relative_drop"][name]]
@@ -117,7 +140,25 @@ def _robustness(rob: dict[str, Any]) -> list[str]:
             "relative drop = (clean - corrupted) / clean, mean over severities</p>",
             _table(["corruption"] + [f"accuracy, severity {s}" for s in severities]
                    + ["relative drop"], rows),
-            "<div class='charts'>", _img(_robustness_chart(rob), "robustness"), "</div>"]
+            "<div class='charts'>", _img(chart, "robustness"), "</div>"]
+
+
+def _worst(errors: list[dict[str, Any]]) -> list[str]:
+    """The most confidently wrong images, the heatmap of the predicted class blended in."""
+    methods = ", ".join(dict.fromkeys(e["method"] for e in errors))
+    figures = []
+    for n, e in enumerate(errors, 1):
+        caption = f"{e['true']} \u2192 {e['predicted']} ({e['confidence']:.1%})"
+        where = e["path"] if e["path"] is not None else f"image {e['index']}"
+        figures.append(
+            f"<figure><img alt='worst error {n}' title='{escape(where)}' "
+            f"src='data:image/png;base64,{escape(e['overlay_png'])}'>"
+            f"<figcaption>{escape(caption)}<br><span class='note'>{escape(where)}</span>"
+            "</figcaption></figure>")
+    return ["<h2>Worst errors</h2>",
+            f"<p class='note'>the {len(errors)} most confidently wrong images, true \u2192 "
+            f"predicted (confidence); heatmap of the predicted class: {escape(methods)}</p>",
+            "<div class='worst'>", *figures, "</div>"]
 
 
 def _confusion(report: dict[str, Any]) -> Figure:
@@ -192,12 +233,16 @@ def _robustness_chart(rob: dict[str, Any]) -> Figure:
     return fig
 
 
-def _img(fig: Figure, alt: str) -> str:
+def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
     return f"<img alt='{escape(alt)}' src='data:image/png;base64,{data}'>"
 
 

@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from workers.data.index import DatasetIndex
 from workers.evaluate import bootstrap, calibration, metrics
 from workers.evaluate.corruptions import CORRUPTIONS, SEVERITIES, Corrupter
 from workers.evaluate.dataset import select, validation_for
 from workers.evaluate.predictions import decoded_pixels, predict
+from workers.evaluate.worst import DEFAULT_K, worst_errors
 from workers.predict import load_checkpoint
 
 
@@ -37,6 +39,7 @@ class Report:
     curves: dict[str, Any]
     calibration: dict[str, Any]
     robustness: dict[str, Any] | None  # None: --no-corruptions
+    worst_errors: list[dict[str, Any]]  # most confidently wrong first; overlays: base64 PNGs
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,14 +54,18 @@ def evaluate(
     *,
     seed: int = 0,
     corruptions: bool = True,
+    worst: int = DEFAULT_K,
     batch_size: int = 128,
     device: torch.device | None = None,
+    index: DatasetIndex | None = None,
 ) -> Report:
     """Evaluate `checkpoint` on `split` of `source` (None: its own dataset); see the package's
-    docstring for which images that means."""
+    docstring for which images that means; `worst`: how many of the worst errors to show.
+    `index`: the checkpoint's own dataset as its job indexed it (a job scoring its published
+    model), not indexed again."""
     started = time.perf_counter()
     loaded = load_checkpoint(checkpoint, device)
-    selection = select(loaded, source, split)
+    selection = select(loaded, source, split, index)
     pixels = decoded_pixels(loaded, selection)
     clean = predict(loaded, selection, pixels, batch_size=batch_size)
     val_selection, fitted_on = validation_for(loaded, selection)
@@ -87,6 +94,8 @@ def evaluate(
         curves=metrics.curves(clean, loaded.classes),
         calibration=dataclasses.asdict(calibration.calibrate(clean, val, fitted_on)),
         robustness=robustness,
+        worst_errors=[dataclasses.asdict(e)
+                      for e in worst_errors(loaded, selection, pixels, clean, worst)],
         seconds=round(time.perf_counter() - started, 3),
     )
 

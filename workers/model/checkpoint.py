@@ -84,7 +84,8 @@ HUB_META = "automl.json"  # our metadata beside timm's files: trial config, metr
 
 def read_info(checkpoint: Path) -> dict[str, Any]:
     """What a reader needs of either layout: `trial` (config), `classes`, `preprocessing`,
-    `frozen_stages` (of the saved weights' modules) and `metrics`."""
+    `frozen_stages` (of the saved weights' modules), `metrics`, and in a published model
+    folder the `temperature` its job's evaluation fitted (None: not calibrated)."""
     meta = checkpoint / HUB_META
     if not meta.is_file():
         return {**read_config(checkpoint), "metrics": read_metrics(checkpoint)}
@@ -97,7 +98,7 @@ def read_info(checkpoint: Path) -> dict[str, Any]:
     # a Hub folder's weights are timm's own modules: no stage is frozen in them
     return {"trial": info["trial_config"], "classes": info["classes"],
             "preprocessing": info["preprocessing"], "frozen_stages": 0,
-            "metrics": info.get("metrics", {})}
+            "metrics": info.get("metrics", {}), "temperature": info.get("temperature")}
 
 
 def read_config(checkpoint: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.config import TrialConfig
+from workers.config import DataConfig, TrialConfig
 from workers.data.digits import ensure_digits
 from workers.data.sources import load_index
 from workers.errors import UserError
@@ -71,6 +71,12 @@ def test_another_dataset_is_matched_by_class_name_and_read_whole(tmp_path: Path)
     digits_folder(tmp_path / "one", ["4"], per_class=1)
     digits_folder(tmp_path / "one", ["5"], per_class=3)
     assert len(select(loaded, str(tmp_path / "one"))) == 4  # a class of one image is fine
+    # new photos of one class only: scored, where a job would refuse to train on them
+    only = digits_folder(tmp_path / "only", ["6"], per_class=3)
+    selection = select(loaded, str(only))
+    assert len(selection) == 3 and set(selection.labels.tolist()) == {DIGITS.index("6")}
+    with pytest.raises(UserError, match="has one class; a classifier needs at least two"):
+        load_index(DataConfig(source=str(only)))
 
 
 def test_a_csv_manifest_is_matched_by_class_name(tmp_path: Path) -> None:
