@@ -48,6 +48,7 @@ bench: $(STAMP) services
 	$(BIN)/automl-bench serve
 	$(BIN)/automl-bench soak
 	$(BIN)/automl-bench gpu
+	$(BIN)/automl-bench evaluate
 
 ## lock: pin the whole dependency set again after changing pyproject.toml's dependencies
 lock: $(STAMP)

@@ -474,6 +474,39 @@ def storage(
               "database and, with more writers than cores, waiting for a core.")
 
 
+@app.command()
+def evaluate(
+    sizes: Annotated[str, typer.Option(help="comma-separated image counts")] = "10000,100000",
+    corruptions_up_to: Annotated[int, typer.Option(
+        help="also run the corruption suite on sizes up to this many images")] = 100_000,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="where the generated PNG tables live between runs; default "
+             "$AUTOML_BENCH_DIR/evaluation or ~/.cache/automl/bench/evaluation")] = None,
+) -> None:
+    """`automl evaluate` of a tiny model at 10k and 100k images, with and without corruptions:
+    seconds, images/s, peak RSS (a process per row) and the report's JSON size."""
+    from benchmarks.evaluation import run
+
+    try:
+        counts = tuple(int(s) for s in sizes.split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--sizes: expected numbers like 10000,100000, got {sizes!r}") from None
+    decodes, rows = run(counts, corruptions_up_to, data_dir)
+    table = Table("images", "corruptions", "seconds", "images/s", "peak RSS (MB)",
+                  "report JSON (KB)", title="automl evaluate: test_resnet at 32 px, 10 classes, "
+                  f"PNGs in parquet, {len(os.sched_getaffinity(0))} CPU cores, "
+                  f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    for row in rows:
+        table.add_row(f"{row.images:,}", "yes (18 more passes)" if row.corruptions else "no",
+                      f"{row.seconds:.1f}", f"{row.images / row.seconds:,.0f}",
+                      f"{row.peak_rss_bytes / 1e6:.0f}", f"{row.report_bytes / 1e3:.0f}")
+    out.print(table)
+    for d in decodes:
+        out.print(f"before the rows, once: decoding {d.images:,} PNGs into the cache took "
+                  f"{d.seconds:.1f} s (peak RSS {d.peak_rss_bytes / 1e6:.0f} MB)",
+                  highlight=False)
+
+
 def main() -> None:
     from automl.settings import quiet_optuna
 

@@ -113,7 +113,7 @@ def _batches(base: str) -> tuple[dict[str, int], float, float]:
     text = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     buckets, total, count = {}, 0.0, 0.0
     for family in text_string_to_metric_families(text):
-        if family.name != "automl_serving_batch_size":
+        if family.name != "automl_batch_size":
             continue
         for sample in family.samples:
             if sample.name.endswith("_bucket"):

@@ -13,22 +13,22 @@ class Metrics:
     def __init__(self, model: str) -> None:
         self.model = model
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("automl_serving_requests", "HTTP requests answered",
+        self.requests = Counter("automl_requests", "HTTP requests answered",
                                 ["route", "status"], registry=registry)
-        self.latency = Histogram("automl_serving_request_seconds", "time to answer a request",
+        self.latency = Histogram("automl_request_seconds", "time to answer a request",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.errors = Counter("automl_serving_errors", "requests answered with an error",
+        self.errors = Counter("automl_errors", "requests answered with an error",
                               ["route", "kind"], registry=registry)
-        self.batch_size = Histogram("automl_serving_batch_size", "rows in each batch run",
+        self.batch_size = Histogram("automl_batch_size", "rows in each batch run",
                                     buckets=BATCH_BUCKETS, registry=registry)
-        self.predictions = Counter("automl_serving_predictions", "predictions by class",
+        self.predictions = Counter("automl_predictions", "predictions by class",
                                    ["model", "label"], registry=registry)
-        self.queue_depth = Gauge("automl_serving_queue_depth", "requests waiting for a batch",
+        self.queue_depth = Gauge("automl_queue_depth", "requests waiting for a batch",
                                  registry=registry)
-        self.dropped = Counter("automl_serving_monitoring_dropped",
+        self.dropped = Counter("automl_monitoring_dropped",
                                "served rows not recorded (the recording queue was full)",
                                registry=registry)
-        self.record_failures = Counter("automl_serving_monitoring_failures",
+        self.record_failures = Counter("automl_monitoring_failures",
                                        "recorder calls that failed", registry=registry)
         self.alert = Gauge("automl_monitor_alert", "1 while the monitor's check fires",
                            ["model", "check"], registry=registry)

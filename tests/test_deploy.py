@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 import yaml
 
@@ -25,8 +26,9 @@ def automl_commands() -> dict[str, Any]:
 
 
 def test_compose_has_every_role() -> None:
-    assert set(SERVICES) == {"postgres", "api", "mlflow", "ray-head", "ray-worker", "runner"}
-    for name in ("api", "ray-head", "ray-worker", "runner"):
+    assert set(SERVICES) == {"postgres", "api", "mlflow", "ray-head", "ray-worker", "runner",
+                             "model-server", "prometheus"}
+    for name in ("api", "ray-head", "ray-worker", "runner", "model-server"):
         assert SERVICES[name]["build"]["dockerfile"] == "docker/Dockerfile"
         assert "automl-data:/data" in SERVICES[name]["volumes"]
 
@@ -155,3 +157,84 @@ def test_a_stopped_runner_has_the_time_to_hand_its_jobs_back() -> None:
     grace = sum(int(n) * units[unit]
                 for n, unit in re.findall(r"(\d+)([hms])", runner["stop_grace_period"]))
     assert grace >= DRAIN_SECONDS + 15, runner["stop_grace_period"]
+
+
+# the metrics the model server (serving.app) exposes; a histogram also as _bucket, _sum, _count
+SERVER_METRICS = {"automl_requests_total": "counter", "automl_request_seconds": "histogram",
+                  "automl_batch_size": "histogram", "automl_predictions_total": "counter",
+                  "automl_monitor_alert": "gauge"}
+PROMETHEUS = ROOT / "docker" / "prometheus"
+
+
+def _exposed() -> set[str]:
+    names = set()
+    for name, kind in SERVER_METRICS.items():
+        names.add(name)
+        if kind == "histogram":
+            names.update(f"{name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+    return names
+
+
+def test_the_model_server_serves_on_the_shared_volume() -> None:
+    server = SERVICES["model-server"]
+    argv = server["command"]
+    assert argv[0] == "serve-model" and argv[1].startswith("${AUTOML_MODEL:?")
+    assert argv[argv.index("--host") + 1] == "0.0.0.0" and argv[argv.index("--port") + 1] == "8500"
+    assert server["environment"]["AUTOML_HOME"] == "/data"  # the repository: /data/models
+    assert "automl-data:/data" in server["volumes"]
+    assert "8500" in " ".join(server["healthcheck"]["test"])
+    commands = automl_commands()
+    if "serve-model" not in commands:
+        pytest.skip("automl serve-model is not in this checkout")
+    known = {opt for param in commands["serve-model"].params for opt in getattr(param, "opts", [])}
+    for flag in (a for a in argv[2:] if a.startswith("--")):
+        assert flag in known, f"automl serve-model has no {flag}"
+
+
+def test_prometheus_scrapes_the_model_server_with_the_token() -> None:
+    service = SERVICES["prometheus"]
+    assert service["image"].startswith("prom/prometheus:")
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in service["volumes"]}
+    config_file = next(a.split("=", 1)[1] for a in service["command"]
+                       if a.startswith("--config.file="))
+    assert mounts["./docker/prometheus/prometheus.yml"] == config_file
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    assert [mounts["./docker/prometheus/alerts.yml"]] == config["rule_files"]
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "automl-model-server")
+    port = SERVICES["model-server"]["command"][-1]
+    assert job["static_configs"][0]["targets"] == [f"model-server:{port}"]
+    assert job["metrics_path"] == "/metrics"
+    secret = job["authorization"]["credentials_file"]
+    assert job["authorization"]["type"] == "Bearer"
+    assert secret == f"/run/secrets/{service['secrets'][0]}"
+    assert COMPOSE["secrets"][service["secrets"][0]] == {"environment": "AUTOML_API_TOKEN"}
+    assert "AUTOML_API_TOKEN" in SERVICES["model-server"]["environment"]
+
+
+def test_alert_rules_are_well_formed_and_use_only_metrics_the_server_exposes() -> None:
+    import shutil
+    import subprocess
+
+    rules_file = PROMETHEUS / "alerts.yml"
+    if shutil.which("promtool"):
+        subprocess.run(["promtool", "check", "rules", str(rules_file)], check=True)
+    document = yaml.safe_load(rules_file.read_text())
+    rules = [rule for group in document["groups"] for rule in group["rules"]]
+    assert all(group["name"] and group["rules"] for group in document["groups"])
+    units = {"s": 1, "m": 60, "h": 3600}
+    used: set[str] = set()
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+        assert re.fullmatch(r"[A-Z][A-Za-z]+", rule["alert"]) and rule["expr"].strip()
+        assert re.fullmatch(r"\d+[smh]", rule["for"]) and int(rule["for"][:-1]) * units[
+            rule["for"][-1]] >= 60, rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
+        used.update(re.findall(r"\bautoml_[a-z_]+", rule["expr"]))
+    assert used <= _exposed(), used - _exposed()
+    assert {"automl_monitor_alert", "automl_request_seconds_bucket",
+            "automl_requests_total", "automl_predictions_total"} <= used
+    expressions = {rule["alert"]: rule["expr"] for rule in rules}
+    assert "automl_monitor_alert == 1" in expressions["AutomlMonitorAlert"]
+    assert "histogram_quantile(0.95" in expressions["AutomlSlowRequests"]
+    assert 'up{job="automl-model-server"} == 0' in expressions["AutomlModelServerDown"]

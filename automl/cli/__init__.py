@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from automl.cli import evaluation, jobs, models, serve, serving
+from automl.cli import deploy, evaluation, jobs, models, monitoring, serve, serving
 from automl.cli.common import Commands
 
 app = typer.Typer(
@@ -29,6 +29,8 @@ app.command("train-one")(models.train_one)
 app.command()(models.predict)
 app.command()(models.export)
 app.command()(evaluation.evaluate)
+app.command()(deploy.deploy)
+app.command()(monitoring.monitor)
 app.command()(serve.serve)
 app.command()(serve.dashboard)
 app.command()(serve.runner)

@@ -59,21 +59,61 @@ def pull(
 
     def fill(staging: Path) -> None:
         for name, published in sorted(files.items()):
-            artifact_id = published["artifact_id"]
-            try:
-                copy = get(store, artifact_id, staging / name)
-            except ArtifactNotFound:
-                raise _not_in_store(job_id, name, artifact_id, artifacts) from None
-            expected = Digest(published["size"], published["sha256"])
-            if copy != expected:
-                damage = expected.describe_difference(copy, "published")
-                raise PullError(
-                    f"job {job_id!r}: its {name} ({artifact_id}) in the artifact store "
-                    f"{where(artifacts)} is damaged ({damage}); restore that file from a "
-                    "backup of the store, or publish the job again: "
-                    f"`automl run JOB_FILE --job-id {job_id}`")
+            _get_checked(store, artifacts, job_id, name, published, staging / name)
 
     return _all_or_nothing(out, fill)
+
+
+# the study's test scores (`keys.TEST_METRICS`) under the names of an evaluation report's scores
+TEST_METRIC_NAMES = {"test_accuracy": "accuracy", "test_precision": "precision_macro",
+                     "test_recall": "recall_macro", "test_f1": "f1_macro",
+                     "test_auroc": "auroc_macro", "test_loss": "nll", "test_ece": "ece"}
+
+
+def published_evaluation(
+    storage: optuna.storages.BaseStorage, artifacts: str, job_id: str
+) -> dict[str, Any]:
+    """The published model's scores on the job's test split: from the publication's
+    `evaluation.json` (an `automl evaluate` report, with its bootstrap intervals) when it has
+    one, else the study's test scores (a job published before: no intervals). Returns
+    {"job", "source", "images", "metrics", "confidence_intervals" (None without)}."""
+    study = published_study(storage, job_id)
+    files: dict[str, dict[str, Any]] = study.user_attrs.get(keys.PUBLISHED_FILES) or {}
+    if "evaluation.json" in files:
+        store = artifact_store(artifacts, create=False)
+        with tempfile.TemporaryDirectory(prefix="automl-against-") as tmp:
+            path = Path(tmp) / "evaluation.json"
+            _get_checked(store, artifacts, job_id, "evaluation.json", files["evaluation.json"],
+                         path)
+            report = json.loads(path.read_text())
+        return {"job": job_id, "source": "evaluation.json", "images": report.get("images"),
+                "metrics": {**report["metrics"], "ece": report["calibration"]["ece"]},
+                "confidence_intervals": report.get("confidence_intervals")}
+    test = study.user_attrs.get(keys.TEST_METRICS) or {}
+    scores = {TEST_METRIC_NAMES[k]: float(v) for k, v in test.items()
+              if k in TEST_METRIC_NAMES and isinstance(v, int | float)}
+    if not scores:
+        raise PullError(f"job {job_id!r} published no test scores to compare with")
+    return {"job": job_id, "source": "test_metrics", "images": test.get("test_images"),
+            "metrics": scores, "confidence_intervals": None}
+
+
+def _get_checked(store: ArtifactStore, artifacts: str, job_id: str, name: str,
+                 published: dict[str, Any], target: Path) -> None:
+    """One file of a publication's manifest into `target`, checked against its size and hash."""
+    artifact_id = published["artifact_id"]
+    try:
+        copy = get(store, artifact_id, target)
+    except ArtifactNotFound:
+        raise _not_in_store(job_id, name, artifact_id, artifacts) from None
+    expected = Digest(published["size"], published["sha256"])
+    if copy != expected:
+        damage = expected.describe_difference(copy, "published")
+        raise PullError(
+            f"job {job_id!r}: its {name} ({artifact_id}) in the artifact store "
+            f"{where(artifacts)} is damaged ({damage}); restore that file from a "
+            "backup of the store, or publish the job again: "
+            f"`automl run JOB_FILE --job-id {job_id}`")
 
 
 def _pull_unchecked(study: optuna.Study, store: ArtifactStore, artifacts: str, out: Path) -> Path:

@@ -231,6 +231,18 @@ class QuantizeSpec(_Strict):
     calibration: int = Field(256, ge=1, le=100_000, description="training images to calibrate on")
 
 
+class MonitorSpec(_Strict):
+    """The thresholds `automl monitor` judges the served model by (`automl deploy` copies them
+    into the version's automl.json; the command's flags override them)."""
+
+    psi: float = Field(0.2, gt=0, le=10, description="population stability index above which "
+                       "a distribution (classes, confidence, an input feature) has drifted")
+    accuracy_drop: float = Field(0.05, ge=0, le=1, description="how far accuracy or macro F1 "
+                                 "from feedback labels may fall below the job's test score")
+    min_predictions: int = Field(30, ge=1, le=10_000_000, description="fewer predictions "
+                                 "(labels, for the scores) in a window: not judged")
+
+
 class DistillSpec(_Strict):
     """The stage after the search: its best model (the teacher) taught to a student that fits
     the deployment target, in trials of their own (study JOB-distill)."""
@@ -299,6 +311,7 @@ class JobSpec(_Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     distill: DistillSpec | None = None
     quantize: QuantizeSpec = QuantizeSpec()
+    monitor: MonitorSpec = MonitorSpec()
 
     @model_validator(mode="before")
     @classmethod

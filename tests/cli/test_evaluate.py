@@ -95,3 +95,68 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     assert code == 2 and "is a directory; give a file name" in stderr
     code, _, stderr = run(*ckpt, "--html", str(tmp_path / "nowhere" / "r.html"))
     assert code == 2 and "does not exist; create it first" in stderr
+
+
+def test_against_a_published_job_says_worse_or_within_noise(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    import optuna
+
+    from automl.jobs.publish import publish
+    from automl.search import keys
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    store = str(tmp_path / "artifacts")
+    flags = ["--storage", url, "--artifacts", store]
+    code, stdout, stderr = run("--checkpoint", str(checkpoint), "--no-corruptions", "--json")
+    assert code == 0, stderr
+    job_report = json.loads(stdout)  # what a job publishes: its model on its test split
+    assert set(job_report["confidence_intervals"]) >= {"accuracy", "f1_macro", "ece"}
+    files = tmp_path / "publication"
+    files.mkdir()
+    (files / "evaluation.json").write_text(json.dumps(job_report))
+    publish(optuna.create_study(storage=url, study_name="job-1"), store, files,
+            {keys.BEST_TRIAL: 0})
+
+    ckpt = ("--checkpoint", str(checkpoint), "--no-corruptions", "--against", "job-1", *flags)
+    code, stdout, stderr = run(*ckpt)  # the same images: no difference at all
+    assert code == 0, stderr
+    text = " ".join(stdout.split())
+    accuracy = job_report["metrics"]["accuracy"]
+    low, high = (job_report["confidence_intervals"]["accuracy"][k] for k in ("low", "high"))
+    assert f"accuracy {accuracy:.4f} [{low:.4f}, {high:.4f}]" in text
+    assert "against job job-1 (its test split" in text
+    assert f"accuracy {accuracy:.4f} {accuracy:.4f} [{low:.4f}, {high:.4f}] +0.0000 within noise" in text
+    assert "worse" not in text and "better" not in text
+
+    swapped = digits_folder(tmp_path / "swapped", ["0", "9"], per_class=40)
+    (swapped / "0").rename(swapped / "zero")
+    (swapped / "9").rename(swapped / "0")
+    (swapped / "zero").rename(swapped / "9")  # every label wrong: a degraded set
+    page = tmp_path / "report.html"
+    code, stdout, stderr = run(*ckpt, "--dataset", str(swapped), "--json", "--html", str(page))
+    assert code == 0, stderr  # worse is a finding, not a failure (issue 27 alerts)
+    against = json.loads(stdout)["against"]
+    assert against["job"] == "job-1" and against["job_intervals"] is True
+    verdicts = {row["metric"]: row["verdict"] for row in against["rows"]}
+    assert verdicts["accuracy"] == verdicts["f1_macro"] == "worse"
+    assert "Against job job-1" in page.read_text()
+
+    old = tmp_path / "old"  # published before evaluation.json: the study's test scores only
+    old.mkdir()
+    (old / "automl.json").write_text("{}")
+    publish(optuna.create_study(storage=url, study_name="job-old"), store, old,
+            {keys.BEST_TRIAL: 0, keys.TEST_METRICS: {"test_accuracy": accuracy, "test_f1": 0.5}})
+    code, stdout, stderr = run(*ckpt[:4], "job-old", *flags)
+    assert code == 0, stderr
+    text = " ".join(stdout.split())
+    assert "job job-old was published without intervals" in text
+    assert "f1_macro 0.5000" in text and "nll" not in text.split("against job")[1]
+
+    for job, said in (("job-2", "unknown job id 'job-2'"),):
+        code, stdout, stderr = run(*ckpt[:4], job, *flags)
+        assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1, stderr
+        assert said in " ".join(stderr.split())
+    optuna.create_study(storage=url, study_name="job-running")
+    code, stdout, stderr = run(*ckpt[:4], "job-running", *flags)
+    assert code == 2 and "has no published best checkpoint yet" in " ".join(stderr.split())

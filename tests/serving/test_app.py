@@ -204,7 +204,7 @@ def test_concurrent_requests_form_batches(client: httpx.Client, served: tuple[st
 
     assert asyncio.run(burst()) == [200] * 32
     families = _metrics(client)
-    buckets = {s[1]["le"]: s[2] for s in families["automl_serving_batch_size"]
+    buckets = {s[1]["le"]: s[2] for s in families["automl_batch_size"]
                if s[0].endswith("_bucket")}
     old = {s.labels["le"]: s.value for s in before.samples if s.name.endswith("_bucket")}
     assert buckets["+Inf"] - buckets["1.0"] > old["+Inf"] - old["1.0"]  # batches over 1 row
@@ -217,15 +217,17 @@ def test_metrics_count_requests_and_alerts(client: httpx.Client,
     served[1].set_alert("drift", True)
     families = _metrics(client)
     requests = {(s[1]["route"], s[1]["status"]): s[2]
-                for s in families["automl_serving_requests"] if s[0].endswith("_total")}
+                for s in families["automl_requests"] if s[0].endswith("_total")}
     assert requests[("/v2/models/{name}", "200")] >= 1
     assert requests[("/v2/models/{name}", "404")] >= 1
-    errors = {(s[1]["route"], s[1]["kind"]) for s in families["automl_serving_errors"]}
+    errors = {(s[1]["route"], s[1]["kind"]) for s in families["automl_errors"]}
     assert ("/v2/models/{name}", "client") in errors
     assert ("automl_monitor_alert", {"model": "digits", "check": "drift"}, 1.0) in \
         families["automl_monitor_alert"]
-    assert {"automl_serving_request_seconds", "automl_serving_queue_depth",
-            "automl_serving_predictions"} <= set(families)
+    # the names docker/prometheus/alerts.yml's rules use (tests/test_deploy.py lists them)
+    assert {"automl_requests", "automl_request_seconds", "automl_batch_size",
+            "automl_predictions", "automl_monitor_alert", "automl_queue_depth",
+            "automl_errors"} <= set(families)
     served[1].set_alert("drift", False)
     assert ("automl_monitor_alert", {"model": "digits", "check": "drift"}, 0.0) in \
         _metrics(client)["automl_monitor_alert"]

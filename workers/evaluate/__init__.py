@@ -9,6 +9,9 @@ One evaluation of a checkpoint (a trial's, or a model folder `automl pull` wrote
 - **Scores**: accuracy; macro and weighted precision, recall and F1; macro AUROC (one-vs-rest);
   a per-class table (precision, recall, F1, AUROC, support) and the confusion matrix; ROC and
   precision-recall curves, one-vs-rest, per class. All computed by torchmetrics.
+- **Intervals**: 95% bootstrap intervals (percentile, 1000 resamples, seeded by `--seed`) and
+  standard errors of the summary scores and the ECE (`bootstrap.py`), which `--against JOB`
+  uses to say whether a job's published scores differ from these beyond noise.
 - **Calibration**: the expected calibration error (ECE, 15 equal-width confidence bins) and
   the reliability diagram's bins; the temperature T that calibrates the model (logits / T),
   fitted on a validation split by minimizing its negative log-likelihood, and the ECE and NLL

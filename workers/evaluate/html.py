@@ -74,8 +74,13 @@ def render(report: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
     if report["absent_classes"]:
         parts.append(f"<p class='note'>No images of the model's classes: "
                      f"{escape(', '.join(report['absent_classes']))}</p>")
-    parts += ["<h2>Scores</h2>", _table(["metric", "value"],
-                                         [[k, v] for k, v in report["metrics"].items()])]
+    cis = report.get("confidence_intervals") or {}
+    parts += ["<h2>Scores</h2>", _table(
+        ["metric", "value", "95% interval (bootstrap)"],
+        [[k, v, _interval(cis.get(k))] for k, v in report["metrics"].items()]
+        + [["ece", report["calibration"]["ece"], _interval(cis.get("ece"))]])]
+    if report.get("against"):
+        parts += _against(report["against"])
     parts += ["<h2>Per class</h2>", _table(
         ["class", "precision", "recall", "f1", "auroc", "support"],
         [[r["class"], r["precision"], r["recall"], r["f1"], r["auroc"], r["support"]]
@@ -92,6 +97,24 @@ def render(report: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{escape(title)}</title><style>{_STYLE}</style></head>\n"
             f"<body>\n{body}\n</body></html>\n")
+
+
+def _against(against: dict[str, Any]) -> list[str]:
+    images = f", {against['images']} images" if against.get("images") else ""
+    rows = [[r["metric"], r["job"], r["new"], _interval(r), f"{r['difference']:+.4f}",
+             r["verdict"]] for r in against["rows"]]
+    note = ("worse / better: the difference is beyond 1.96 standard errors of the difference "
+            "(both bootstraps), else within noise")
+    if not against["job_intervals"]:
+        note += ("; the job was published without intervals, so its scores count as exact and "
+                 "a verdict is likelier than it should be")
+    return [f"<h2>Against job {escape(against['job'])}</h2>",
+            f"<p class='note'>its test split{images}; {escape(note)}</p>",
+            _table(["metric", "job", "new", "95% interval", "difference", "verdict"], rows)]
+
+
+def _interval(ci: dict[str, Any] | None) -> str:
+    return "" if ci is None else f"[{ci['low']:.4f}, {ci['high']:.4f}]"
 
 
 def _calibration(cal: dict[str, Any], chart: bytes) -> list[str]:

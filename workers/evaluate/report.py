@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from workers.data.index import DatasetIndex
-from workers.evaluate import calibration, metrics
+from workers.evaluate import bootstrap, calibration, metrics
 from workers.evaluate.corruptions import CORRUPTIONS, SEVERITIES, Corrupter
 from workers.evaluate.dataset import select, validation_for
 from workers.evaluate.predictions import decoded_pixels, predict
@@ -33,6 +33,7 @@ class Report:
     classes: list[str]
     absent_classes: list[str]  # the model's classes without an image in the split
     metrics: dict[str, float]
+    confidence_intervals: dict[str, dict[str, float]]  # bootstrap: {score: {low, high, se}}
     per_class: list[dict[str, Any]]
     confusion_matrix: list[list[int]]
     curves: dict[str, Any]
@@ -87,6 +88,7 @@ def evaluate(
         classes=loaded.classes,
         absent_classes=selection.absent_classes(loaded.classes),
         metrics=scores,
+        confidence_intervals=bootstrap.intervals(clean, seed),
         per_class=metrics.per_class(clean, loaded.classes),
         confusion_matrix=metrics.confusion(clean),
         curves=metrics.curves(clean, loaded.classes),
