@@ -2,7 +2,8 @@
 
 Routes: the KServe v2 / Open Inference Protocol (`/v2/health/live`, `/v2/health/ready`,
 `/v2/models/{name}`, `/v2/models/{name}/ready`, `/v2/models/{name}/infer`), `POST /predict`
-(image files), `POST /feedback` (true labels, for monitoring) and `GET /metrics` (Prometheus).
+(image files), `POST /feedback` (true labels, for monitoring), `GET /models/{name}/monitor`
+(the monitor's report) and `GET /metrics` (Prometheus).
 Every route but `/v2/health/*` needs `Authorization: Bearer <token>` when a token is set,
 `/metrics` included (Prometheus sends one: `authorization: {credentials: ...}` in its scrape
 config). Errors are one line: `{"error": ...}` on the v2 routes (the protocol's shape),
@@ -27,8 +28,9 @@ from serving.guard import Guard, error_body
 from serving.metrics import Metrics
 from serving.model import ServedModel
 from serving.recording import RecordingQueue
-from serving.routes import predict, v2
+from serving.routes import monitor, predict, v2
 from serving.state import Server
+from serving.watch import Watch
 from storage.monitoring import Recorder
 
 log = logging.getLogger(__name__)
@@ -47,25 +49,32 @@ def create_app(
     max_queue: int = 1024,
     max_body_bytes: int = 20 * 1024 * 1024,
     max_files: int = 64,
+    watch: Watch | None = None,
 ) -> FastAPI:
     """`recorder`: where served predictions and feedback go (None: monitoring is off); it is
-    closed when the app stops. `token`: the bearer token every route but the health probes
-    needs. `max_queue`: requests waiting for a batch before new ones get a 503."""
+    closed when the app stops. `watch`: the monitor over what it records (`serving.watch`:
+    `GET /models/{name}/monitor` and the alert gauge), stopped when the app stops. `token`:
+    the bearer token every route but the health probes needs. `max_queue`: requests waiting
+    for a batch before new ones get a 503."""
     metrics = Metrics(name)
     batcher = Batcher(model.run, max_batch, max_wait_ms, max_queue,
                       on_batch=metrics.batch_size.observe, on_depth=metrics.queue_depth.set)
     recording = None if recorder is None else RecordingQueue(
         recorder, on_drop=metrics.dropped.inc, on_failure=metrics.record_failures.inc)
-    state = Server(model, name, version, batcher, metrics, recording, max_files)
+    state = Server(model, name, version, batcher, metrics, recording, max_files, watch)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
+        if watch is not None:
+            watch.start(state.set_alert)
         state.ready = True
         try:
             yield
         finally:
             state.ready = False
+            if watch is not None:
+                await run_in_threadpool(watch.stop)
             await batcher.stop()
             if recording is not None:
                 await run_in_threadpool(recording.close)
@@ -75,6 +84,7 @@ def create_app(
     app.state.set_alert = state.set_alert  # the monitor's verdicts, as automl_monitor_alert
     app.include_router(v2.router)
     app.include_router(predict.router)
+    app.include_router(monitor.router)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

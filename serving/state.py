@@ -10,6 +10,7 @@ from serving.batching import Batcher
 from serving.metrics import Metrics
 from serving.model import ServedModel
 from serving.recording import RecordingQueue
+from serving.watch import Watch
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Server:
     metrics: Metrics
     recording: RecordingQueue | None
     max_files: int
+    watch: Watch | None = None
     ready: bool = False
 
     @property

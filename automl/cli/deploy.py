@@ -50,6 +50,9 @@ def deploy(
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     say(f"deployed {job} ({done.source}{', int8' if done.int8 else ''}) as {done.name} version "
         f"{done.version}: {done.folder}")
+    say(f"serve it here: automl serve-model {done.name}"
+        + ("" if done.repository == settings.home / "models"
+           else f" --repository {done.repository}"))
     say(f"serve the repository with Triton (KServe's Triton runtime loads the same folder): "
         f"tritonserver --model-repository {done.repository}")
     if done.registered:

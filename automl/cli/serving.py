@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from automl.cli.common import err, require_free_port, settings_from
+from automl.cli.common import err, fail, require_free_port, settings_from
+
+if TYPE_CHECKING:
+    from serving.watch import Watch
+    from storage.monitoring import MonitorStore
 
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 5.0
@@ -37,6 +41,13 @@ def serve_model(
         min=1, help="requests waiting for a batch before new ones get 503")] = 1024,
     max_body_mb: Annotated[float, typer.Option(
         min=0.001, help="largest request body, in MB")] = 20.0,
+    monitoring: Annotated[bool, typer.Option(
+        "--monitoring/--no-monitoring", help="record predictions and feedback in the "
+        "project's database ($AUTOML_DATABASE_URL, else the SQLite file under AUTOML_HOME) "
+        "for `automl monitor`")] = True,
+    check_seconds: Annotated[float, typer.Option(
+        min=1, help="how often the server judges the window now filling for its "
+        "automl_monitor_alert gauge")] = 60.0,
 ) -> None:
     """Serve a model: KServe v2 protocol, POST /predict, POST /feedback, Prometheus /metrics.
     Every route but /v2/health/* needs `Authorization: Bearer $AUTOML_API_TOKEN` when it is
@@ -56,11 +67,23 @@ def serve_model(
     wait = max_wait_ms if max_wait_ms is not None else (
         found.max_wait_ms if found.max_wait_ms is not None else DEFAULT_MAX_WAIT_MS)
     require_free_port(host, port, "--port")
+    recorder, watch = None, None
+    if monitoring:
+        recorder, watch = _monitoring(settings.storage_url, found.path.parent, found.name,
+                                      found.version, check_seconds)
     app = create_app(loaded, name=found.name, version=found.version, token=settings.api_token,
                      max_batch=batch, max_wait_ms=wait, max_queue=max_queue,
-                     max_body_bytes=int(max_body_mb * 1024 * 1024))
+                     max_body_bytes=int(max_body_mb * 1024 * 1024), recorder=recorder,
+                     watch=watch)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     token = "token required" if settings.api_token else "no token (set AUTOML_API_TOKEN)"
+    if recorder is None:
+        err.print("monitoring off (--no-monitoring)", highlight=False)
+    else:
+        watched = ("" if watch is not None else "; no reference.json beside the model, so no "
+                   "drift checks (serve a version `automl deploy` wrote)")
+        err.print(f"monitoring to {_where(settings.storage_url)}{watched}", highlight=False,
+                  soft_wrap=True, markup=False)
     err.print(
         f"serving {found.name!r} version {found.version} ({len(loaded.classes)} classes, "
         f"{loaded.img_size} px) on http://{host}:{port} ({token}); batches of up to {batch}, "
@@ -68,3 +91,37 @@ def serve_model(
         highlight=False, soft_wrap=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+
+
+def _monitoring(database_url: str, folder: Path, name: str, version: str,
+                check_seconds: float) -> tuple[MonitorStore, Watch | None]:
+    """The store the server records to, and the monitor over it where the model has its
+    reference (a repository version): thresholds from its automl.json."""
+    import json
+
+    from serving.monitor import Thresholds
+    from serving.repository import META, REFERENCE
+    from serving.watch import Watch
+    from storage.monitoring import MonitorStore, StoreUnavailable
+
+    try:
+        store = MonitorStore(database_url, connect_seconds=10)
+    except StoreUnavailable as error:
+        fail(f"{error}; or serve without monitoring (--no-monitoring)")
+    if not (folder / REFERENCE).is_file():
+        return store, None
+    try:
+        reference = json.loads((folder / REFERENCE).read_text())
+        meta = json.loads((folder / META).read_text()) if (folder / META).is_file() else {}
+        thresholds = Thresholds.resolve(meta)
+    except (ValueError, TypeError) as error:
+        fail(f"{folder}: its monitoring reference or thresholds are damaged ({error}); "
+             "deploy the model again")
+    return store, Watch(store, name, version, reference, thresholds, check_seconds)
+
+
+def _where(url: str) -> str:
+    """The database, without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
