@@ -127,8 +127,9 @@ def _read_json(path: Path, missing: str | None) -> dict[str, Any]:
 
 def _table(report: dict[str, Any]) -> None:
     ref = report["reference"]
-    out.print(f"{report['model']} version {report['version']}: {len(report['windows'])} windows "
-              f"of {report['window']}s; test accuracy {_num(ref['test_accuracy'])}, macro F1 "
+    count = len(report["windows"])
+    out.print(f"{report['model']} version {report['version']}: {count} "
+              f"window{'s' if count != 1 else ''} of {report['window']}s; test accuracy {_num(ref['test_accuracy'])}, macro F1 "
               f"{_num(ref['test_f1'])}, mean confidence {_num(ref['mean_confidence'])}",
               highlight=False, markup=False, soft_wrap=True)
     table = Table(box=None, pad_edge=False, header_style="bold")
