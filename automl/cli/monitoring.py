@@ -130,7 +130,8 @@ def _table(report: dict[str, Any]) -> None:
     count = len(report["windows"])
     out.print(f"{report['model']} version {report['version']}: {count} "
               f"window{'s' if count != 1 else ''} of {report['window']}s; test accuracy "
-              f"{_num(ref['test_accuracy'])}, macro F1 {_num(ref['test_f1'])}, mean confidence {_num(ref['mean_confidence'])}",
+              f"{_num(ref['test_accuracy'])}, macro F1 {_num(ref['test_f1'])}, mean confidence "
+              f"{_num(ref['mean_confidence'])}",
               highlight=False, markup=False, soft_wrap=True)
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("window (UTC)", "predictions", "sampled", "class PSI", "conf mean",
