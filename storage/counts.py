@@ -20,12 +20,16 @@ class TrialCounts:
     pruned: int = 0
     failed: int = 0
     waiting: int = 0
+    # freeze-thaw: RUNNING in Optuna, its checkpoint kept, not training (not among `running`);
+    # a job row, which has no column for it, counts these as running
+    paused: int = 0
 
     @classmethod
-    def of(cls, states: Iterable[TrialState]) -> TrialCounts:
-        tally = dict.fromkeys(("running", "complete", "pruned", "failed", "waiting"), 0)
+    def of(cls, states: Iterable[TrialState | str]) -> TrialCounts:
+        """From Optuna states, or names (`state_name`, and `paused`)."""
+        tally = dict.fromkeys(("running", "complete", "pruned", "failed", "waiting", "paused"), 0)
         for state in states:
-            tally[_NAMES[state]] += 1
+            tally[state if isinstance(state, str) else _NAMES[state]] += 1
         return cls(**tally)
 
     @property
@@ -34,6 +38,7 @@ class TrialCounts:
         return self.complete + self.pruned + self.failed
 
 
+PAUSED_STATE = "paused"
 _NAMES = {TrialState.RUNNING: "running", TrialState.COMPLETE: "complete",
           TrialState.PRUNED: "pruned", TrialState.FAIL: "failed", TrialState.WAITING: "waiting"}
 

@@ -55,7 +55,7 @@ class Progress:
 
     def columns(self) -> dict[str, Any]:
         """The job row's columns this progress sets."""
-        return {"n_running": self.counts.running, "n_complete": self.counts.complete,
+        return {"n_running": self.counts.running + self.counts.paused, "n_complete": self.counts.complete,
                 "n_pruned": self.counts.pruned, "n_failed": self.counts.failed,
                 "best_trial": self.best_trial, "best_value": self.best_value,
                 "study_id": self.study_id}

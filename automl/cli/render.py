@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-STYLES = {"running": "cyan", "complete": "green", "pruned": "yellow", "failed": "red",
+STYLES = {"running": "cyan", "paused": "blue", "complete": "green", "pruned": "yellow", "failed": "red",
           "over_limit": "magenta"}  # over a cost limit: never trained
 
 

@@ -26,7 +26,7 @@ from automl.errors import JobError
 from automl.jobs.outcome import JobOutcome
 from automl.jobs.pull import kept_checkpoint_of, pull, pull_checkpoint
 from automl.search import keys
-from automl.search.keys import TrialCounts
+from automl.search.keys import count_trials
 from automl.search.overrides import NOT_IN_SPACE
 from automl.search.ranking import best_fitting
 from automl.search.spec import JobSpec, parse_spec
@@ -184,7 +184,7 @@ def stage_teacher(spec: JobSpec, job_id: str, settings: Settings, study: optuna.
             f"distill.teacher_trial: trial {number} of job {job_id} has no kept checkpoint "
             f"(trials with one: {', '.join(map(str, kept_ones)) or 'none'}); name one of them, "
             "leave teacher_trial out for the published best, or raise checkpoints.keep_trials")
-    counts = TrialCounts.of(t.state for t in trials)
+    counts = count_trials(trials)
     return pull_checkpoint(kept, folder, job_id, frozen, spec.objective.metric, None, counts,
                            dataset)
 

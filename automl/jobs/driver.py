@@ -47,7 +47,7 @@ from automl.jobs.publish import publish_best
 from automl.jobs.report import EVALUATION_FILES
 from automl.search import keys
 from automl.search.dataset_name import dataset_name
-from automl.search.keys import TrialCounts, state_name
+from automl.search.keys import count_trials, state_name
 from automl.search.spec import JobSpec
 from automl.search.strategy import Strategy, portfolio_for
 from automl.settings import Settings
@@ -261,7 +261,7 @@ def distill_job(job_id: str, settings: Settings, stored: dict[str, Any],
         raise JobError(f"job {job_id} has no published best model to teach with; distill a "
                        "job that succeeded (automl list)")
     trials = study.get_trials(deepcopy=False)
-    counts = TrialCounts.of(t.state for t in trials)
+    counts = count_trials(trials)
     value = next((t.values[0] for t in trials if t.number == best and t.values), None)
     outcome = JobOutcome(job_id, "succeeded", counts, best, value,
                          dict(study.user_attrs.get(keys.TEST_METRICS, {})))
@@ -319,6 +319,8 @@ def replay_history(study: optuna.Study, events: Events) -> None:
         events.on_event("start", trial.number)
         for epoch, value in sorted(trial.intermediate_values.items()):
             events.on_event("report", trial.number, value, epoch)
+        if keys.is_paused(trial.user_attrs, trial.state):
+            events.on_event(keys.PAUSED_STATE, trial.number)
         if trial.state.is_finished():
             events.on_event(state_name(trial.state), trial.number,
                             trial.values[0] if trial.values else None)

@@ -16,7 +16,7 @@ from ray import tune
 from automl.jobs.incidents import in_the_log, kind, new_incident, user_message
 from automl.search import keys
 from automl.search._optuna import trial_id
-from automl.search.keys import TrialCounts, state_name
+from automl.search.keys import TrialCounts, count_trials, state_name
 from automl.search.ranking import front_member, ranked_complete, sorted_front
 from automl.search.spec import JobSpec
 from automl.tune.bridge import Events, StudyLink
@@ -48,7 +48,8 @@ def finish_leftovers(link: StudyLink, events: Events | None = None) -> TrialCoun
     """Trials still RUNNING after Tune returned were stopped by the budget, the target, the time
     limit or a cancel: those with results are told COMPLETE with their best epoch, the others
     FAIL (as a cancelled job may never be resumed: it holds no running trial, and retention
-    keeps of its trials what it keeps of any). Returns the final counts."""
+    keeps of its trials what it keeps of any); paused ones (freeze-thaw) PRUNED, never
+    COMPLETE. Returns the final counts."""
     study = link.study
     running = link.call(
         lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), "list trials"
@@ -57,6 +58,8 @@ def finish_leftovers(link: StudyLink, events: Events | None = None) -> TrialCoun
     for frozen in running:
         values = link.values_of(frozen)
         state = TrialState.FAIL if values is None else TrialState.COMPLETE
+        if keys.is_paused(frozen.user_attrs, frozen.state):  # freeze-thaw gave it up: pruned
+            state, values = TrialState.PRUNED, None
         if values is None and cancelled:
             link.uncount(trial_id(frozen), "a cancel stopped it before its first epoch")
 
@@ -68,7 +71,7 @@ def finish_leftovers(link: StudyLink, events: Events | None = None) -> TrialCoun
         if events is not None:
             events.on_event(state_name(state), frozen.number,
                             values[0] if isinstance(values, list) else values)
-    return link.call(lambda: TrialCounts.of(t.state for t in study.get_trials(deepcopy=False)),
+    return link.call(lambda: count_trials(study.get_trials(deepcopy=False)),
                      "count trials")
 
 

@@ -8,6 +8,11 @@ and optuna-dashboard users (the keys show in its trial and study pages).
 
 from __future__ import annotations
 
+from typing import Any
+
+from optuna.trial import TrialState
+
+from storage.counts import PAUSED_STATE as PAUSED_STATE
 from storage.counts import TrialCounts as TrialCounts
 from storage.counts import state_name as state_name
 
@@ -36,6 +41,10 @@ DRIVER_MS = "driver_ms"  # the driver's time on it: ask, and each epoch's report
 COSTS = "costs"  # params_m, macs_g, latency_ms of its configuration, measured before it trained
 OVER_LIMIT = "over_limit"  # the limits its costs broke (it never trained): {cost: [value, limit]}
 ERROR = "error"  # a failed trial's own error, its last line (it was not retried)
+# freeze-thaw (`strategy.pruner: freeze-thaw`): the epoch a trial was paused after, its checkpoint
+# kept; None once it was resumed (Optuna cannot remove an attribute). A paused trial stays
+# RUNNING in Optuna (its curve continues when it resumes): users and counts spell it `paused`
+PAUSED = "paused"
 
 # study user attributes, deployment-aware jobs
 MEASURED_COSTS = "measured_costs"  # costs by "backbone@img_size@target", measured once a job
@@ -43,3 +52,20 @@ FRONT = "pareto_front"  # the front's members once the job ends: number, values,
 
 # trial system attributes, deployment-aware jobs
 RUNG_KEY = "pareto_rung_{}"  # the trial's metric when it reached rung k (`.format(k)`)
+
+
+def is_paused(user_attrs: dict[str, Any], state: TrialState) -> bool:
+    """A RUNNING trial that freeze-thaw paused and has not resumed."""
+    return state == TrialState.RUNNING and user_attrs.get(PAUSED) is not None
+
+
+def trial_state(trial: Any) -> str:
+    """How a trial's state is spelled to users (`state_name`), a paused one's `paused`."""
+    if is_paused(trial.user_attrs, trial.state):
+        return PAUSED_STATE
+    return state_name(trial.state)
+
+
+def count_trials(trials: Any) -> TrialCounts:
+    """A study's trials counted by state, the paused ones apart from the running ones."""
+    return TrialCounts.of(trial_state(t) for t in trials)

@@ -192,7 +192,7 @@ class TrackingSpec(_Strict):
 
 class StrategySpec(_Strict):
     sampler: Literal["tpe", "random", "gp", "cmaes", "nsga2"] = DEFAULT_SAMPLER  # type: ignore[assignment]
-    pruner: Literal["hyperband", "sha", "median", "none"] = DEFAULT_PRUNER  # type: ignore[assignment]
+    pruner: Literal["hyperband", "sha", "median", "none", "freeze-thaw"] = DEFAULT_PRUNER  # type: ignore[assignment]
     seed: int | None = None
     warm_start: bool = Field(True, description="try the strategy's portfolio of strong configs first")
     sampler_options: dict[str, Any] = Field(default_factory=dict)
@@ -348,7 +348,7 @@ class JobSpec(_Strict):
         """Options go to Optuna's sampler and pruner as keywords: build them now, not on Ray."""
         s = self.strategy
         if self.objective.front_costs:
-            if s.pruner in ("hyperband", "median"):
+            if s.pruner in ("hyperband", "median", "freeze-thaw"):
                 raise ValueError(f"strategy.pruner: {s.pruner} cannot prune a Pareto front "
                                  "(Optuna's pruners take one objective); use sha (successive "
                                  "halving by Pareto rank) or none")

@@ -24,6 +24,7 @@ from automl.search._optuna import (
     with_groups_once,
 )
 from automl.search.feasible import FeasibleSampler
+from automl.search.freeze_thaw import FreezeThaw, PromotionAsha
 from automl.search.pareto import ParetoSuccessiveHalvingPruner
 from automl.search.portfolio import PORTFOLIOS
 from automl.search.ranking import best_value
@@ -43,9 +44,17 @@ SAMPLERS: dict[str, Any] = {
     "gp": optuna.samplers.GPSampler, "cmaes": optuna.samplers.CmaEsSampler,
     "nsga2": optuna.samplers.NSGAIISampler,
 }
+FREEZE_THAW = "freeze-thaw"  # pause a trial below the cut (its checkpoint kept), resume it later
+
+
+def freeze_thaw_options(min_resource: int = 2, reduction_factor: int = 3) -> None:
+    """The options of `pruner: freeze-thaw` (`PromotionAsha`'s, less what the job sets)."""
+
+
 PRUNERS: dict[str, Any] = {
     "hyperband": optuna.pruners.HyperbandPruner, "sha": optuna.pruners.SuccessiveHalvingPruner,
     "median": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner,
+    FREEZE_THAW: freeze_thaw_options,
 }
 
 
@@ -141,7 +150,19 @@ class Strategy:
             options.setdefault("n_startup_trials", 4)
             options.setdefault("n_warmup_steps", 1)
             return optuna.pruners.MedianPruner(**options)
+        if self.pruner == FREEZE_THAW:
+            freeze_thaw_options(**options)  # checks them; the study's pruner prunes nothing
         return optuna.pruners.NopPruner()
+
+    def freeze_thaw(self) -> FreezeThaw | None:
+        """The pause-and-resume policy (`pruner: freeze-thaw`), None for the other pruners:
+        the study's pruner is then NopPruner, and the bridge asks this object instead."""
+        if self.pruner != FREEZE_THAW:
+            return None
+        options = dict(self.pruner_options)
+        return PromotionAsha(self.max_epochs, self.maximize,
+                             min_resource=int(options.get("min_resource", 2)),
+                             reduction_factor=int(options.get("reduction_factor", 3)))
 
     def create_study(
         self, storage: optuna.storages.BaseStorage, name: str, attrs: dict[str, Any] | None = None

@@ -15,7 +15,7 @@ from automl.jobs.pull import kept_checkpoint_of, pull, pull_checkpoint
 from automl.search import keys
 from automl.search.dataset_name import dataset_name
 from automl.search.job_ids import new_job_id
-from automl.search.keys import TrialCounts, state_name
+from automl.search.keys import count_trials, trial_state
 from automl.search.ranking import front_member, maximizes, sorted_front
 from automl.search.spec import JobSpec
 from automl.service.views import (
@@ -159,7 +159,7 @@ class JobService:
         spec = study.user_attrs.get(keys.SPEC, {})
         objective = spec.get("objective", {}).get("metric", "val_accuracy")
         dataset = spec.get("dataset", {})
-        counts = TrialCounts.of(t.state for t in trials.values())
+        counts = count_trials(trials.values())
         return pull_checkpoint(folder, out, job_id, frozen, objective, test, counts,
                                dataset_name(dataset.get("source", "images"), dataset.get("name")))
 
@@ -243,7 +243,7 @@ class JobService:
 
 def _trial_view(t: optuna.trial.FrozenTrial) -> TrialView:
     return TrialView(
-        number=t.number, state=state_name(t.state), value=t.values[0] if t.values else None,
+        number=t.number, state=trial_state(t), value=t.values[0] if t.values else None,
         epochs=len(t.intermediate_values),
         intermediate_values={str(k): v for k, v in sorted(t.intermediate_values.items())},
         params=t.params, config=t.user_attrs.get(keys.CONFIG, {}),

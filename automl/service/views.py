@@ -15,7 +15,7 @@ RETRY_AFTER_SECONDS = 5
 OUTAGE = "database unavailable, retry shortly"
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TrialState = Literal["running", "complete", "pruned", "failed", "waiting"]
+TrialState = Literal["running", "complete", "pruned", "failed", "waiting", "paused"]
 
 
 class Counts(BaseModel):

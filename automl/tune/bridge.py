@@ -42,6 +42,7 @@ from ray.tune.search import Searcher, SearchGenerator
 
 from automl.search import keys
 from automl.search._optuna import trial_id
+from automl.search.freeze_thaw import Curve, FreezeThaw
 from automl.search.keys import state_name
 from automl.search.strategy import Strategy
 from automl.tune._ray import no_retries
@@ -112,6 +113,7 @@ class StudyLink:
         self._costs: dict[str, dict[str, float]] | None = None  # measured, by cost_key
         self.db_seconds = 0.0  # time spent in database calls, for the overhead report
         self.live: set[str] = set()  # the Ray trials running or waiting to, in this run
+        self.paused: set[str] = set()  # freeze-thaw: the Ray trials paused, not in `live`
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -280,6 +282,41 @@ class StudyLink:
         self.call(lambda: self.storage.set_trial_user_attr(trial_id, keys.UNCOUNTED, why),
                   "mark a trial uncounted")
 
+    def curves(self) -> list[Curve]:
+        """What freeze-thaw decides from: every started trial of the study, as a `Curve`."""
+        out = []
+        for t in self._all_trials():
+            if t.state == TrialState.WAITING:
+                continue
+            state = ("paused" if keys.is_paused(t.user_attrs, t.state)
+                     else state_name(t.state))
+            out.append(Curve(t.number, dict(t.params), dict(t.intermediate_values), state=state))
+        return out
+
+    def ray_ids(self) -> dict[int, str]:
+        """The Ray trial id of each Optuna trial number that has one."""
+        return {t.number: str(t.user_attrs[keys.RAY_TRIAL_ID]) for t in self._all_trials()
+                if keys.RAY_TRIAL_ID in t.user_attrs}
+
+    def to_resume(self, policy: FreezeThaw, ready: set[str] | None = None) -> str | None:
+        """The paused Ray trial the policy resumes at a free slot; None: start a new one.
+        `ready`: the paused trials Ray has finished pausing (default: all of them)."""
+        ready = self.paused if ready is None else ready & self.paused
+        if not ready:
+            return None
+        curves = self.curves()
+        ids = self.ray_ids()
+        paused = [c for c in curves if c.state == "paused" and ids.get(c.number) in ready]
+        if not paused:
+            return None
+        number = policy.choose(paused, curves)
+        return None if number is None else ids.get(number)
+
+    def mark_paused(self, known: _Known, epoch: int | None) -> None:
+        """Record a pause (the epoch it paused after) or, with None, a resume."""
+        self.call(lambda: self.storage.set_trial_user_attr(known.trial_id, keys.PAUSED, epoch),
+                  "record a pause" if epoch is not None else "record a resume")
+
     def _running(self) -> list[optuna.trial.FrozenTrial]:
         return self.call(
             lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)),
@@ -317,6 +354,9 @@ class OptunaSearcher(Searcher):
             return Searcher.FINISHED  # type: ignore[return-value]
         if len(self.link.live) >= self.max_concurrent:
             return None  # none yet
+        policy = self.link.strategy.freeze_thaw()
+        if policy is not None and self.link.to_resume(policy) is not None:
+            return None  # the free slot resumes a paused trial (the scheduler's choice)
         started = time.perf_counter()
         study = self.link.study
         trial = self.link.adopt() or self.link.call(
@@ -393,15 +433,40 @@ class OptunaPruningScheduler(FIFOScheduler):
     the count of the trials Ray runs (the searcher's concurrency: restored ones included), and
     starts no trial once the job is cancelled, or by a driver that no longer holds its job."""
 
-    def __init__(self, link: StudyLink, metric: str) -> None:
+    def __init__(self, link: StudyLink, metric: str, n_trials: int = 0,
+                 max_concurrent: int = 1) -> None:
         super().__init__()
         self.link, self.objective = link, metric
+        self.n_trials, self.max_concurrent = n_trials, max_concurrent
+        self.policy = link.strategy.freeze_thaw()  # None: trials are only ever stopped
+
+    @property
+    def max_paused(self) -> int:
+        """How many paused trials keep their checkpoint (`give_up` the worst beyond it).
+
+        Promotion happens near the rung's cut: a paused trial far below it is resumed only
+        if many later trials score worse, which the budget seldom allows. Twice the trials
+        running at once (at least 4) is room for the ones a few new results can promote,
+        and bounds the disk: at most this many + `max_concurrent` latest checkpoints,
+        however many trials the job runs."""
+        return max(4, 2 * self.max_concurrent)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True  # fixed at construction
 
     def on_trial_add(self, tune_controller: Any, trial: RayTrial) -> None:
-        if trial.status not in (RayTrial.TERMINATED, RayTrial.ERROR):
+        if trial.status in (RayTrial.TERMINATED, RayTrial.ERROR):
+            return
+        if self.policy is not None and trial.status != RayTrial.PAUSED:
+            # restored by `Tuner.restore`, which makes a paused trial PENDING: paused it stays
+            # (Ray files it by the status it has after this call), until the policy resumes it
+            known = self.link.lookup(trial.trial_id)
+            if known is not None and not known.finished and keys.is_paused(
+                    self.link.frozen(known).user_attrs, TrialState.RUNNING):
+                trial.set_status(RayTrial.PAUSED)
+        if trial.status == RayTrial.PAUSED:
+            self.link.paused.add(trial.trial_id)
+        else:
             self.link.live.add(trial.trial_id)
 
     def on_trial_error(self, tune_controller: Any, trial: RayTrial) -> None:
@@ -412,6 +477,7 @@ class OptunaPruningScheduler(FIFOScheduler):
 
     def on_trial_remove(self, tune_controller: Any, trial: RayTrial) -> None:
         self.link.live.discard(trial.trial_id)
+        self.link.paused.discard(trial.trial_id)
 
     def choose_trial_to_run(self, tune_controller: Any) -> RayTrial | None:
         """Ray starts waiting trials right after asking this (on an actor that is ready, or on
@@ -424,13 +490,91 @@ class OptunaPruningScheduler(FIFOScheduler):
         if job.cancelled():
             for waiting in tune_controller.get_trials():
                 if waiting.status in (RayTrial.PENDING, RayTrial.PAUSED):
-                    if (known := self.link.lookup(waiting.trial_id)) is not None:
+                    if waiting.trial_id in self.link.paused:  # ends pruned (finish_leftovers)
+                        self.link.paused.discard(waiting.trial_id)
+                    elif (known := self.link.lookup(waiting.trial_id)) is not None:
                         self.link.uncount(known.trial_id, "a cancel stopped it before it started")
                     waiting.init_local_path()
                     tune_controller.stop_trial(waiting)
             return None
+        if self.policy is not None:
+            return self._freeze_thaw_choice(tune_controller)
         chosen: RayTrial | None = super().choose_trial_to_run(tune_controller)
         return chosen
+
+    def _freeze_thaw_choice(self, tune_controller: Any) -> RayTrial | None:
+        """A trial waiting to start (a new one, a retried one) first, as Ray would; else, with
+        a slot free, the paused trial the policy resumes. Once the budget is spent and nothing
+        runs, the policy gives up paused trials (told PRUNED, stopped in Ray: Ray's run ends
+        only when none is left); one it keeps is resumed."""
+        assert self.policy is not None
+        trials = tune_controller.get_trials()
+        for trial in trials:
+            if trial.status == RayTrial.PENDING and trial.trial_id not in self.link.paused:
+                return trial
+        if not self.link.paused or len(self.link.live) >= self.max_concurrent:
+            return None
+        by_id = {t.trial_id: t for t in trials}
+        # a trial being paused stays RUNNING in Ray until its checkpoint is saved
+        ready = {t.trial_id for t in trials if t.status == RayTrial.PAUSED}
+        chosen = self.link.to_resume(self.policy, ready)
+        log.debug("freeze-thaw: live %s, paused %s, ready %s: resume %s", self.link.live,
+                  self.link.paused, ready, chosen)
+        if chosen is None and self.link.paused <= ready and not self.link.live \
+                and self.link.asked() >= self.n_trials:
+            curves = self.link.curves()
+            ids = self.link.ray_ids()
+            for number in self.policy.give_up(curves):
+                if ids.get(number) in self.link.paused:
+                    self._give_up(tune_controller, by_id.get(ids[number]))
+            chosen = next(iter(sorted(self.link.paused & ready)), None)  # any the policy kept
+        trial = by_id.get(chosen) if chosen is not None else None
+        if trial is None:
+            return None
+        self._resume(trial)
+        return trial
+
+    def _resume(self, trial: RayTrial) -> None:
+        self.link.paused.discard(trial.trial_id)
+        self.link.live.add(trial.trial_id)
+        if (known := self.link.lookup(trial.trial_id)) is not None:
+            self.link.mark_paused(known, None)
+            self.link.emit("running", known.number)
+
+    def _give_up(self, tune_controller: Any, trial: RayTrial | None) -> None:
+        """End a paused trial as pruned; retention then removes its checkpoints."""
+        if trial is None:
+            return
+        self.link.paused.discard(trial.trial_id)
+        if (known := self.link.lookup(trial.trial_id)) is not None:
+            self.link.tell(known, TrialState.PRUNED)
+        if trial.status == RayTrial.PAUSED or trial.status == RayTrial.PENDING:
+            trial.init_local_path()
+            tune_controller.stop_trial(trial)
+
+    def _pause(self, tune_controller: Any, trial: RayTrial, known: _Known, epoch: int) -> str:
+        """Pause `trial` after `epoch` (Ray saves its checkpoint and stops its actor); beyond
+        `max_paused` paused trials, the worst of them is given up instead."""
+        self.link.mark_paused(known, epoch)
+        self.link.live.discard(trial.trial_id)
+        self.link.paused.add(trial.trial_id)
+        self.link.emit("paused", known.number, epoch=epoch)
+        if len(self.link.paused) <= self.max_paused:
+            return TrialScheduler.PAUSE
+        ids = self.link.ray_ids()
+        by_id = {t.trial_id: t for t in tune_controller.get_trials()}
+        givable = {i for i in self.link.paused  # this one, and those Ray finished pausing
+                   if i == trial.trial_id or getattr(by_id.get(i), "status", None) == RayTrial.PAUSED}
+        paused = [c for c in self.link.curves()
+                  if c.state == "paused" and ids.get(c.number) in givable]
+        sign = 1 if self.link.strategy.maximize else -1
+        worst = min(paused, key=lambda c: sign * c.values[c.epochs] if c.values else -float("inf"))
+        if worst.number == known.number:
+            self.link.paused.discard(trial.trial_id)
+            self.link.tell(known, TrialState.PRUNED)
+            return TrialScheduler.STOP
+        self._give_up(tune_controller, by_id.get(ids[worst.number]))
+        return TrialScheduler.PAUSE
 
     def on_trial_result(self, tune_controller: Any, trial: RayTrial, result: dict[str, Any]) -> str:
         known = self.link.lookup(trial.trial_id)
@@ -466,6 +610,11 @@ class OptunaPruningScheduler(FIFOScheduler):
         if prune:
             self.link.tell(known, TrialState.PRUNED)
             return TrialScheduler.STOP
+        if self.policy is not None and not last:
+            curves = self.link.curves()
+            curve = next((c for c in curves if c.number == known.number), None)
+            if curve is not None and self.policy.should_pause(curve, curves):
+                return self._pause(tune_controller, trial, known, int(epoch))
         return TrialScheduler.CONTINUE
 
 
@@ -474,5 +623,5 @@ def bridge(
     max_concurrent: int,
 ) -> tuple[JobSearch, OptunaPruningScheduler]:
     searcher = OptunaSearcher(link, metric, mode, fixed, n_trials, max_concurrent)
-    return JobSearch(searcher), OptunaPruningScheduler(link, metric)
+    return JobSearch(searcher), OptunaPruningScheduler(link, metric, n_trials, max_concurrent)
 

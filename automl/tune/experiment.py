@@ -20,7 +20,7 @@ from ray.tune.experiment import Trial as RayTrial
 from ray.tune.logger import JsonLoggerCallback
 
 from automl.errors import JobError
-from automl.search.keys import TrialCounts
+from automl.search.keys import count_trials
 from automl.search.spec import JobSpec
 from automl.settings import Settings
 from automl.tune.bridge import StudyLink, bridge
@@ -91,7 +91,7 @@ def _fit(
     # all of them, unless Ray's state is gone (a driver killed before Ray first saved it, or a
     # runner on another machine taking the job over): a fresh Tune run asks only the rest (the
     # searcher counts the budget in the study)
-    counts = retry(lambda: TrialCounts.of(t.state for t in link.study.get_trials(deepcopy=False)),
+    counts = retry(lambda: count_trials(link.study.get_trials(deepcopy=False)),
                    what="count trials")
     if counts.finished >= spec.budget.n_trials:
         raise JobError(

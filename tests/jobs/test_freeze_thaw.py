@@ -1,0 +1,131 @@
+"""Freeze-thaw (`strategy.pruner: freeze-thaw`) in a real job on real local Ray + real Optuna:
+a trial below a rung's cut is paused with its checkpoint, later resumed from it, and the study
+records one continuous curve per trial; paused trials left when the budget is spent end PRUNED."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from automl.jobs.driver import run_job
+from automl.jobs.outcome import JobOutcome
+from automl.search import keys
+from automl.search.spec import parse_spec
+from automl.settings import Settings
+from automl.tune.retention import checkpoint_folders
+from storage.optuna_storage import optuna_storage
+from tests.support import DIGITS_JOB
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+
+FREEZE_THAW_JOB: dict[str, Any] = {
+    **DIGITS_JOB,
+    "budget": {"n_trials": 7, "max_epochs": 4},
+    "strategy": {"seed": 0, "warm_start": False, "pruner": "freeze-thaw",
+                 "pruner_options": {"min_resource": 1, "reduction_factor": 2}},
+}
+
+
+@dataclass
+class Heard:
+    events: list[tuple[str, int, int | None]] = field(default_factory=list)
+
+    def on_event(self, kind: str, number: int, value: float | None = None,
+                 epoch: int | None = None, note: str | None = None) -> None:
+        self.events.append((kind, number, epoch))
+
+
+@dataclass
+class Ran:
+    outcome: JobOutcome
+    settings: Settings
+    study: optuna.Study
+    heard: Heard
+
+
+def run(tmp: Path, **changes: Any) -> Ran:
+    spec = parse_spec({**FREEZE_THAW_JOB, **changes})
+    settings = Settings(home=tmp / "automl-data")
+    job_id = f"ft-{tmp.name[-6:]}".replace("_", "-")
+    heard = Heard()
+    outcome = run_job(spec, job_id, settings, events=heard)
+    study = optuna.load_study(study_name=job_id, storage=optuna_storage(settings.storage_url))
+    return Ran(outcome, settings, study, heard)
+
+
+def ray_results(ran: Ran) -> dict[str, list[dict[str, Any]]]:
+    """Each Ray trial's results as it reported them (its result.json), by Ray trial id."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in (ran.settings.runs_path / ran.outcome.job_id).glob("*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if "epoch" in r]
+        if rows:
+            out[str(rows[0]["trial_id"])] = rows
+    return out
+
+
+@pytest.fixture(scope="module")
+def ft_job(tmp_path_factory: pytest.TempPathFactory) -> Ran:
+    return run(tmp_path_factory.mktemp("freeze-thaw"))
+
+
+def test_a_trial_is_paused_and_resumed_from_its_checkpoint(ft_job: Ran) -> None:
+    assert ft_job.outcome.state == "succeeded", ft_job.outcome.error
+    paused = {n for kind, n, _ in ft_job.heard.events if kind == "paused"}
+    resumed = {n for kind, n, _ in ft_job.heard.events if kind == "running"}
+    assert paused, ft_job.heard.events
+    assert resumed & paused, ft_job.heard.events
+    results = ray_results(ft_job)
+    for trial in ft_job.study.trials:
+        if trial.number not in resumed:
+            continue
+        # one continuous curve in the study: epochs 1..n, each once
+        epochs = sorted(trial.intermediate_values)
+        assert epochs == list(range(1, len(epochs) + 1))
+        pause_epoch = min(e for kind, n, e in ft_job.heard.events
+                          if kind == "paused" and n == trial.number and e is not None)
+        assert len(epochs) > pause_epoch
+        # the Ray trial went on from its checkpoint: its epochs and iterations continue
+        rows = results[trial.user_attrs[keys.RAY_TRIAL_ID]]
+        reported = [int(r["epoch"]) for r in rows]
+        assert reported == list(range(1, len(reported) + 1)), reported
+        assert [int(r["training_iteration"]) for r in rows] == reported
+        assert trial.user_attrs.get(keys.PAUSED) is None or trial.state != TrialState.RUNNING
+
+
+def test_counts_are_exact_and_paused_leftovers_end_pruned(ft_job: Ran) -> None:
+    study, outcome = ft_job.study, ft_job.outcome
+    assert len(study.trials) == 7  # a resume is not a new trial
+    assert all(t.state.is_finished() for t in study.trials)
+    counts = outcome.counts
+    assert counts.paused == 0 and counts.running == 0
+    assert counts.complete + counts.pruned + counts.failed == 7
+    assert counts.failed == 0
+    told: dict[int, list[str]] = defaultdict(list)
+    for kind, number, _ in ft_job.heard.events:
+        if kind in ("complete", "pruned", "failed"):
+            told[number].append(kind)
+    assert all(len(kinds) == 1 for kinds in told.values()), told
+    for trial in study.trials:  # a paused trial never completes: it resumed, or was pruned
+        if trial.user_attrs.get(keys.PAUSED) is not None:
+            assert trial.state == TrialState.PRUNED
+        if trial.state == TrialState.COMPLETE:
+            assert max(trial.intermediate_values) == 4
+
+
+def test_retention_leaves_no_checkpoint_of_a_pruned_trial(ft_job: Ran) -> None:
+    run_dir = ft_job.settings.runs_path / ft_job.outcome.job_id
+    folders = {json.loads(line)["trial_id"]: p.parent
+               for p in run_dir.glob("*/result.json")
+               for line in p.read_text().splitlines()[:1] if line.strip()}
+    for trial in ft_job.study.trials:
+        folder = folders.get(trial.user_attrs.get(keys.RAY_TRIAL_ID))
+        if trial.state == TrialState.PRUNED and folder is not None:
+            assert checkpoint_folders(folder) == [], trial.number
