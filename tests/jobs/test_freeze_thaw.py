@@ -114,8 +114,9 @@ def test_counts_are_exact_and_paused_leftovers_end_pruned(ft_job: Ran) -> None:
             told[number].append(kind)
     assert all(len(kinds) == 1 for kinds in told.values()), told
     for trial in study.trials:  # a paused trial never completes: it resumed, or was pruned
-        if trial.user_attrs.get(keys.PAUSED) is not None:
+        if trial.user_attrs.get(keys.PAUSED) is not None:  # paused when the job ended
             assert trial.state == TrialState.PRUNED
+            assert max(trial.intermediate_values) == trial.user_attrs[keys.PAUSED]
         if trial.state == TrialState.COMPLETE:
             assert max(trial.intermediate_values) == 4
 
@@ -129,3 +130,61 @@ def test_retention_leaves_no_checkpoint_of_a_pruned_trial(ft_job: Ran) -> None:
         folder = folders.get(trial.user_attrs.get(keys.RAY_TRIAL_ID))
         if trial.state == TrialState.PRUNED and folder is not None:
             assert checkpoint_folders(folder) == [], trial.number
+
+
+def test_a_killed_driver_keeps_paused_trials_resumable(tmp_path: Path) -> None:
+    """The driver killed while a trial is paused: the restarted driver (`Tuner.restore`, which
+    brings paused trials back as pending) keeps it paused until the policy resumes it from its
+    checkpoint, or gives it up at the end; its curve is continuous and nothing counted twice."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.support import AUTOML, assert_only_kept_checkpoints, load_study, wait_for
+
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({**FREEZE_THAW_JOB, "name": "ft-driver"}))
+    env = {**os.environ, "AUTOML_HOME": str(tmp_path / "automl-data")}
+    command = [AUTOML, "run", str(job), "--job-id", "ft-driver", "--ray-address", "local"]
+    settings = Settings(home=tmp_path / "automl-data")
+
+    def paused_now() -> dict[int, int]:
+        study = load_study(settings.storage_url, "ft-driver")
+        return {t.number: int(t.user_attrs[keys.PAUSED]) for t in study.get_trials(deepcopy=False)
+                if keys.is_paused(t.user_attrs, t.state)}
+
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: bool(paused_now()), what="a paused trial")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started
+        first.wait()
+    paused = paused_now()
+    assert paused
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "job ft-driver succeeded" in second.stdout
+    study = load_study(settings.storage_url, "ft-driver")
+    assert len(study.trials) == 7 and all(t.state.is_finished() for t in study.trials)
+    assert not any(t.state == TrialState.FAIL for t in study.trials)
+    for trial in study.trials:
+        epochs = sorted(trial.intermediate_values)
+        assert epochs == list(range(1, len(epochs) + 1)), (trial.number, epochs)
+        if trial.state == TrialState.COMPLETE:
+            assert epochs[-1] == 4
+    for number, epoch in paused.items():  # resumed (its curve went on) or given up: pruned
+        trial = study.trials[number]
+        assert trial.state == TrialState.PRUNED or max(trial.intermediate_values) > epoch
+    for trial in study.trials:  # paused at the end: it never trained on unasked (as a pending
+        if trial.user_attrs.get(keys.PAUSED) is not None:  # trial Ray restored would have)
+            assert trial.state == TrialState.PRUNED
+            assert max(trial.intermediate_values) == trial.user_attrs[keys.PAUSED]
+    # Ray's record of each trial: epochs continue across pauses and the restart, never from 1
+    ran = Ran(JobOutcome("ft-driver", "succeeded", keys.TrialCounts()), settings, study, Heard())
+    for rows in ray_results(ran).values():
+        reported = [int(r["epoch"]) for r in rows]
+        # never restarted from scratch (a redone epoch after the kill is the most it repeats)
+        assert reported.count(1) == 1 and reported == sorted(reported), reported
+    assert_only_kept_checkpoints(study, settings.runs_path / "ft-driver")
