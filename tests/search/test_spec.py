@@ -33,7 +33,7 @@ def spec_error(**changes: Any) -> str:
         ({"resources": {"gpu": -1}}, "resources.gpu"),
         ({"max_concurrent_trials": 0}, "max_concurrent_trials"),
         ({"strategy": {"sampler": "bayes"}}, "'tpe', 'random', 'gp', 'cmaes' or 'nsga2'"),
-        ({"strategy": {"pruner": "asha"}}, "'hyperband', 'sha', 'median' or 'none'"),
+        ({"strategy": {"pruner": "asha"}}, "'hyperband', 'sha', 'median', 'none' or 'freeze-thaw'"),
         ({"objective": {"metric": "val_loss", "direction": "maximize"}}, "can only be minimized"),
         ({"objective": {"metric": "accuracy"}}, "objective.metric"),
         ({"budgets": {}}, "budgets: unknown field"),

@@ -117,3 +117,25 @@ def test_a_backbone_measured_over_a_limit_is_not_drawn_again(sampler: str) -> No
         "test_convnext@default@device=cpu": {"params_m": 0.21, "macs_g": 0.01},
     })
     assert "test_resnet" not in drawn(20)
+
+
+def test_freeze_thaw_is_the_strategys_policy_and_the_study_prunes_nothing() -> None:
+    """`pruner: freeze-thaw`: the bridge asks the strategy's policy (pause, resume), the study's
+    own pruner is NopPruner; its options reach PromotionAsha, and other options are refused."""
+    import optuna
+
+    from automl.search.freeze_thaw import PromotionAsha
+    from automl.search.spec import parse_spec
+    from tests.support import DIGITS_JOB
+
+    spec = parse_spec({**DIGITS_JOB, "strategy": {
+        "pruner": "freeze-thaw", "pruner_options": {"min_resource": 1, "reduction_factor": 2}}})
+    strategy = spec.strategy_object()
+    policy = strategy.freeze_thaw()
+    assert isinstance(policy, PromotionAsha)
+    assert (policy.min_resource, policy.reduction_factor, policy.max_epochs) == (1, 2, 3)
+    assert isinstance(strategy.make_pruner(), optuna.pruners.NopPruner)
+    assert parse_spec(DIGITS_JOB).strategy_object().freeze_thaw() is None
+    with pytest.raises(ValueError, match="not an option of the freeze-thaw pruner"):
+        parse_spec({**DIGITS_JOB, "strategy": {"pruner": "freeze-thaw",
+                                               "pruner_options": {"max_epochs": 9}}})
