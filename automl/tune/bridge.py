@@ -114,6 +114,9 @@ class StudyLink:
         self.db_seconds = 0.0  # time spent in database calls, for the overhead report
         self.live: set[str] = set()  # the Ray trials running or waiting to, in this run
         self.paused: set[str] = set()  # freeze-thaw: the Ray trials paused, not in `live`
+        # freeze-thaw's view of the study, read again only after this driver changed it (Tune
+        # asks at every step of its loop while a slot is free and a trial is paused)
+        self._trials_seen: list[optuna.trial.FrozenTrial] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -169,6 +172,7 @@ class StudyLink:
 
     def remember(self, ray_id: str, trial: optuna.Trial) -> _Known:
         known = self._known[ray_id] = _Known(trial_id(trial), trial.number, trial=trial)
+        self.changed()
         return known
 
     def known_costs(self, key: str) -> dict[str, float] | None:
@@ -243,6 +247,7 @@ class StudyLink:
 
         self.call(once, f"tell trial {known.number}")
         known.finished = True
+        self.changed()
         self.emit(state_name(state), known.number, value[0] if isinstance(value, list) else value)
 
     def mark_orphans(self, ray_trial_ids: set[str]) -> list[int]:
@@ -282,10 +287,19 @@ class StudyLink:
         self.call(lambda: self.storage.set_trial_user_attr(trial_id, keys.UNCOUNTED, why),
                   "mark a trial uncounted")
 
+    def changed(self) -> None:
+        """This driver changed the study (asked, reported, told, paused): read it again."""
+        self._trials_seen = None
+
+    def _seen(self) -> list[optuna.trial.FrozenTrial]:
+        if self._trials_seen is None:
+            self._trials_seen = self._all_trials()
+        return self._trials_seen
+
     def curves(self) -> list[Curve]:
         """What freeze-thaw decides from: every started trial of the study, as a `Curve`."""
         out = []
-        for t in self._all_trials():
+        for t in self._seen():
             if t.state == TrialState.WAITING:
                 continue
             state = ("paused" if keys.is_paused(t.user_attrs, t.state)
@@ -295,7 +309,7 @@ class StudyLink:
 
     def ray_ids(self) -> dict[int, str]:
         """The Ray trial id of each Optuna trial number that has one."""
-        return {t.number: str(t.user_attrs[keys.RAY_TRIAL_ID]) for t in self._all_trials()
+        return {t.number: str(t.user_attrs[keys.RAY_TRIAL_ID]) for t in self._seen()
                 if keys.RAY_TRIAL_ID in t.user_attrs}
 
     def to_resume(self, policy: FreezeThaw, ready: set[str] | None = None) -> str | None:
@@ -316,6 +330,7 @@ class StudyLink:
         """Record a pause (the epoch it paused after) or, with None, a resume."""
         self.call(lambda: self.storage.set_trial_user_attr(known.trial_id, keys.PAUSED, epoch),
                   "record a pause" if epoch is not None else "record a resume")
+        self.changed()
 
     def _running(self) -> list[optuna.trial.FrozenTrial]:
         return self.call(
@@ -605,6 +620,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         prune = self.link.call(
             lambda: self.link.strategy.report(study, handle, int(epoch), float(value), last),
             "report an epoch and ask the pruner")
+        self.link.changed()
         self.link.emit("report", known.number, float(value), int(epoch))
         known.report_ms.append((time.perf_counter() - started) * 1e3)
         if prune:
