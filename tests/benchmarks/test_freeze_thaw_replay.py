@@ -128,3 +128,30 @@ def test_replay_prints_the_pausing_arms_and_the_per_dataset_table(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert "freeze-thaw / asha:" in done.stdout and "hyperband-pause / asha:" in done.stdout
     assert "per dataset" in done.stdout and "D2" in done.stdout
+
+
+def test_hyperband_with_pausing_ranks_a_trial_in_its_own_bracket_only() -> None:
+    from automl.search.curve_model import PausingHyperband
+
+    decision = PausingHyperband(50)
+    assert [b.rungs()[0] for b in decision.brackets] == [1, 3, 9, 27]
+    # trials 0 and 4 share bracket 0 (first rung: epoch 1); trial 1 is in bracket 1
+    low = Curve(0, {}, {1: 0.1})
+    high = Curve(4, {}, {1: 0.9})
+    other = Curve(1, {}, {1: 0.05})
+    curves = [low, other, high]
+    assert decision.should_pause(low, curves) and not decision.should_pause(high, curves)
+    assert not decision.should_pause(other, curves)  # epoch 1 is no rung of bracket 1
+
+
+def test_the_learned_decision_resumes_what_it_expects_to_beat_the_incumbent() -> None:
+    model = shipped()
+    decision = LearnedFreezeThaw(50, model=model)
+    seconds = {e: 10.0 for e in range(1, 4)}
+    rising = Curve(0, {}, {1: 0.30, 2: 0.60}, dict(list(seconds.items())[:2]), "paused")
+    flat = Curve(1, {}, {1: 0.10, 2: 0.10}, dict(list(seconds.items())[:2]), "paused")
+    incumbent = Curve(2, {}, {1: 0.62, 2: 0.63, 3: 0.64}, seconds)
+    curves = [rising, flat, incumbent]
+    assert decision.rate(rising, 0.64) > decision.rate(flat, 0.64)
+    assert decision.choose([flat], curves) is None  # a hopeless one: a new configuration
+    assert decision.choose([rising, flat], curves) == 0
