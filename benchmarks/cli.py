@@ -203,10 +203,16 @@ def replay(
              "freeze-thaw")] = "random,asha,default",
     datasets: Annotated[str | None, typer.Option(help="comma-separated; default all")] = None,
     processes: Annotated[int | None, typer.Option(min=1, help="default: every core")] = None,
+    hold_out_backbones: Annotated[bool, typer.Option(
+        help="each backbone family in turn as the job's fixed backbone, held out of the "
+             "portfolio too (arms: default, random, guarded, adapt; --strategies is ignored)")] = False,
 ) -> None:
     """Mean normalized regret of each strategy at each budget, replaying recorded fine-tuning runs."""
     from benchmarks.replay import STRATEGIES, mean_regret, run
 
+    if hold_out_backbones:
+        _replay_backbones(data, workers, seeds, budgets, datasets, processes)
+        return
     names = _strategies(strategies, STRATEGIES)
     seconds = [float(b) for b in budgets.split(",")]
     chosen = datasets.split(",") if datasets else None
@@ -236,6 +242,27 @@ def replay(
             per.add_row(dataset, *[f"{mean_regret(mine, s, i):.4f}" for s in ("default", "freeze-thaw")
                                    for i in range(len(seconds))])
         out.print(per)
+
+
+def _replay_backbones(data: Path, workers: int, seeds: int, budgets: str,
+                      datasets: str | None, processes: int | None) -> None:
+    from benchmarks.replay import mean_regret
+    from benchmarks.replay_backbones import ARMS, run, worse_than
+
+    seconds = [float(b) for b in budgets.split(",")]
+    cells = run(data, workers, seeds, seconds, ARMS, datasets.split(",") if datasets else None,
+                processes=processes,
+                progress=lambda c: out.print(f"  {c.dataset} {c.strategy} seed {c.seed}: "
+                                             + " ".join(f"{r:.3f}" for r in c.regrets)))
+    pools = len({c.dataset for c in cells})
+    table = Table("arm", *[f"@ {b:.0f}s" for b in seconds], "pools worse than random",
+                  title=f"held-out backbones: mean normalized regret, {workers} workers, {seeds} "
+                        f"seeds, {pools} (dataset, backbone family) pools (lower is better)")
+    for name in ARMS:
+        table.add_row(name, *[f"{mean_regret(cells, name, i):.4f}" for i in range(len(seconds))],
+                      " / ".join(str(worse_than(cells, name, "random", i))
+                                 for i in range(len(seconds))) + f" of {pools}")
+    out.print(table)
 
 
 @app.command("replay-pareto")
