@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -70,3 +71,32 @@ def test_the_study_records_why_the_warm_start_is_off() -> None:
     assert keys.SPEC in attrs and keys.STARTED_AT in attrs
     assert keys.WARM_START_OFF not in study_attrs(_spec({"backbone": "resnet10t"}, warm_start=False))
     assert keys.WARM_START_OFF not in study_attrs(_spec({}))
+
+
+def test_automl_run_says_the_warm_start_is_off_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the job starts, `automl run` says why it tries no portfolio (the job itself is
+    stopped here before Ray: only the printed line is under test)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from automl.cli import app
+    from automl.errors import JobError
+    from automl.jobs import process
+    from tests.support import DIGITS_JOB  # pretrained: false
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise JobError("stopped by the test")
+
+    monkeypatch.setattr(process, "execute_job", refused)
+    monkeypatch.chdir(tmp_path)
+    for warm, said in ((True, ["warm start off: trials start from scratch (pretrained: false)"]),
+                       (False, [])):
+        job = tmp_path / "job.yaml"
+        job.write_text(json.dumps({**DIGITS_JOB, "strategy": {"seed": 0, "warm_start": warm}}))
+        result = CliRunner().invoke(app, ["run", str(job)])
+        assert "stopped by the test" in result.output, result.output
+        lines = [line.split(";")[0] for line in result.output.splitlines() if "warm start" in line]
+        assert lines == said
