@@ -198,16 +198,25 @@ def replay(
     workers: Annotated[int, typer.Option(min=1)] = 4,
     seeds: Annotated[int, typer.Option(min=1)] = 3,
     budgets: Annotated[str, typer.Option(help="seconds, comma-separated")] = "3600,14400,57600",
-    strategies: Annotated[str, typer.Option(help="random, asha, tpe, default")] = "random,asha,default",
+    strategies: Annotated[str, typer.Option(
+        help="random, asha, tpe, default, asha-promotion, hyperband-pause, default-promotion, "
+             "freeze-thaw")] = "random,asha,default",
     datasets: Annotated[str | None, typer.Option(help="comma-separated; default all")] = None,
+    processes: Annotated[int | None, typer.Option(min=1, help="default: every core")] = None,
+    hold_out_backbones: Annotated[bool, typer.Option(
+        help="each backbone family in turn as the job's fixed backbone, held out of the "
+             "portfolio too (arms: default, random, guarded, adapt; --strategies is ignored)")] = False,
 ) -> None:
     """Mean normalized regret of each strategy at each budget, replaying recorded fine-tuning runs."""
     from benchmarks.replay import STRATEGIES, mean_regret, run
 
+    if hold_out_backbones:
+        _replay_backbones(data, workers, seeds, budgets, datasets, processes)
+        return
     names = _strategies(strategies, STRATEGIES)
     seconds = [float(b) for b in budgets.split(",")]
     chosen = datasets.split(",") if datasets else None
-    cells = run(data, workers, seeds, seconds, names, chosen,
+    cells = run(data, workers, seeds, seconds, names, chosen, processes,
                 progress=lambda c: out.print(f"  {c.dataset} {c.strategy} seed {c.seed}: "
                                              + " ".join(f"{r:.3f}" for r in c.regrets)))
     table = Table("strategy", *[f"regret @ {b:.0f}s" for b in seconds],
@@ -216,11 +225,44 @@ def replay(
     for name in names:
         table.add_row(name, *[f"{mean_regret(cells, name, i):.4f}" for i in range(len(seconds))])
     out.print(table)
-    if {"asha", "default"} <= set(names):
-        ratios = [mean_regret(cells, "default", i) / max(mean_regret(cells, "asha", i), 1e-12)
-                  for i in range(len(seconds))]
-        out.print("default / asha: " + ", ".join(f"{r:.2f}" for r in ratios)
-                  + "  (goal: <= 0.50 at every budget)")
+    if "asha" in names:
+        for name in names:
+            if name == "asha":
+                continue
+            ratios = [mean_regret(cells, name, i) / max(mean_regret(cells, "asha", i), 1e-12)
+                      for i in range(len(seconds))]
+            out.print(f"{name} / asha: " + ", ".join(f"{r:.2f}" for r in ratios)
+                      + "  (goal: <= 0.50 at every budget)")
+    if {"default", "freeze-thaw"} <= set(names):
+        per = Table("dataset", *[f"default @ {b:.0f}s" for b in seconds],
+                    *[f"freeze-thaw @ {b:.0f}s" for b in seconds],
+                    title="per dataset: mean normalized regret over seeds (held out)")
+        for dataset in dict.fromkeys(c.dataset for c in cells):
+            mine = [c for c in cells if c.dataset == dataset]
+            per.add_row(dataset, *[f"{mean_regret(mine, s, i):.4f}" for s in ("default", "freeze-thaw")
+                                   for i in range(len(seconds))])
+        out.print(per)
+
+
+def _replay_backbones(data: Path, workers: int, seeds: int, budgets: str,
+                      datasets: str | None, processes: int | None) -> None:
+    from benchmarks.replay import mean_regret
+    from benchmarks.replay_backbones import ARMS, run, worse_than
+
+    seconds = [float(b) for b in budgets.split(",")]
+    cells = run(data, workers, seeds, seconds, ARMS, datasets.split(",") if datasets else None,
+                processes=processes,
+                progress=lambda c: out.print(f"  {c.dataset} {c.strategy} seed {c.seed}: "
+                                             + " ".join(f"{r:.3f}" for r in c.regrets)))
+    pools = len({c.dataset for c in cells})
+    table = Table("arm", *[f"@ {b:.0f}s" for b in seconds], "pools worse than random",
+                  title=f"held-out backbones: mean normalized regret, {workers} workers, {seeds} "
+                        f"seeds, {pools} (dataset, backbone family) pools (lower is better)")
+    for name in ARMS:
+        table.add_row(name, *[f"{mean_regret(cells, name, i):.4f}" for i in range(len(seconds))],
+                      " / ".join(str(worse_than(cells, name, "random", i))
+                                 for i in range(len(seconds))) + f" of {pools}")
+    out.print(table)
 
 
 @app.command("replay-pareto")
@@ -303,6 +345,22 @@ def portfolio(
     origin = (f"automl-bench portfolio --size {size}: greedy over the "
               f"{sum(len(p.runs) for p in pools.values())} recorded runs on {len(pools)} datasets")
     print(dump_portfolios(portfolios, origin))
+
+
+@app.command("curve-model")
+def curve_model(
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False)] = REPLAY_DATA,
+) -> None:
+    """Fit the freeze-thaw decision's learning-curve model on every recorded run, as the data
+    jobs read: `automl-bench curve-model > automl/search/curve_model.json`."""
+    from automl.search.curve_model import fit
+    from benchmarks.freeze_thaw_replay import recorded_curves
+    from benchmarks.replay import load_pools
+
+    pools = load_pools(data)
+    origin = (f"automl-bench curve-model: ridge per epoch bucket over the "
+              f"{sum(len(p.runs) for p in pools.values())} recorded runs on {len(pools)} datasets")
+    print(fit(recorded_curves(list(pools.values())), origin).dumps())
 
 
 @app.command()

@@ -50,7 +50,8 @@ C = TypeVar("C")
 MAX_EPOCHS = 50  # the recorded curves' longest
 CHECKPOINTS = (900, 3600, 14400, 57600)  # seconds of one worker a portfolio is judged at
 MIN_SPACING = 4.0  # between portfolio members, in `Pool.nearest`'s distance: a backbone change
-STRATEGIES = ("random", "asha", "tpe", "default")
+STRATEGIES = ("random", "asha", "tpe", "default", "asha-promotion", "hyperband-pause",
+              "default-promotion", "freeze-thaw")  # the last four pause (freeze_thaw_replay.py)
 
 # Quick-Tune's timm names -> the current timm names of the same weights (our default space)
 _BACKBONE = {name.split(".")[0]: name for name in DEFAULT_BACKBONES}
@@ -305,6 +306,10 @@ def make_strategy(name: str, seed: int, portfolio: tuple[dict[str, Any], ...]) -
     if name == "asha":  # Ray Tune's ASHAScheduler defaults: grace period 1, reduction factor 4
         return Strategy(space, sampler="random", pruner="sha", seed=seed, warm_start=False,
                         pruner_options={"min_resource": 1, "reduction_factor": 4})
+    if name in ("asha-promotion", "hyperband-pause"):  # pausing anchors: no portfolio
+        return Strategy(space, sampler="random", pruner="none", seed=seed, warm_start=False)
+    if name in ("default-promotion", "freeze-thaw"):  # the default's, pruning left to pausing
+        return Strategy(space, pruner="none", seed=seed, portfolio=portfolio)
     if name == "tpe":  # the model-based pair, no portfolio (the defaults before the replay)
         return Strategy(space, sampler="tpe", pruner="hyperband", seed=seed, warm_start=False)
     return Strategy(space, seed=seed, portfolio=portfolio)  # what a job with no strategy gets
@@ -395,9 +400,17 @@ def _one(args: tuple[Path, str, str, int, int, tuple[float, ...]]) -> Cell:
     data, dataset, name, seed, workers, budgets = args
     pools = load_pools(data)
     held_out = pools[dataset]
-    portfolio = held_out_portfolio(pools, dataset) if name == "default" else ()
+    with_portfolio = name in ("default", "default-promotion", "freeze-thaw")
+    portfolio = held_out_portfolio(pools, dataset) if with_portfolio else ()
     strategy = make_strategy(name, seed, portfolio)
-    trace = simulate(strategy, held_out, workers, max(budgets))
+    if name in STRATEGIES[4:]:
+        from benchmarks.freeze_thaw_replay import held_out_model, make_freeze_thaw, simulate_paused
+
+        model = held_out_model(pools, dataset) if name == "freeze-thaw" else None
+        trace = simulate_paused(strategy, make_freeze_thaw(name, model), held_out, workers,
+                                max(budgets))
+    else:
+        trace = simulate(strategy, held_out, workers, max(budgets))
     return Cell(dataset, name, seed, tuple(regrets(trace, held_out, budgets)))
 
 

@@ -73,6 +73,10 @@ def run(
         highlight=False,
         soft_wrap=True,
     )
+    from automl.search.applicability import warm_start_off
+
+    if spec.strategy.warm_start and (off := warm_start_off(spec.search_space())):
+        err.print(f"warm start off: {off}", highlight=False, soft_wrap=True)
     view = LiveView(
         job_id, spec.budget.n_trials, spec.objective.maximize, spec.objective.metric,
         spec.budget.time_limit, console=err,

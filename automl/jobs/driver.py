@@ -46,6 +46,7 @@ from automl.jobs.preflight import (
 from automl.jobs.publish import publish_best
 from automl.jobs.report import EVALUATION_FILES
 from automl.search import keys
+from automl.search.applicability import warm_start_off
 from automl.search.dataset_name import dataset_name
 from automl.search.keys import count_trials, state_name
 from automl.search.spec import JobSpec
@@ -72,8 +73,19 @@ log = logging.getLogger(__name__)
 
 def strategy_for(spec: JobSpec, n_images: int, n_classes: int = 2) -> Strategy:
     """The job's strategy; its warm-start portfolio is the one for a dataset of `n_images`,
-    without the members whose size alone breaks the job's limits."""
+    without the members whose size alone breaks the job's limits, and none where the portfolio's
+    knowledge does not apply to the job's space (`warm_start_off`: the sampler alone)."""
+    if spec.strategy.warm_start and warm_start_off(spec.search_space()) is not None:
+        return spec.strategy_object()
     return spec.strategy_object(feasible_portfolio(spec, portfolio_for(n_images), n_classes))
+
+
+def study_attrs(spec: JobSpec) -> dict[str, Any]:
+    """What a new study of the job is created with: its spec, when it started, and why it tries
+    no portfolio though its spec asks for a warm start (where that is so)."""
+    off = warm_start_off(spec.search_space()) if spec.strategy.warm_start else None
+    return {keys.SPEC: spec.model_dump(mode="json"), keys.STARTED_AT: time.time(),
+            **({keys.WARM_START_OFF: off} if off else {})}
 
 
 def ensure_ray(address: str | None) -> None:
@@ -129,12 +141,11 @@ def run_job(
     check_resources(spec)
     storage = optuna_storage(settings.storage_url, retry_seconds=connect_seconds)
     strategy = strategy_for(spec, dataset.images, dataset.classes)
+    attrs = study_attrs(spec)
+    if keys.WARM_START_OFF in attrs:
+        log.info("job %s: warm start off: %s", job_id, attrs[keys.WARM_START_OFF])
     study = retry(
-        lambda: strategy.create_study(
-            storage,
-            job_id,
-            {keys.SPEC: spec.model_dump(mode="json"), keys.STARTED_AT: time.time()},
-        ),
+        lambda: strategy.create_study(storage, job_id, attrs),
         what=f"create study {job_id}",
         seconds=connect_seconds,
     )

@@ -84,20 +84,31 @@ class PromotionAsha(FreezeThaw):
             rung *= self.reduction_factor
         return out
 
-    def _promotable(self, curve: Curve, rung: int, curves: Sequence[Curve]) -> bool:
-        """In the top 1/reduction_factor of the trials that reached `rung` (at least one)."""
+    def _cut(self, rung: int, curves: Sequence[Curve]) -> float:
+        """The value at `rung` of the last trial in the top 1/reduction_factor (at least one)."""
         reached = [c.values[rung] for c in curves if rung in c.values]
         keep = max(1, len(reached) // self.reduction_factor)
-        ranked = sorted(reached, reverse=self.maximize)
-        return (curve.values[rung] >= ranked[keep - 1] if self.maximize
-                else curve.values[rung] <= ranked[keep - 1])
+        return sorted(reached, reverse=self.maximize)[keep - 1]
+
+    def _promotable(self, curve: Curve, rung: int, curves: Sequence[Curve],
+                    cuts: dict[int, float] | None = None) -> bool:
+        """In the top 1/reduction_factor of the trials that reached `rung` (at least one).
+        `cuts`: each rung's cut, computed once per `choose` (many paused trials share a rung)."""
+        if cuts is None:
+            cut = self._cut(rung, curves)
+        elif rung in cuts:
+            cut = cuts[rung]
+        else:
+            cut = cuts[rung] = self._cut(rung, curves)
+        return curve.values[rung] >= cut if self.maximize else curve.values[rung] <= cut
 
     def should_pause(self, curve: Curve, curves: Sequence[Curve]) -> bool:
         rung = curve.epochs
         return rung in self.rungs() and not self._promotable(curve, rung, curves)
 
     def choose(self, paused: Sequence[Curve], curves: Sequence[Curve]) -> int | None:
-        ready = [c for c in paused if self._promotable(c, c.epochs, curves)]
+        cuts: dict[int, float] = {}
+        ready = [c for c in paused if self._promotable(c, c.epochs, curves, cuts)]
         if not ready:
             return None
         best = (max if self.maximize else min)(ready, key=lambda c: c.values[c.epochs])

@@ -20,6 +20,9 @@ from storage.counts import state_name as state_name
 SPEC = "spec"  # the job spec the study was created for
 STARTED_AT = "started_at"  # wall-clock time the job's first driver started it
 RUN_SECONDS = "run_seconds"  # time the job has run under a driver, summed: what time_limit bounds
+# why the job tried no warm-start portfolio though its spec asked for one (one line; unset when
+# it did): the portfolio's knowledge does not apply (`automl.search.applicability`)
+WARM_START_OFF = "warm_start_off"
 BEST_TRIAL = "best_trial"  # number of the published trial, once published
 TEST_METRICS = "test_metrics"  # its scores on the test split
 # the files published with it, the only ones `automl pull` takes:

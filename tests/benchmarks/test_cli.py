@@ -49,6 +49,7 @@ def smallest_runs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "replay-pareto": ([*replay, "--costs", costs, "--strategies", "mo-random"],
                           "accuracy x latency"),
         "portfolio": (["--data", runs, "--size", "1"], '"generated_by": "automl-bench portfolio'),
+        "curve-model": (["--data", runs], '"origin": "automl-bench curve-model'),
         "evaluate": (["--sizes", "50", "--data-dir", bench], "automl evaluate: test_resnet"),
     }
 

@@ -1,0 +1,157 @@
+"""Freeze-thaw in the replay: pausing and resuming as a job does, and a curve model fitted
+without the dataset being scored."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from automl.search.curve_model import BUCKETS, CurveModel, LearnedFreezeThaw, shipped
+from automl.search.freeze_thaw import Curve, FreezeThaw
+from automl.search.space import SearchSpace
+from automl.search.strategy import Strategy
+from benchmarks import freeze_thaw_replay
+from benchmarks.freeze_thaw_replay import checkpoint_seconds, drive_paused, held_out_model
+from benchmarks.replay import _one, load_pools
+from tests.benchmarks.test_replay import write_recorded_runs
+
+
+class PauseFirstOnce(FreezeThaw):
+    """Pauses trial 0 after its epoch 2; resumes it once another trial has completed."""
+
+    def should_pause(self, curve: Curve, curves: Sequence[Curve]) -> bool:
+        return curve.number == 0 and curve.epochs == 2
+
+    def choose(self, paused: Sequence[Curve], curves: Sequence[Curve]) -> int | None:
+        done = any(c.state == "complete" for c in curves)
+        return paused[0].number if done else None
+
+
+def test_a_paused_run_resumes_where_its_curve_stood_and_the_checkpoint_is_charged(
+        tmp_path: Path) -> None:
+    write_recorded_runs(tmp_path)
+    pool = load_pools(tmp_path)["D0"]
+    strategy = Strategy(SearchSpace(max_epochs=50), sampler="random", pruner="none", seed=0,
+                        warm_start=False)
+    log: list[tuple[float, str, int, int]] = []
+    trials = drive_paused(strategy, PauseFirstOnce(50), pool, workers=1, horizon=10_000,
+                          seen=lambda now, run, value: False, params={}, log=log)
+    first = trials[0]
+    save, load = checkpoint_seconds(first.run.config["backbone"], {})
+    assert (save, load) == (pytest.approx(2 + 30e6 * 12 / 200e6), pytest.approx(5 + 1.8))
+    events = [(t, what, epoch) for t, what, n, epoch in log if n == 0]
+    kinds = [what for _, what, _ in events]
+    assert kinds[:5] == ["start", "epoch", "epoch", "pause", "resume"]
+    # its epochs continue after the pause: 1, 2, 3, ... to the end of its curve, each once
+    epochs = [epoch for _, what, epoch in events if what == "epoch"]
+    assert epochs == list(range(1, len(first.run.curve) + 1))
+    assert kinds[-1] == "complete"
+    # the one slot: busy saving after the pause, then trial 1 starts; loading before epoch 3
+    paused_at = events[3][0]
+    started = next(t for t, what, n, _ in log if n == 1 and what == "start")
+    assert started == pytest.approx(paused_at + save)
+    resumed_at = events[4][0]
+    third = next(t for t, what, e in events if what == "epoch" and e == 3)
+    assert third == pytest.approx(resumed_at + load + first.run.cost[2])
+    # one Optuna trial, one continuous curve, nothing reported twice
+    trial = first.trial.study.trials[0]
+    assert trial.state.name == "COMPLETE"
+    assert trial.intermediate_values == {e: v / 100 for e, v in enumerate(first.run.curve, 1)}
+    assert first.curve.values == trial.intermediate_values
+
+
+def test_paused_trials_left_at_the_end_are_pruned(tmp_path: Path) -> None:
+    write_recorded_runs(tmp_path)
+    pool = load_pools(tmp_path)["D0"]
+
+    class NeverResume(PauseFirstOnce):
+        def choose(self, paused: Sequence[Curve], curves: Sequence[Curve]) -> int | None:
+            return None
+
+    strategy = Strategy(SearchSpace(max_epochs=50), sampler="random", pruner="none", seed=0,
+                        warm_start=False)
+    trials = drive_paused(strategy, NeverResume(50), pool, workers=2, horizon=2_000,
+                          seen=lambda now, run, value: False, params={})
+    assert trials[0].curve.state == "pruned"
+    assert trials[0].trial.study.trials[0].state.name == "PRUNED"
+    assert sorted(trials[0].curve.values) == [1, 2]
+
+
+def test_the_curve_model_is_fitted_without_the_scored_dataset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_recorded_runs(tmp_path)
+    pools = load_pools(tmp_path)
+    before = held_out_model(pools, "D0")
+    pools["D0"].runs[:] = [r.__class__(r.config, tuple(100 - v for v in r.curve), r.cost)
+                           for r in pools["D0"].runs]  # the held-out dataset changes: nothing does
+    assert held_out_model(pools, "D0") == before
+    assert held_out_model(pools, "D1") != held_out_model(load_pools(tmp_path), "D1")
+
+    fitted: list[int] = []
+    real_fit = freeze_thaw_replay.fit
+
+    def counted(curves: list[list[float]], origin: str = "") -> CurveModel:
+        fitted.append(len(curves))
+        return real_fit(curves, origin)
+
+    monkeypatch.setattr(freeze_thaw_replay, "fit", counted)
+    cell = _one((tmp_path, "D0", "freeze-thaw", 0, 2, (120.0, 600.0)))
+    others = sum(len(p.runs) for d, p in load_pools(tmp_path).items() if d != "D0")
+    assert fitted == [others] and all(0 <= r <= 1 for r in cell.regrets)
+
+
+def test_the_shipped_curve_model_loads_and_predicts() -> None:
+    model = shipped()
+    assert len(model.coef) == len(model.sigma) == len(model.remaining) == len(BUCKETS)
+    assert "13 datasets" in model.origin
+    mean, sigma = model.predict([0.2, 0.5])
+    assert mean >= 0.5 and sigma > 0
+    decision = LearnedFreezeThaw(50)
+    a = Curve(0, {}, {1: 0.2, 2: 0.5}, {1: 10.0, 2: 10.0}, "paused")
+    b = Curve(1, {}, {1: 0.9, 2: 0.91, 3: 0.92}, {1: 10.0, 2: 10.0, 3: 10.0})
+    assert decision.choose([a], [a, b]) in (0, None)
+
+
+def test_replay_prints_the_pausing_arms_and_the_per_dataset_table(tmp_path: Path) -> None:
+    write_recorded_runs(tmp_path)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("automl-bench")), "replay", "--data", str(tmp_path),
+         "--workers", "2", "--seeds", "1", "--budgets", "120,600", "--processes", "1",
+         "--strategies", "asha,default,asha-promotion,hyperband-pause,freeze-thaw"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "freeze-thaw / asha:" in done.stdout and "hyperband-pause / asha:" in done.stdout
+    assert "per dataset" in done.stdout and "D2" in done.stdout
+
+
+def test_hyperband_with_pausing_ranks_a_trial_in_its_own_bracket_only() -> None:
+    from automl.search.curve_model import PausingHyperband
+
+    decision = PausingHyperband(50)
+    assert [b.rungs()[0] for b in decision.brackets] == [1, 3, 9, 27]
+    # trials 0 and 4 share bracket 0 (first rung: epoch 1); trial 1 is in bracket 1
+    low = Curve(0, {}, {1: 0.1})
+    high = Curve(4, {}, {1: 0.9})
+    other = Curve(1, {}, {1: 0.05})
+    curves = [low, other, high]
+    assert decision.should_pause(low, curves) and not decision.should_pause(high, curves)
+    assert not decision.should_pause(other, curves)  # epoch 1 is no rung of bracket 1
+
+
+def test_the_learned_decision_resumes_what_it_expects_to_beat_the_incumbent() -> None:
+    model = shipped()
+    decision = LearnedFreezeThaw(50, model=model)
+    seconds = {e: 10.0 for e in range(1, 4)}
+    rising = Curve(0, {}, {1: 0.30, 2: 0.60}, dict(list(seconds.items())[:2]), "paused")
+    flat = Curve(1, {}, {1: 0.10, 2: 0.10}, dict(list(seconds.items())[:2]), "paused")
+    incumbent = Curve(2, {}, {1: 0.62, 2: 0.63, 3: 0.64}, seconds)
+    curves = [rising, flat, incumbent]
+    assert decision.rate(rising, 0.64) > decision.rate(flat, 0.64)
+    assert decision.choose([flat], curves) is None  # a hopeless one: a new configuration
+    assert decision.choose([rising, flat], curves) == 0
