@@ -47,8 +47,12 @@ SAMPLERS: dict[str, Any] = {
 FREEZE_THAW = "freeze-thaw"  # pause a trial below the cut (its checkpoint kept), resume it later
 
 
-def freeze_thaw_options(min_resource: int = 2, reduction_factor: int = 3) -> None:
-    """The options of `pruner: freeze-thaw` (`PromotionAsha`'s, less what the job sets)."""
+def freeze_thaw_options(min_resource: int = 2, reduction_factor: int = 3,
+                        learned: bool = True) -> None:
+    """The options of `pruner: freeze-thaw`: its rungs (`PromotionAsha`'s), and whether a
+    paused trial is resumed by the shipped learning-curve model's expected improvement per
+    second (`LearnedFreezeThaw`, what the replay measured best) or as soon as promotion-type
+    ASHA would promote it (`learned: false`)."""
 
 
 PRUNERS: dict[str, Any] = {
@@ -160,9 +164,14 @@ class Strategy:
         if self.pruner != FREEZE_THAW:
             return None
         options = dict(self.pruner_options)
-        return PromotionAsha(self.max_epochs, self.maximize,
-                             min_resource=int(options.get("min_resource", 2)),
-                             reduction_factor=int(options.get("reduction_factor", 3)))
+        low, factor = int(options.get("min_resource", 2)), int(options.get("reduction_factor", 3))
+        if options.get("learned", True) and self.maximize:
+            from automl.search.curve_model import LearnedFreezeThaw  # loads the shipped model
+
+            return LearnedFreezeThaw(self.max_epochs, self.maximize, min_resource=low,
+                                     reduction_factor=factor)
+        return PromotionAsha(self.max_epochs, self.maximize, min_resource=low,
+                             reduction_factor=factor)
 
     def create_study(
         self, storage: optuna.storages.BaseStorage, name: str, attrs: dict[str, Any] | None = None

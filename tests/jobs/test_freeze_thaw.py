@@ -29,7 +29,8 @@ FREEZE_THAW_JOB: dict[str, Any] = {
     **DIGITS_JOB,
     "budget": {"n_trials": 7, "max_epochs": 4},
     "strategy": {"seed": 0, "warm_start": False, "pruner": "freeze-thaw",
-                 "pruner_options": {"min_resource": 1, "reduction_factor": 2}},
+                 # promotion-type ASHA's resume rule: a pause and a resume happen for sure
+                 "pruner_options": {"min_resource": 1, "reduction_factor": 2, "learned": False}},
 }
 
 

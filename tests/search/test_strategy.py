@@ -124,6 +124,7 @@ def test_freeze_thaw_is_the_strategys_policy_and_the_study_prunes_nothing() -> N
     own pruner is NopPruner; its options reach PromotionAsha, and other options are refused."""
     import optuna
 
+    from automl.search.curve_model import LearnedFreezeThaw
     from automl.search.freeze_thaw import PromotionAsha
     from automl.search.spec import parse_spec
     from tests.support import DIGITS_JOB
@@ -132,9 +133,12 @@ def test_freeze_thaw_is_the_strategys_policy_and_the_study_prunes_nothing() -> N
         "pruner": "freeze-thaw", "pruner_options": {"min_resource": 1, "reduction_factor": 2}}})
     strategy = spec.strategy_object()
     policy = strategy.freeze_thaw()
-    assert isinstance(policy, PromotionAsha)
+    assert isinstance(policy, LearnedFreezeThaw)  # the replay's best, by default
     assert (policy.min_resource, policy.reduction_factor, policy.max_epochs) == (1, 2, 3)
     assert isinstance(strategy.make_pruner(), optuna.pruners.NopPruner)
+    anchor = parse_spec({**DIGITS_JOB, "strategy": {
+        "pruner": "freeze-thaw", "pruner_options": {"learned": False}}}).strategy_object()
+    assert type(anchor.freeze_thaw()) is PromotionAsha
     assert parse_spec(DIGITS_JOB).strategy_object().freeze_thaw() is None
     with pytest.raises(ValueError, match="not an option of the freeze-thaw pruner"):
         parse_spec({**DIGITS_JOB, "strategy": {"pruner": "freeze-thaw",
