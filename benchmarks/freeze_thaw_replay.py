@@ -31,7 +31,7 @@ from automl.search.curve_model import CurveModel, LearnedFreezeThaw, PausingHype
 from automl.search.freeze_thaw import Curve, FreezeThaw, PromotionAsha
 from automl.search.strategy import Strategy
 from benchmarks import backbone_costs
-from benchmarks.replay import MAX_EPOCHS, Pool, Run
+from benchmarks.replay import MAX_EPOCHS, Pool, Run, best_trace
 
 BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two moments
 THROUGHPUT = 200e6  # bytes a second, to and from the checkpoint volume
@@ -166,14 +166,5 @@ def drive_paused(strategy: Strategy, decision: FreezeThaw, pool: Pool, workers: 
 
 def simulate_paused(strategy: Strategy, decision: FreezeThaw, pool: Pool, workers: int,
                     horizon: float) -> list[tuple[float, float]]:
-    best, trace = -math.inf, [(0.0, -math.inf)]
-
-    def seen(now: float, run: Run, value: float) -> bool:
-        nonlocal best
-        if value > best:
-            best = value
-            trace.append((now, best))
-        return best >= pool.best
-
-    drive_paused(strategy, decision, pool, workers, horizon, seen)
-    return trace
+    return best_trace(
+        pool, lambda seen: drive_paused(strategy, decision, pool, workers, horizon, seen))

@@ -317,6 +317,13 @@ def make_strategy(name: str, seed: int, portfolio: tuple[dict[str, Any], ...]) -
 
 def simulate(strategy: Strategy, pool: Pool, workers: int, horizon: float) -> list[tuple[float, float]]:
     """Drive `strategy` over `pool` on a simulated clock; returns (time, best value so far) steps."""
+    return best_trace(pool, lambda seen: drive(strategy, pool, workers, horizon, seen))
+
+
+def best_trace(pool: Pool, run: Callable[[Callable[[float, Run, float], bool]], Any]
+               ) -> list[tuple[float, float]]:
+    """The (time, best value so far) steps of a simulation `run` that calls its argument with
+    every value seen, and stops once that says the pool's best was found."""
     best, trace = -math.inf, [(0.0, -math.inf)]
 
     def seen(now: float, run: Run, value: float) -> bool:
@@ -326,7 +333,7 @@ def simulate(strategy: Strategy, pool: Pool, workers: int, horizon: float) -> li
             trace.append((now, best))
         return best >= pool.best  # nothing left to find
 
-    drive(strategy, pool, workers, horizon, seen)
+    run(seen)
     return trace
 
 

@@ -22,6 +22,34 @@ log = logging.getLogger(__name__)
 OPEN_PREFIX = "/v2/health/"  # liveness and readiness probes carry no token
 
 
+async def bounded_body(headers: dict[bytes, bytes], receive: Receive, limit: int
+                       ) -> Receive | None:
+    """The request's body read up to `limit` bytes (a declared Content-Length over it: not read
+    at all), as a `receive` that hands it on whole; None when the body is over the limit."""
+    declared = headers.get(b"content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body, more = bytearray(), True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if len(body) > limit:
+            return None
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class Guard:
     def __init__(self, app: ASGIApp, metrics: Metrics, token: str | None,
                  max_body_bytes: int) -> None:
@@ -60,29 +88,10 @@ class Guard:
             await _answer(send, 401, "missing or wrong bearer token: send Authorization: Bearer "
                                      "<AUTOML_API_TOKEN>", scope, {"WWW-Authenticate": "Bearer"})
             return
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+        replay = await bounded_body(headers, receive, self.max_body)
+        if replay is None:
             await self._too_large(scope, send)
             return
-        body, more = bytearray(), True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_body:
-                await self._too_large(scope, send)
-                return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
         await self.app(scope, replay, send)
 
     def _authorized(self, header: bytes | None) -> bool:

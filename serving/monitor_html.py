@@ -4,22 +4,17 @@ for a page: a serving node needs no matplotlib."""
 
 from __future__ import annotations
 
-import base64
-import io
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from html import escape
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: no display on servers
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from serving.monitor import Alert, Thresholds
+from workers.evaluate.page import cell, img, png, table, write_page
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -36,15 +31,7 @@ img { max-width: 100%; margin: 0.5em 0; }
 def write_html(report: dict[str, Any], alerts: Sequence[Alert], thresholds: Thresholds,
                path: Path) -> Path:
     """Write the page atomically: a temporary file beside `path`, renamed over it when whole."""
-    page = render(report, alerts, thresholds)
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text(page, encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return write_page(render(report, alerts, thresholds), path)
 
 
 def render(report: dict[str, Any], alerts: Sequence[Alert], thresholds: Thresholds) -> str:
@@ -73,13 +60,13 @@ def render(report: dict[str, Any], alerts: Sequence[Alert], thresholds: Threshol
                      *(inputs.get(f, {}).get("psi") for f in _features(report)),
                      w["feedback"]["labeled"], w["feedback"]["accuracy"],
                      w["feedback"]["macro_f1"]])
-    parts.append(_table(header, rows))
-    parts.append(f"<p class='note'>Job's test scores: accuracy {_cell(ref['test_accuracy'])}, "
-                 f"macro F1 {_cell(ref['test_f1'])}, mean confidence "
-                 f"{_cell(ref['mean_confidence'])} ({_cell(ref['test_images'])} images).</p>")
+    parts.append(table(header, rows, digits=3))
+    parts.append(f"<p class='note'>Job's test scores: accuracy {cell(ref['test_accuracy'], 3)}, "
+                 f"macro F1 {cell(ref['test_f1'], 3)}, mean confidence "
+                 f"{cell(ref['mean_confidence'], 3)} ({cell(ref['test_images'], 3)} images).</p>")
     parts.append("<h2>Plots</h2>")
-    parts.append(_img(_png(_drift(report, thresholds)), "drift over time"))
-    parts.append(_img(_png(_volume(report)), "predictions and accuracy"))
+    parts.append(img(png(_drift(report, thresholds)), "drift over time"))
+    parts.append(img(png(_volume(report)), "predictions and accuracy"))
     parts.append("</body></html>")
     return "".join(parts)
 
@@ -130,31 +117,3 @@ def _volume(report: dict[str, Any]) -> Figure:
     twin.legend(fontsize=7, loc="lower left")
     ax.set_title("Traffic and accuracy from feedback")
     return fig
-
-
-def _png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f"<img alt='{escape(alt)}' src='data:image/png;base64,{data}'>"
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
-                   for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return escape(str(value))

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +336,32 @@ def backbone_weights(folder: Path) -> Path:
     state = timm.create_model(DIGITS_JOB["space"]["backbone"]).state_dict()
     safetensors.torch.save_file(state, str(weights))
     return weights
+
+
+@dataclass(frozen=True)
+class OpenedPage:
+    images: list[tuple[str, bool, int]]  # each <img>: alt, loaded, natural width
+    body: str  # the page's visible text
+    requests: list[str]  # every URL the page asked for
+
+
+def open_offline_page(page_file: Path, screenshot: Path | None = None) -> OpenedPage:
+    """A self-contained report page opened in headless Chromium, as a user opens it."""
+    from playwright.sync_api import sync_playwright
+
+    requests: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(page_file.as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
+        body = page.inner_text("body")
+        if screenshot is not None:
+            page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    return OpenedPage([tuple(i) for i in images], body, requests)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from fastapi import status
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from automl.settings import Settings
+from serving.guard import bounded_body
 
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
@@ -34,30 +35,10 @@ class RequestGuard:
                 status.HTTP_401_UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"},
             )(scope, receive, send)
             return
-        limit = self.settings.max_body_bytes
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        replay = await bounded_body(headers, receive, self.settings.max_body_bytes)
+        if replay is None:
             await self._too_large(scope, receive, send)
             return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > limit:
-                await self._too_large(scope, receive, send)
-                return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
         await self.app(scope, replay, send)
 
     def _authorized(self, header: bytes | None) -> bool:

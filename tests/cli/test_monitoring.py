@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from automl.cli import app
 from storage.monitoring import HOUR, MonitorStore
 from tests.serving.reference import deploy, reference, traffic
+from tests.support import open_offline_page
 
 NOW = time.time()
 START = NOW - NOW % HOUR  # this hour's start: the latest window
@@ -86,8 +87,6 @@ def test_database_option_and_environment(home: Path, tmp_path_factory: pytest.Te
 
 
 def test_html_page_opens_offline_in_chromium(home: Path, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
     traffic(store_in(home), 120, at=START - HOUR, version="2", correct=0.8)
     traffic(store_in(home), 120, at=START, version="2", shift={"contrast": 0.1}, seed=2)
     page_file = tmp_path / "monitor.html"
@@ -95,19 +94,8 @@ def test_html_page_opens_offline_in_chromium(home: Path, tmp_path: Path) -> None
     assert code == 0, output
     text = page_file.read_text()
     assert not re.search(r"""(src|href)=['"]?(https?:)?//""", text)
-    requests: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("request", lambda request: requests.append(request.url))
-        page.goto(page_file.as_uri())
-        page.wait_for_load_state("load")
-        images = page.eval_on_selector_all(
-            "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
-        body = page.inner_text("body")
-        browser.close()
+    opened = open_offline_page(page_file)
+    images, body, requests = opened.images, opened.body, opened.requests
     assert [alt for alt, _, _ in images] == ["drift over time", "predictions and accuracy"]
     assert all(complete and width > 0 for _, complete, width in images), images
     assert all(url.startswith(("file:", "data:")) for url in requests), requests

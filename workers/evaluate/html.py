@@ -3,18 +3,14 @@ base64 data URIs (matplotlib, Agg), so it opens offline and travels as one file.
 
 from __future__ import annotations
 
-import base64
-import io
-import os
 from html import escape
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: no display on servers
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+
+from workers.evaluate.page import img, png, table, write_page
 
 CHART_FILES = {"reliability": "reliability.png", "robustness": "robustness.png"}
 MAX_CURVES = 20  # classes drawn on the ROC and PR charts; the table has them all
@@ -39,13 +35,7 @@ def write_html(report: dict[str, Any], path: Path, charts: Path | None = None) -
     (`CHART_FILES`; optuna-dashboard previews a study's PNG artifacts), drawn once for both."""
     pngs = chart_pngs(report)
     page = render(report, pngs)
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # renamed once whole
-    try:
-        partial.write_text(page, encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_page(page, path)
     if charts is not None:
         for name, file_name in CHART_FILES.items():
             if name in pngs:
@@ -59,7 +49,7 @@ def chart_pngs(report: dict[str, Any]) -> dict[str, bytes]:
                "pr": _curves(report, "pr"), "reliability": _reliability(report["calibration"])}
     if report["robustness"] is not None:
         figures["robustness"] = _robustness_chart(report["robustness"])
-    return {name: _png(figure) for name, figure in figures.items()}
+    return {name: png(figure) for name, figure in figures.items()}
 
 
 def render(report: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
@@ -75,19 +65,19 @@ def render(report: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
         parts.append(f"<p class='note'>No images of the model's classes: "
                      f"{escape(', '.join(report['absent_classes']))}</p>")
     cis = report.get("confidence_intervals") or {}
-    parts += ["<h2>Scores</h2>", _table(
+    parts += ["<h2>Scores</h2>", table(
         ["metric", "value", "95% interval (bootstrap)"],
         [[k, v, _interval(cis.get(k))] for k, v in report["metrics"].items()]
         + [["ece", report["calibration"]["ece"], _interval(cis.get("ece"))]])]
     if report.get("against"):
         parts += _against(report["against"])
-    parts += ["<h2>Per class</h2>", _table(
+    parts += ["<h2>Per class</h2>", table(
         ["class", "precision", "recall", "f1", "auroc", "support"],
         [[r["class"], r["precision"], r["recall"], r["f1"], r["auroc"], r["support"]]
          for r in report["per_class"]])]
-    parts += ["<div class='charts'>", _img(pngs["confusion"], "confusion matrix"),
-              _img(pngs["roc"], "ROC curves"),
-              _img(pngs["pr"], "precision-recall curves"), "</div>"]
+    parts += ["<div class='charts'>", img(pngs["confusion"], "confusion matrix"),
+              img(pngs["roc"], "ROC curves"),
+              img(pngs["pr"], "precision-recall curves"), "</div>"]
     parts += _calibration(report["calibration"], pngs["reliability"])
     if report["robustness"] is not None:
         parts += _robustness(report["robustness"], pngs["robustness"])
@@ -110,7 +100,7 @@ def _against(against: dict[str, Any]) -> list[str]:
                  "a verdict is likelier than it should be")
     return [f"<h2>Against job {escape(against['job'])}</h2>",
             f"<p class='note'>its test split{images}; {escape(note)}</p>",
-            _table(["metric", "job", "new", "95% interval", "difference", "verdict"], rows)]
+            table(["metric", "job", "new", "95% interval", "difference", "verdict"], rows)]
 
 
 def _interval(ci: dict[str, Any] | None) -> str:
@@ -125,8 +115,8 @@ def _calibration(cal: dict[str, Any], chart: bytes) -> list[str]:
                  ["NLL at the temperature", cal["nll_calibrated"]]]
     return ["<h2>Calibration</h2>",
             f"<p class='note'>temperature fitted on: {escape(cal['fitted_on'])}</p>",
-            _table(["", "value"], rows),
-            "<div class='charts'>", _img(chart, "reliability diagram"), "</div>"]
+            table(["", "value"], rows),
+            "<div class='charts'>", img(chart, "reliability diagram"), "</div>"]
 
 
 def _robustness(rob: dict[str, Any], chart: bytes) -> list[str]:
@@ -138,9 +128,9 @@ def _robustness(rob: dict[str, Any], chart: bytes) -> list[str]:
     return ["<h2>Robustness</h2>",
             f"<p class='note'>clean accuracy {rob['clean_accuracy']:.4f}; seed {rob['seed']}; "
             "relative drop = (clean - corrupted) / clean, mean over severities</p>",
-            _table(["corruption"] + [f"accuracy, severity {s}" for s in severities]
+            table(["corruption"] + [f"accuracy, severity {s}" for s in severities]
                    + ["relative drop"], rows),
-            "<div class='charts'>", _img(chart, "robustness"), "</div>"]
+            "<div class='charts'>", img(chart, "robustness"), "</div>"]
 
 
 def _worst(errors: list[dict[str, Any]]) -> list[str]:
@@ -231,31 +221,3 @@ def _robustness_chart(rob: dict[str, Any]) -> Figure:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def _png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f"<img alt='{escape(alt)}' src='data:image/png;base64,{data}'>"
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
-                   for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return escape(str(value))

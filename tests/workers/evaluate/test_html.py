@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.support import open_offline_page
 from workers.evaluate.html import render, write_html
 from workers.evaluate.report import evaluate
 
@@ -22,26 +23,11 @@ def report(checkpoint: Path) -> dict[str, Any]:
 def test_the_page_opens_offline_in_chromium_with_every_image(
     report: dict[str, Any], tmp_path: Path
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
     page_file = write_html(report, tmp_path / "report.html")
     text = page_file.read_text()
     assert not re.search(r"""(src|href)=['"]?(https?:)?//""", text)  # nothing to fetch
-    requests: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("request", lambda request: requests.append(request.url))
-        page.goto(page_file.as_uri())
-        page.wait_for_load_state("load")
-        images = page.eval_on_selector_all(
-            "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
-        body = page.inner_text("body")
-        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        browser.close()
+    opened = open_offline_page(page_file, screenshot=tmp_path / "report.png")
+    images, body, requests = opened.images, opened.body, opened.requests
     worst = report["worst_errors"]
     assert len(worst) == 12  # the default: the tiny model gets more than 12 wrong
     assert [alt for alt, _, _ in images] == [
