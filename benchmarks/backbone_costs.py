@@ -25,7 +25,8 @@ def measure(backbones: Sequence[str], warmup: int = 1, runs: int = 5,
     """{backbone: {params_m, macs_g, latency_ms, img_size}} on this machine's CPU, one thread."""
     from workers.config import TrialConfig
     from workers.model.backbone import create_backbone
-    from workers.model.costs import LatencyTarget, model_latency, static_costs
+    from workers.model.costs import model_latency, static_costs
+    from workers.model.target import LatencyTarget
 
     target = LatencyTarget()
     rows: dict[str, Any] = {}

@@ -25,7 +25,7 @@ import torch
 
 from workers.config import TrialConfig
 from workers.export import export_onnx
-from workers.model.costs import LatencyTarget
+from workers.model.target import LatencyTarget
 from workers.predict import evaluate_checkpoint, load_checkpoint
 from workers.quantize import quantize_model
 

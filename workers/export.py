@@ -20,8 +20,9 @@ import torch
 
 from workers.errors import UserError, first_line
 from workers.model.checkpoint import read_info
-from workers.model.costs import LatencyTarget, onnx_latency, quiet_exporters
+from workers.model.costs import onnx_latency, quiet_exporters
 from workers.model.preprocessing import stored_size
+from workers.model.target import LatencyTarget
 from workers.predict import LoadedModel, load_checkpoint
 from workers.train.augment import normalize
 

@@ -34,7 +34,8 @@ import torch
 from workers.data.index import DatasetError
 from workers.data.sources import load_index
 from workers.errors import UserError, first_line
-from workers.model.costs import LatencyTarget, onnx_latency
+from workers.model.costs import onnx_latency
+from workers.model.target import LatencyTarget
 from workers.predict import LoadedModel
 from workers.train.augment import eval_transform
 from workers.train.prepared import prepare_data

@@ -27,7 +27,8 @@ from ray import tune
 
 from workers.config import TrialConfig
 from workers.data.index import DatasetIndex
-from workers.model.costs import COSTS_REQUEST, COSTS_RESULT, LatencyTarget, broken_limits, measure_costs
+from workers.model.costs import measure_costs
+from workers.model.target import COSTS_REQUEST, COSTS_RESULT, LatencyTarget, broken_limits
 from workers.train.loop import EpochResult, train
 
 TRIAL_FOLDER = "automl-trial-"

@@ -33,7 +33,8 @@ from automl.search.spec import JobSpec, parse_spec
 from automl.settings import Settings
 from storage.optuna_storage import optuna_storage, retry
 from workers.config import TrialConfig
-from workers.model.costs import COSTS_REQUEST, broken_limits, measure_costs, static_costs
+from workers.model.costs import measure_costs, static_costs
+from workers.model.target import COSTS_REQUEST, broken_limits
 
 SUFFIX = "-distill"
 # searched for every student unless the job's space fixes them: the soft targets' temperature

@@ -18,8 +18,9 @@ from workers.data.decoded_cache import decoded_path, verify_once
 from workers.data.index import DatasetError, DatasetIndex
 from workers.data.roots import is_under
 from workers.data.sources import load_index
-from workers.model.costs import broken_limits, measure_costs, static_costs
+from workers.model.costs import measure_costs, static_costs
 from workers.model.preprocessing import preprocessing, stored_size
+from workers.model.target import broken_limits
 from workers.model.weights import hub_unreachable, uncached_hub_weights
 
 

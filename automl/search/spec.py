@@ -31,7 +31,7 @@ from automl.search.space import SearchSpace
 from automl.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS, Strategy
 from automl.search.validation_errors import format_errors
 from workers.config import OBJECTIVES
-from workers.model.costs import COSTS, LatencyTarget
+from workers.model.target import COSTS, LatencyTarget
 
 
 class _Strict(BaseModel):

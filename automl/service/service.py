@@ -11,7 +11,6 @@ from pathlib import Path
 import optuna
 
 from automl.errors import JobConflict, NotReady, PullError, UnknownJob
-from automl.jobs.pull import kept_checkpoint_of, pull, pull_checkpoint
 from automl.search import keys
 from automl.search.dataset_name import dataset_name
 from automl.search.job_ids import new_job_id
@@ -112,6 +111,8 @@ class JobService:
         best `keep_trials`), or the deployable model of its distill stage. A job that has not
         succeeded has no published best; a study with no job row (written by other means) is
         looked up by its study alone."""
+        from automl.jobs.pull import pull  # Ray Tune and the publisher: only a pull needs them
+
         job = self.store.find(job_id)
         if deployable:
             return self._pull_deployable(job_id, job, out)
@@ -122,6 +123,8 @@ class JobService:
         return pull(self.studies, self.settings.artifacts_path, job_id, out)
 
     def _pull_deployable(self, job_id: str, job: Job | None, out: Path) -> Path:
+        from automl.jobs.pull import pull
+
         study = self._study(job_id)
         if study is None:
             self._job(job_id)  # unknown, or not started yet
@@ -136,6 +139,8 @@ class JobService:
         return pull(self.studies, self.settings.artifacts_path, record["study"], out)
 
     def _pull_trial(self, job_id: str, number: int, out: Path) -> Path:
+        from automl.jobs.pull import kept_checkpoint_of, pull_checkpoint
+
         study = self._study(job_id)
         if study is None:
             self._job(job_id)  # unknown, or not started yet

@@ -49,7 +49,7 @@ from automl.tune._ray import no_retries
 from automl.tune.control import control_of
 from automl.tune.stopper import JobStopper
 from storage.optuna_storage import optuna_storage, retry
-from workers.model.costs import COSTS, COSTS_REQUEST, COSTS_RESULT, broken_limits
+from workers.model.target import COSTS, COSTS_REQUEST, COSTS_RESULT, broken_limits
 from workers.tune_adapter import TRIAL_ERROR
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from automl.tune.stopper import JobStopper
 from storage.optuna_storage import retry
 from workers.data.index import DatasetIndex
 from workers.errors import last_line
-from workers.model.costs import COSTS, COSTS_REQUEST
+from workers.model.target import COSTS, COSTS_REQUEST
 from workers.tune_adapter import run_tune_trial
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,9 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -35,37 +34,7 @@ from workers.config import ConfigError, TrialConfig
 from workers.errors import first_line
 from workers.model.backbone import create_backbone
 from workers.model.preprocessing import default_side
-
-COSTS = ("params_m", "macs_g", "latency_ms")  # what a limit or a Pareto front may name
-COSTS_REQUEST = "measure_costs"  # the trial config's entry asking the trial for its costs
-COSTS_RESULT = "costs_of"  # the first result of such a trial: its costs, under its cost key
-
-
-@dataclass(frozen=True)
-class LatencyTarget:
-    """Where the model will serve: what its latency is measured on."""
-
-    device: Literal["cpu", "cuda"] = "cpu"
-    batch: int = 1
-    threads: int = 1
-    runtime: Literal["onnxruntime", "torch"] = "onnxruntime"
-
-    def key(self) -> str:
-        return f"{self.device}-b{self.batch}-t{self.threads}-{self.runtime}"
-
-
-@dataclass(frozen=True)
-class Costs:
-    params_m: float
-    macs_g: float
-    latency_ms: float | None = None  # None: not measured (no limit or front asks for it)
-
-    def to_dict(self) -> dict[str, float | None]:
-        return asdict(self)
-
-    def get(self, name: str) -> float | None:
-        value: float | None = getattr(self, name)
-        return value
+from workers.model.target import Costs, LatencyTarget
 
 
 def static_costs(backbone: str, img_size: int | None, num_classes: int) -> tuple[float, float, int]:
@@ -176,12 +145,6 @@ def _median_ms(call: Any, warmup: int, runs: int) -> float:
         call()
         times.append((time.perf_counter() - started) * 1000)
     return float(statistics.median(times))
-
-
-def broken_limits(costs: Mapping[str, float | None], limits: Mapping[str, float]) -> dict[str, list[float]]:
-    """The limits `costs` break: {cost: [value, limit]}."""
-    return {name: [float(value), limit] for name, limit in limits.items()
-            if (value := costs.get(name)) is not None and value > limit}
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from automl.tune.bridge import StudyLink
 from automl.tune.tracking.failure import failure
 from automl.tune.tracking.runs import JobRuns
 from automl.tune.trial_errors import last_error_line
-from workers.model.costs import COSTS_REQUEST, COSTS_RESULT
+from workers.model.target import COSTS_REQUEST, COSTS_RESULT
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from workers.model.costs import LatencyTarget, model_latency
+from workers.model.costs import model_latency
+from workers.model.target import LatencyTarget
 
 
 class _Folding(torch.nn.Module):
