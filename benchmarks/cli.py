@@ -265,6 +265,52 @@ def _replay_backbones(data: Path, workers: int, seeds: int, budgets: str,
     out.print(table)
 
 
+@app.command("replay-nested")
+def replay_nested(
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False,
+                                       help="recorded runs in the finetune-curves format")] = REPLAY_DATA,
+    workers: Annotated[int, typer.Option(min=1)] = 4,
+    seeds: Annotated[int, typer.Option(min=1)] = 3,
+    inner_seeds: Annotated[int, typer.Option(min=1)] = 3,
+    budgets: Annotated[str, typer.Option(help="seconds, comma-separated")] = "3600,14400,57600",
+    variants: Annotated[str, typer.Option(help="learned, promotion, learned-early")] = (
+        "learned,promotion,learned-early"),
+    datasets: Annotated[str | None, typer.Option(help="comma-separated; default all")] = None,
+    processes: Annotated[int | None, typer.Option(min=1, help="default: every core")] = None,
+) -> None:
+    """Freeze-thaw with its variant chosen per held-out dataset by an inner leave-one-dataset-out
+    over the other datasets only, against asha and the default on the same replay."""
+    from benchmarks.nested_variants import VARIANTS
+    from benchmarks.nested_variants import run as nested_run
+    from benchmarks.replay import mean_regret
+    from benchmarks.replay import run as replay_run
+
+    names = _strategies(variants, tuple(VARIANTS))
+    seconds = [float(b) for b in budgets.split(",")]
+    chosen_sets = datasets.split(",") if datasets else None
+    anchors = replay_run(data, workers, seeds, seconds, ["asha", "default"], chosen_sets, processes)
+    nested = nested_run(data, workers, seeds, inner_seeds, seconds, names, chosen_sets, processes,
+                        progress=lambda line: out.print(f"  {line}"))
+    cells = [*anchors, *nested.outer, *nested.nested_cells()]
+    arms = ["asha", "default", *names, "nested"]
+    table = Table("strategy", *[f"regret @ {b:.0f}s" for b in seconds], "/ asha",
+                  title=f"mean normalized regret, {workers} workers, {seeds} seeds, "
+                        f"{len(nested.chosen)} datasets held out (lower is better)")
+    for name in arms:
+        means = [mean_regret(cells, name, i) for i in range(len(seconds))]
+        ratios = [m / max(mean_regret(cells, "asha", i), 1e-12) for i, m in enumerate(means)]
+        table.add_row(name, *[f"{m:.4f}" for m in means], ", ".join(f"{r:.2f}" for r in ratios))
+    out.print(table)
+    per = Table("dataset", "chosen", *[f"default @ {b:.0f}s" for b in seconds],
+                *[f"nested @ {b:.0f}s" for b in seconds],
+                title="per dataset: the variant the inner leave-one-dataset-out chose, and regret")
+    for dataset, variant in nested.chosen.items():
+        mine = [c for c in cells if c.dataset == dataset]
+        per.add_row(dataset, variant, *[f"{mean_regret(mine, s, i):.4f}" for s in ("default", "nested")
+                                        for i in range(len(seconds))])
+    out.print(per)
+
+
 @app.command("replay-pareto")
 def replay_pareto(
     data: Annotated[Path, typer.Option(exists=True, file_okay=False,

@@ -117,6 +117,9 @@ class StudyLink:
         # freeze-thaw's view of the study, read again only after this driver changed it (Tune
         # asks at every step of its loop while a slot is free and a trial is paused)
         self._trials_seen: list[optuna.trial.FrozenTrial] | None = None
+        # each trial's epoch seconds as its results said (freeze-thaw weighs a resume by its
+        # cost); kept in memory only: after a driver restart the policy falls back to the others'
+        self.seconds: dict[int, dict[int, float]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -304,7 +307,8 @@ class StudyLink:
                 continue
             state = ("paused" if keys.is_paused(t.user_attrs, t.state)
                      else state_name(t.state))
-            out.append(Curve(t.number, dict(t.params), dict(t.intermediate_values), state=state))
+            out.append(Curve(t.number, dict(t.params), dict(t.intermediate_values),
+                             dict(self.seconds.get(t.number, {})), state=state))
         return out
 
     def ray_ids(self) -> dict[int, str]:
@@ -455,17 +459,6 @@ class OptunaPruningScheduler(FIFOScheduler):
         self.n_trials, self.max_concurrent = n_trials, max_concurrent
         self.policy = link.strategy.freeze_thaw()  # None: trials are only ever stopped
 
-    @property
-    def max_paused(self) -> int:
-        """How many paused trials keep their checkpoint (`give_up` the worst beyond it).
-
-        Promotion happens near the rung's cut: a paused trial far below it is resumed only
-        if many later trials score worse, which the budget seldom allows. Twice the trials
-        running at once (at least 4) is room for the ones a few new results can promote,
-        and bounds the disk: at most this many + `max_concurrent` latest checkpoints,
-        however many trials the job runs."""
-        return max(4, 2 * self.max_concurrent)
-
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True  # fixed at construction
 
@@ -574,7 +567,8 @@ class OptunaPruningScheduler(FIFOScheduler):
         self.link.live.discard(trial.trial_id)
         self.link.paused.add(trial.trial_id)
         self.link.emit("paused", known.number, epoch=epoch)
-        if len(self.link.paused) <= self.max_paused:
+        assert self.policy is not None
+        if len(self.link.paused) <= self.policy.max_paused(self.max_concurrent):
             return TrialScheduler.PAUSE
         ids = self.link.ray_ids()
         by_id = {t.trial_id: t for t in tune_controller.get_trials()}
@@ -582,13 +576,12 @@ class OptunaPruningScheduler(FIFOScheduler):
                    if i == trial.trial_id or getattr(by_id.get(i), "status", None) == RayTrial.PAUSED}
         paused = [c for c in self.link.curves()
                   if c.state == "paused" and ids.get(c.number) in givable]
-        sign = 1 if self.link.strategy.maximize else -1
-        worst = min(paused, key=lambda c: sign * c.values[c.epochs] if c.values else -float("inf"))
-        if worst.number == known.number:
+        evicted = self.policy.worst(paused)  # `evict`, counting those still being paused too
+        if evicted == known.number:
             self.link.paused.discard(trial.trial_id)
             self.link.tell(known, TrialState.PRUNED)
             return TrialScheduler.STOP
-        self._give_up(tune_controller, by_id.get(ids[worst.number]))
+        self._give_up(tune_controller, by_id.get(ids[evicted]))
         return TrialScheduler.PAUSE
 
     def on_trial_result(self, tune_controller: Any, trial: RayTrial, result: dict[str, Any]) -> str:
@@ -621,6 +614,8 @@ class OptunaPruningScheduler(FIFOScheduler):
             lambda: self.link.strategy.report(study, handle, int(epoch), float(value), last),
             "report an epoch and ask the pruner")
         self.link.changed()
+        if (seconds := result.get("epoch_seconds")) is not None:
+            self.link.seconds.setdefault(known.number, {})[int(epoch)] = float(seconds)
         self.link.emit("report", known.number, float(value), int(epoch))
         known.report_ms.append((time.perf_counter() - started) * 1e3)
         if prune:
