@@ -111,10 +111,12 @@ def run(data: Path, workers: int = 4, seeds: int = 3, inner_seeds: int = 3,
                   for d in names for other in every if other != d]
 
     def said(cells: Sequence[Any]) -> None:
-        if progress and cells:
-            first = cells[0]
-            progress(f"{getattr(first, 'excluded', '-')} {getattr(first, 'scored', '')}"
-                     f"{getattr(first, 'dataset', '')}: {len(cells)} replays")
+        if progress is None:
+            return
+        for c in cells:
+            where = f"without {c.excluded}: {c.scored}" if isinstance(c, InnerCell) else c.dataset
+            progress(f"{where} {c.variant if isinstance(c, InnerCell) else c.strategy} seed "
+                     f"{c.seed}: " + " ".join(f"{r:.4f}" for r in c.regrets))
 
     outer = [c for cells in in_processes(_outer, outer_jobs, processes, said) for c in cells]
     inner = [c for cells in in_processes(_inner, inner_jobs, processes, said) for c in cells]

@@ -51,13 +51,14 @@ MAX_EPOCHS = 50  # the recorded curves' longest
 CHECKPOINTS = (900, 3600, 14400, 57600)  # seconds of one worker a portfolio is judged at
 MIN_SPACING = 4.0  # between portfolio members, in `Pool.nearest`'s distance: a backbone change
 STRATEGIES = ("random", "asha", "tpe", "default", "asha-promotion", "hyperband-pause",
-              "default-promotion", "freeze-thaw")  # the last four pause (freeze_thaw_replay.py)
+              "default-promotion", "freeze-thaw", "freeze-thaw-early")  # the last five pause
 # the pausing arms: `strategy.pruner: freeze-thaw` with these options
 PAUSING: dict[str, dict[str, Any]] = {
     "asha-promotion": {"learned": False},
     "hyperband-pause": {"brackets": True, "min_resource": 1},
     "default-promotion": {"learned": False},
     "freeze-thaw": {},  # what a job's `pruner: freeze-thaw` gets
+    "freeze-thaw-early": {"early": True},  # and a learned pause before the first rung too
 }
 
 # Quick-Tune's timm names -> the current timm names of the same weights (our default space)
@@ -420,12 +421,12 @@ def _one(args: tuple[Path, str, str, int, int, tuple[float, ...]]) -> Cell:
     data, dataset, name, seed, workers, budgets = args
     pools = load_pools(data)
     held_out = pools[dataset]
-    with_portfolio = name in ("default", "default-promotion", "freeze-thaw")
+    with_portfolio = name in ("default", "default-promotion", "freeze-thaw", "freeze-thaw-early")
     portfolio = held_out_portfolio(pools, dataset) if with_portfolio else ()
     if name in PAUSING:
         from benchmarks.freeze_thaw_replay import held_out_model, simulate_paused
 
-        model = held_out_model(pools, dataset) if name == "freeze-thaw" else None
+        model = held_out_model(pools, dataset) if name.startswith("freeze-thaw") else None
         strategy = make_strategy(name, seed, portfolio, model)
         trace = simulate_paused(strategy, held_out, workers, max(budgets))
     else:

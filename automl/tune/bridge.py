@@ -112,6 +112,8 @@ class StudyLink:
         self._orphans_left = True  # until a suggestion finds none: none are marked after start
         self._costs: dict[str, dict[str, float]] | None = None  # measured, by cost_key
         self.db_seconds = 0.0  # time spent in database calls, for the overhead report
+        # freeze-thaw: time in its decisions (the study read for them included), and how many
+        self.policy_seconds, self.policy_calls = 0.0, 0
         self.live: set[str] = set()  # the Ray trials running or waiting to, in this run
         self.paused: set[str] = set()  # freeze-thaw: the Ray trials paused, not in `live`
         # freeze-thaw's view of the study, read again only after this driver changed it (Tune
@@ -290,6 +292,16 @@ class StudyLink:
         self.call(lambda: self.storage.set_trial_user_attr(trial_id, keys.UNCOUNTED, why),
                   "mark a trial uncounted")
 
+    def decide(self, what: Callable[[], T]) -> T:
+        """A freeze-thaw decision (should_pause, choose, give_up, evict), timed for the
+        overhead report (`automl-bench overhead --freeze-thaw`)."""
+        started = time.perf_counter()
+        try:
+            return what()
+        finally:
+            self.policy_seconds += time.perf_counter() - started
+            self.policy_calls += 1
+
     def changed(self) -> None:
         """This driver changed the study (asked, reported, told, paused): read it again."""
         self._trials_seen = None
@@ -374,7 +386,7 @@ class OptunaSearcher(Searcher):
         if len(self.link.live) >= self.max_concurrent:
             return None  # none yet
         policy = self.link.strategy.freeze_thaw()
-        if policy is not None and self.link.to_resume(policy) is not None:
+        if policy is not None and self.link.decide(lambda: self.link.to_resume(policy)) is not None:
             return None  # the free slot resumes a paused trial (the scheduler's choice)
         started = time.perf_counter()
         study = self.link.study
@@ -525,14 +537,14 @@ class OptunaPruningScheduler(FIFOScheduler):
         by_id = {t.trial_id: t for t in trials}
         # a trial being paused stays RUNNING in Ray until its checkpoint is saved
         ready = {t.trial_id for t in trials if t.status == RayTrial.PAUSED}
-        chosen = self.link.to_resume(self.policy, ready)
+        policy = self.policy
+        chosen = self.link.decide(lambda: self.link.to_resume(policy, ready))
         log.debug("freeze-thaw: live %s, paused %s, ready %s: resume %s", self.link.live,
                   self.link.paused, ready, chosen)
         if chosen is None and self.link.paused <= ready and not self.link.live \
                 and self.link.asked() >= self.n_trials:
-            curves = self.link.curves()
             ids = self.link.ray_ids()
-            for number in self.policy.give_up(curves):
+            for number in self.link.decide(lambda: policy.give_up(self.link.curves())):
                 if ids.get(number) in self.link.paused:
                     self._give_up(tune_controller, by_id.get(ids[number]))
             chosen = next(iter(sorted(self.link.paused & ready)), None)  # any the policy kept
@@ -560,6 +572,12 @@ class OptunaPruningScheduler(FIFOScheduler):
             trial.init_local_path()
             tune_controller.stop_trial(trial)
 
+    def _should_pause(self, number: int) -> bool:
+        assert self.policy is not None
+        curves = self.link.curves()
+        curve = next((c for c in curves if c.number == number), None)
+        return curve is not None and self.policy.should_pause(curve, curves)
+
     def _pause(self, tune_controller: Any, trial: RayTrial, known: _Known, epoch: int) -> str:
         """Pause `trial` after `epoch` (Ray saves its checkpoint and stops its actor); beyond
         `max_paused` paused trials, the worst of them is given up instead."""
@@ -576,7 +594,8 @@ class OptunaPruningScheduler(FIFOScheduler):
                    if i == trial.trial_id or getattr(by_id.get(i), "status", None) == RayTrial.PAUSED}
         paused = [c for c in self.link.curves()
                   if c.state == "paused" and ids.get(c.number) in givable]
-        evicted = self.policy.worst(paused)  # `evict`, counting those still being paused too
+        policy = self.policy
+        evicted = self.link.decide(lambda: policy.worst(paused))  # `evict`, with those pausing
         if evicted == known.number:
             self.link.paused.discard(trial.trial_id)
             self.link.tell(known, TrialState.PRUNED)
@@ -621,11 +640,9 @@ class OptunaPruningScheduler(FIFOScheduler):
         if prune:
             self.link.tell(known, TrialState.PRUNED)
             return TrialScheduler.STOP
-        if self.policy is not None and not last:
-            curves = self.link.curves()
-            curve = next((c for c in curves if c.number == known.number), None)
-            if curve is not None and self.policy.should_pause(curve, curves):
-                return self._pause(tune_controller, trial, known, int(epoch))
+        if self.policy is not None and not last and self.link.decide(
+                lambda: self._should_pause(known.number)):
+            return self._pause(tune_controller, trial, known, int(epoch))
         return TrialScheduler.CONTINUE
 
 
