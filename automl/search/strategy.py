@@ -96,7 +96,7 @@ class Strategy:
     # freeze-thaw's learning-curve model (a `CurveModel`); None: the one the package ships. The
     # replay sets one fitted without the dataset it scores, and changes nothing else.
     curve_model: Any = None
-    _policy: FreezeThaw | None = field(default=None, init=False, repr=False)
+    _policy: FreezeThaw | None = field(default=None, init=False, repr=False, compare=False)
     _portfolio_done: bool = field(default=False, init=False, repr=False)
 
     @property
