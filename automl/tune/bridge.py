@@ -122,6 +122,7 @@ class StudyLink:
         # each trial's epoch seconds as its results said (freeze-thaw weighs a resume by its
         # cost); kept in memory only: after a driver restart the policy falls back to the others'
         self.seconds: dict[int, dict[int, float]] = {}
+        self.added: set[str] = set()  # the Ray trials Tune added in this driver (a retry re-adds)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -477,13 +478,23 @@ class OptunaPruningScheduler(FIFOScheduler):
     def on_trial_add(self, tune_controller: Any, trial: RayTrial) -> None:
         if trial.status in (RayTrial.TERMINATED, RayTrial.ERROR):
             return
+        retried = trial.trial_id in self.link.added
+        self.link.added.add(trial.trial_id)
         if self.policy is not None and trial.status != RayTrial.PAUSED:
-            # restored by `Tuner.restore`, which makes a paused trial PENDING: paused it stays
-            # (Ray files it by the status it has after this call), until the policy resumes it
             known = self.link.lookup(trial.trial_id)
             if known is not None and not known.finished and keys.is_paused(
                     self.link.frozen(known).user_attrs, TrialState.RUNNING):
-                trial.set_status(RayTrial.PAUSED)
+                if retried:
+                    # its worker died while Ray paused it: Ray retries it from its checkpoint
+                    # and has filed it as pending already (setting PAUSED here would break
+                    # Ray's own books: an AssertionError ends the job), so it goes on, resumed
+                    self.link.paused.discard(trial.trial_id)
+                    self.link.mark_paused(known, None)
+                    self.link.emit("running", known.number)
+                else:
+                    # restored by `Tuner.restore`, which makes a paused trial PENDING: paused it
+                    # stays (Ray files it by the status it has after this call) until resumed
+                    trial.set_status(RayTrial.PAUSED)
         if trial.status == RayTrial.PAUSED:
             self.link.paused.add(trial.trial_id)
         else:
