@@ -55,7 +55,8 @@ def freeze_thaw_options(min_resource: int = 2, reduction_factor: int = 3,
     ASHA would promote it (`learned: false`); `brackets: true` is Hyperband with pausing
     (`PausingHyperband`, first rungs min_resource * reduction_factor**s), a replay anchor;
     `early: true` (learned only) also pauses before the first rung when the model expects a new
-    configuration to bring more per second."""
+    configuration to bring more per second (measured worse on the replay, docs/benchmarks.md:
+    kept so the measurement can be repeated)."""
 
 
 PRUNERS: dict[str, Any] = {
