@@ -173,14 +173,17 @@ def test_the_replays_arms_are_job_strategies_and_their_one_policy() -> None:
 
     model = shipped()
     kinds = {"asha-promotion": PromotionAsha, "default-promotion": PromotionAsha,
-             "hyperband-pause": PausingHyperband, "freeze-thaw": LearnedFreezeThaw}
+             "hyperband-pause": PausingHyperband, "freeze-thaw": LearnedFreezeThaw,
+             "freeze-thaw-early": LearnedFreezeThaw}
     for name in PAUSING:
         strategy = make_strategy(name, 0, (), model)
         assert strategy.pruner == "freeze-thaw"
         policy = strategy.freeze_thaw()
         assert type(policy) is kinds[name] and strategy.freeze_thaw() is policy
     learned = make_strategy("freeze-thaw", 0, (), model).freeze_thaw()
-    assert isinstance(learned, LearnedFreezeThaw) and learned.model is model
+    assert isinstance(learned, LearnedFreezeThaw) and learned.model is model and not learned.early
+    early = make_strategy("freeze-thaw-early", 0, (), model).freeze_thaw()
+    assert isinstance(early, LearnedFreezeThaw) and early.early
 
 
 def test_no_more_trials_stay_paused_than_a_job_keeps(tmp_path: Path,
