@@ -211,3 +211,17 @@ def test_a_trial_whose_worker_died_while_being_paused_goes_on_and_a_restored_one
     record = load_study(url, STUDY).trials[1]
     assert record.user_attrs[keys.PAUSED] is None and record.state == TrialState.RUNNING
     assert list(record.intermediate_values) == [1]  # nothing lost, nothing counted twice
+
+
+def test_freeze_thaw_sees_each_epochs_seconds_as_the_replay_does(tmp_path: Path) -> None:
+    """The learned policy weighs a resume by its cost: a job's curves carry the seconds each
+    epoch took (the trial's `epoch_seconds`), as the replay's carry the recorded ones."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    searcher, scheduler = bridged(url, n_trials=2, max_concurrent=1, pruner="freeze-thaw")
+    start(searcher, scheduler, "a")
+    for epoch, seconds in ((1, 2.5), (2, 3.5)):
+        scheduler.on_trial_result(None, ray_trial("a"), {"val_accuracy": 0.5, "epoch": epoch,
+                                                         "epoch_seconds": seconds})
+    (curve,) = scheduler.link.curves()
+    assert curve.seconds == {1: 2.5, 2: 3.5} and curve.values == {1: 0.5, 2: 0.5}
+    assert scheduler.policy is scheduler.link.strategy.freeze_thaw()  # one policy per job
