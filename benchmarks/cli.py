@@ -26,12 +26,19 @@ def overhead(
     trials: Annotated[int, typer.Option(min=1)] = 4,
     epochs: Annotated[int, typer.Option(min=1, help="10 makes a ~30 s trial on 2 CPU cores")] = 10,
     img_size: Annotated[int, typer.Option()] = 64,
+    freeze_thaw: Annotated[bool, typer.Option(
+        help="instead: a pruner: freeze-thaw job (6 trials x 4 epochs at 32 px), its decisions' "
+             "time per trial and each pause's and resume's wall time")] = False,
 ) -> None:
     """The same trials through `automl run` vs the trial engine in a plain loop."""
     from automl.jobs.local_ray import own_ray_auth
 
     own_ray_auth(None)  # before Ray is imported: the local Ray it starts takes a token
     from benchmarks.overhead import run
+
+    if freeze_thaw:
+        _freeze_thaw_overhead()
+        return
 
     result = run(trials=trials, epochs=epochs, img_size=img_size)
     plain_trial = result.plain_wall / trials
@@ -50,6 +57,29 @@ def overhead(
     for name, seconds in result.breakdown.items():
         parts.add_row(name, f"{seconds:.1f}", f"{100 * seconds / result.automl_wall:.1f}")
     out.print(parts)
+
+
+def _freeze_thaw_overhead() -> None:
+    import statistics
+
+    from benchmarks.overhead import freeze_thaw
+
+    result = freeze_thaw()
+
+    def spread(values: list[float]) -> str:
+        if not values:
+            return "none happened"
+        return (f"{len(values)}: median {statistics.median(values):.2f} s, "
+                f"max {max(values):.2f} s")
+
+    table = Table("", "freeze-thaw job", title="freeze-thaw overhead (one trial at a time)")
+    table.add_row("trials / job wall (s)", f"{result.trials} / {result.wall:.1f}")
+    table.add_row("decisions: calls, total (s)", f"{result.calls}, {result.decisions:.3f}")
+    table.add_row("decisions per trial (ms)", f"{1e3 * result.per_trial:.1f}")
+    table.add_row("decision mean (ms)", f"{1e3 * result.decisions / max(result.calls, 1):.2f}")
+    table.add_row("pause -> slot reused", spread(result.pauses))
+    table.add_row("resume -> next epoch, less its steps", spread(result.resumes))
+    out.print(table)
 
 
 @app.command()
@@ -200,7 +230,7 @@ def replay(
     budgets: Annotated[str, typer.Option(help="seconds, comma-separated")] = "3600,14400,57600",
     strategies: Annotated[str, typer.Option(
         help="random, asha, tpe, default, asha-promotion, hyperband-pause, default-promotion, "
-             "freeze-thaw")] = "random,asha,default",
+             "freeze-thaw, freeze-thaw-early")] = "random,asha,default",
     datasets: Annotated[str | None, typer.Option(help="comma-separated; default all")] = None,
     processes: Annotated[int | None, typer.Option(min=1, help="default: every core")] = None,
     hold_out_backbones: Annotated[bool, typer.Option(
@@ -263,6 +293,58 @@ def _replay_backbones(data: Path, workers: int, seeds: int, budgets: str,
                       " / ".join(str(worse_than(cells, name, "random", i))
                                  for i in range(len(seconds))) + f" of {pools}")
     out.print(table)
+
+
+@app.command("replay-nested")
+def replay_nested(
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False,
+                                       help="recorded runs in the finetune-curves format")] = REPLAY_DATA,
+    workers: Annotated[int, typer.Option(min=1)] = 4,
+    seeds: Annotated[int, typer.Option(min=1)] = 3,
+    inner_seeds: Annotated[int, typer.Option(min=1)] = 3,
+    budgets: Annotated[str, typer.Option(help="seconds, comma-separated")] = "3600,14400,57600",
+    variants: Annotated[str, typer.Option(help="learned, promotion, learned-early")] = (
+        "learned,promotion,learned-early"),
+    datasets: Annotated[str | None, typer.Option(help="comma-separated; default all")] = None,
+    processes: Annotated[int | None, typer.Option(min=1, help="default: every core")] = None,
+    anchors: Annotated[bool, typer.Option(help="replay asha and default too (their code is "
+                                                "not freeze-thaw's: --no-anchors reuses none)")] = True,
+) -> None:
+    """Freeze-thaw with its variant chosen per held-out dataset by an inner leave-one-dataset-out
+    over the other datasets only, against asha and the default on the same replay."""
+    from benchmarks.nested_variants import VARIANTS
+    from benchmarks.nested_variants import run as nested_run
+    from benchmarks.replay import mean_regret
+    from benchmarks.replay import run as replay_run
+
+    names = _strategies(variants, tuple(VARIANTS))
+    seconds = [float(b) for b in budgets.split(",")]
+    chosen_sets = datasets.split(",") if datasets else None
+    fixed = replay_run(data, workers, seeds, seconds, ["asha", "default"], chosen_sets, processes,
+                       progress=lambda c: out.print(f"  {c.dataset} {c.strategy} seed {c.seed}: "
+                                                    + " ".join(f"{r:.4f}" for r in c.regrets))
+                       ) if anchors else []
+    nested = nested_run(data, workers, seeds, inner_seeds, seconds, names, chosen_sets, processes,
+                        progress=lambda line: out.print(f"  {line}"))
+    cells = [*fixed, *nested.outer, *nested.nested_cells()]
+    arms = [*(["asha", "default"] if anchors else []), *names, "nested"]
+    table = Table("strategy", *[f"regret @ {b:.0f}s" for b in seconds], "/ asha",
+                  title=f"mean normalized regret, {workers} workers, {seeds} seeds, "
+                        f"{len(nested.chosen)} datasets held out (lower is better)")
+    for name in arms:
+        means = [mean_regret(cells, name, i) for i in range(len(seconds))]
+        ratios = [m / max(mean_regret(cells, "asha", i), 1e-12) for i, m in enumerate(means)
+                  ] if anchors else []
+        table.add_row(name, *[f"{m:.4f}" for m in means], ", ".join(f"{r:.2f}" for r in ratios))
+    out.print(table)
+    shown = ("default", "nested") if anchors else ("nested",)
+    per = Table("dataset", "chosen", *[f"{s} @ {b:.0f}s" for s in shown for b in seconds],
+                title="per dataset: the variant the inner leave-one-dataset-out chose, and regret")
+    for dataset, variant in nested.chosen.items():
+        mine = [c for c in cells if c.dataset == dataset]
+        per.add_row(dataset, variant, *[f"{mean_regret(mine, s, i):.4f}" for s in shown
+                                        for i in range(len(seconds))])
+    out.print(per)
 
 
 @app.command("replay-pareto")

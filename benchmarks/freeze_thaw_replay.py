@@ -2,9 +2,11 @@
 
 A paused run keeps its place in its recorded curve, and a resumed one goes on from its next
 epoch, as a job's trial goes on from its checkpoint; its Optuna trial stays open meanwhile (one
-curve, no epoch reported twice) and ends pruned if it is never resumed. The decisions are the
-`FreezeThaw` object's hooks only (`should_pause`, `choose`, `give_up`), seeing `Curve`s with
-values as a job reports them (fractions) and the seconds each epoch took.
+curve, no epoch reported twice) and ends pruned if it is never resumed. The decisions are those
+of the policy the job's own `Strategy` hands out (`Strategy.freeze_thaw()`, what a job's bridge
+asks), through its hooks only (`should_pause`, `choose`, `evict`, `give_up`), seeing `Curve`s
+with values as a job reports them (fractions) and the seconds each epoch took. As in a job, at
+most `max_paused(workers)` trials stay paused: beyond it the worst is given up (pruned).
 
 Pausing costs a checkpoint: the worker saving it is busy for `save_seconds` after the paused
 epoch, and a resumed trial first loads it (`load_seconds`). The data records no checkpoint
@@ -27,8 +29,8 @@ from collections.abc import Callable, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from automl.search.curve_model import CurveModel, LearnedFreezeThaw, PausingHyperband, fit
-from automl.search.freeze_thaw import Curve, FreezeThaw, PromotionAsha
+from automl.search.curve_model import CurveModel, fit
+from automl.search.freeze_thaw import Curve
 from automl.search.strategy import Strategy
 from benchmarks import backbone_costs
 from benchmarks.replay import MAX_EPOCHS, Pool, Run, best_trace
@@ -58,16 +60,6 @@ def held_out_model(pools: dict[str, Pool], dataset: str) -> CurveModel:
                origin=f"without {dataset}")
 
 
-def make_freeze_thaw(name: str, model: CurveModel | None = None) -> FreezeThaw:
-    if name in ("asha-promotion", "default-promotion"):
-        return PromotionAsha(MAX_EPOCHS)
-    if name == "hyperband-pause":
-        return PausingHyperband(MAX_EPOCHS)
-    if name == "freeze-thaw":
-        return LearnedFreezeThaw(MAX_EPOCHS, model=model)
-    raise ValueError(name)
-
-
 @dataclasses.dataclass
 class _Trial:
     trial: optuna.Trial
@@ -77,17 +69,21 @@ class _Trial:
     load: float
 
 
-def drive_paused(strategy: Strategy, decision: FreezeThaw, pool: Pool, workers: int,
+def drive_paused(strategy: Strategy, pool: Pool, workers: int,
                  horizon: float, seen: Callable[[float, Run, float], bool],
                  params: dict[str, dict[str, float]] | None = None,
                  log: list[tuple[float, str, int, int]] | None = None) -> dict[int, _Trial]:
     """`replay.drive` with pausing: `workers` slots; a slot runs a trial's epochs one by one
-    (recorded seconds), saves a checkpoint when `decision` pauses it, and when free asks
-    `decision.choose` whether to resume a paused trial (after loading its checkpoint) or to
-    start a new configuration from `strategy`. `log` gets (time, event, trial, epoch) for
-    start, epoch, pause, resume, complete, pruned. Returns the trials by number."""
+    (recorded seconds), saves a checkpoint when the strategy's freeze-thaw policy pauses it,
+    and when free asks the policy's `choose` whether to resume a paused trial (after loading
+    its checkpoint) or to start a new configuration from `strategy`. `log` gets (time, event,
+    trial, epoch) for start, epoch, pause, resume, complete, pruned. Returns the trials by
+    number."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    decision = strategy.freeze_thaw()
+    if decision is None:
+        raise ValueError(f"strategy.pruner is {strategy.pruner}, not freeze-thaw: nothing pauses")
     study = strategy.create_study(optuna.storages.InMemoryStorage(), "replay")
     params = backbone_costs.load() if params is None else params
     trials: dict[int, _Trial] = {}
@@ -154,7 +150,15 @@ def drive_paused(strategy: Strategy, decision: FreezeThaw, pool: Pool, workers: 
         elif decision.should_pause(t.curve, curves):
             set_state(number, "paused")
             note(now, "pause", number, epoch)
-            heapq.heappush(events, (now + t.save, next(order), "free", number))
+            evicted = decision.evict([c for c in curves if c.state == "paused"], workers)
+            if evicted is not None:  # beyond the bound: the worst is given up, pruned
+                study.tell(trials[evicted].trial, state=TrialState.PRUNED)
+                set_state(evicted, "pruned")
+                note(now, "pruned", evicted, trials[evicted].curve.epochs)
+            if evicted == number:  # stopped, not saved: its slot is free now
+                fill(now)
+            else:
+                heapq.heappush(events, (now + t.save, next(order), "free", number))
         else:
             next_epoch(now, t)
     for number in decision.give_up(curves):
@@ -164,7 +168,6 @@ def drive_paused(strategy: Strategy, decision: FreezeThaw, pool: Pool, workers: 
     return trials
 
 
-def simulate_paused(strategy: Strategy, decision: FreezeThaw, pool: Pool, workers: int,
+def simulate_paused(strategy: Strategy, pool: Pool, workers: int,
                     horizon: float) -> list[tuple[float, float]]:
-    return best_trace(
-        pool, lambda seen: drive_paused(strategy, decision, pool, workers, horizon, seen))
+    return best_trace(pool, lambda seen: drive_paused(strategy, pool, workers, horizon, seen))

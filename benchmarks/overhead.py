@@ -159,3 +159,95 @@ def _automl(
     }
     breakdown["Tune scheduling, other"] = wall - steps - sum(breakdown.values())
     return wall, steps, breakdown
+
+
+@dataclass(frozen=True)
+class FreezeThawOverhead:
+    """What freeze-thaw costs a real job beyond training: its decisions, and the wall time a
+    pause and a resume take (one trial at a time, so a pause frees the only slot)."""
+
+    trials: int
+    wall: float
+    decisions: float  # seconds in should_pause/choose/give_up/evict, the study read included
+    calls: int
+    pauses: list[float]  # a pause's decision -> the next trial (new or resumed) on the slot
+    resumes: list[float]  # a resume's decision -> its next epoch reported, less that epoch's steps
+
+    @property
+    def per_trial(self) -> float:
+        return self.decisions / self.trials
+
+
+class _Events:
+    """Every bridge event with its time."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[float, str, int, int | None]] = []
+
+    def on_event(
+        self, kind: str, number: int, value: float | None = None, epoch: int | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.heard.append((time.perf_counter(), kind, number, epoch))
+
+
+def freeze_thaw(trials: int = 6, epochs: int = 4, img_size: int = 32,
+                backbone: str = "test_resnet.r160_in1k") -> FreezeThawOverhead:
+    """A `pruner: freeze-thaw` job on the digits, one trial at a time, whose learning rate is
+    good or hopeless (so trials pause, and promotion-type ASHA's rule resumes some for sure:
+    `learned: false`, rungs at 1, 2 epochs)."""
+    from ray.tune import ExperimentAnalysis
+
+    space = {**fixed_space(backbone, img_size), "lr": [0.003, 1e-7]}
+    spec = parse_spec({
+        "name": "overhead-ft",
+        "dataset": {"source": "builtin:digits"},
+        "budget": {"n_trials": trials, "max_epochs": epochs},
+        "max_concurrent_trials": 1,
+        "resources": {"cpu": os.cpu_count() or 1},
+        "strategy": {"seed": 0, "pruner": "freeze-thaw", "warm_start": False,
+                     "pruner_options": {"min_resource": 1, "reduction_factor": 2,
+                                        "learned": False}},
+        "evaluation": {"corruptions": False},
+        "space": space,
+    })
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-ft-") as tmp:
+        settings = Settings(home=Path(tmp))
+        events = _Events()
+        ensure_ray(None)
+        started = time.perf_counter()
+        outcome = run_job(spec, "overhead-ft", settings, events=events)
+        wall = time.perf_counter() - started
+        assert outcome.state == "succeeded", outcome.error
+        steps: dict[tuple[int, int], float] = {}  # (trial number, epoch) -> its train+eval steps
+        for frame in ExperimentAnalysis(str(settings.runs_path / "overhead-ft")
+                                        ).trial_dataframes.values():
+            number = _number_of(settings, str(frame["trial_id"].iloc[0]))
+            for _, row in frame.dropna(subset=["epoch"]).iterrows():
+                steps[(number, int(row["epoch"]))] = float(row["epoch_seconds"])
+    heard = events.heard
+    pauses, resumes = [], []
+    for i, (at, kind, number, _) in enumerate(heard):
+        if kind == "paused":
+            nxt = next((t for t, k, _, _ in heard[i + 1:] if k in ("start", "running")), None)
+            if nxt is not None:
+                pauses.append(nxt - at)
+        elif kind == "running":
+            report = next(((t, e) for t, k, n, e in heard[i + 1:] if k == "report" and n == number),
+                          None)
+            if report is not None and report[1] is not None:
+                resumes.append(report[0] - at - steps.get((number, report[1]), 0.0))
+    timings = outcome.timings
+    return FreezeThawOverhead(trials, wall, timings.get("freeze-thaw decisions", 0.0),
+                              int(timings.get("freeze-thaw calls", 0)), pauses, resumes)
+
+
+def _number_of(settings: Settings, ray_trial_id: str) -> int:
+    import optuna
+
+    from automl.search import keys
+    from storage.optuna_storage import optuna_storage
+
+    study = optuna.load_study(study_name="overhead-ft", storage=optuna_storage(settings.storage_url))
+    return next(t.number for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get(keys.RAY_TRIAL_ID) == ray_trial_id)

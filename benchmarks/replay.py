@@ -43,7 +43,7 @@ from automl.search.space import (
     WEIGHT_DECAY_RANGE,
     SearchSpace,
 )
-from automl.search.strategy import Strategy, portfolio_size
+from automl.search.strategy import FREEZE_THAW, Strategy, portfolio_size
 from workers.config import AUGMENTS, OPTIMIZERS, SCHEDULES
 
 C = TypeVar("C")
@@ -51,7 +51,15 @@ MAX_EPOCHS = 50  # the recorded curves' longest
 CHECKPOINTS = (900, 3600, 14400, 57600)  # seconds of one worker a portfolio is judged at
 MIN_SPACING = 4.0  # between portfolio members, in `Pool.nearest`'s distance: a backbone change
 STRATEGIES = ("random", "asha", "tpe", "default", "asha-promotion", "hyperband-pause",
-              "default-promotion", "freeze-thaw")  # the last four pause (freeze_thaw_replay.py)
+              "default-promotion", "freeze-thaw", "freeze-thaw-early")  # the last five pause
+# the pausing arms: `strategy.pruner: freeze-thaw` with these options
+PAUSING: dict[str, dict[str, Any]] = {
+    "asha-promotion": {"learned": False},
+    "hyperband-pause": {"brackets": True, "min_resource": 1},
+    "default-promotion": {"learned": False},
+    "freeze-thaw": {},  # what a job's `pruner: freeze-thaw` gets
+    "freeze-thaw-early": {"early": True},  # and a learned pause before the first rung too
+}
 
 # Quick-Tune's timm names -> the current timm names of the same weights (our default space)
 _BACKBONE = {name.split(".")[0]: name for name in DEFAULT_BACKBONES}
@@ -299,17 +307,23 @@ def _anytime_regret(pool: Pool, run: Run, checkpoints: Sequence[float]) -> list[
     return out
 
 
-def make_strategy(name: str, seed: int, portfolio: tuple[dict[str, Any], ...]) -> Strategy:
+def make_strategy(name: str, seed: int, portfolio: tuple[dict[str, Any], ...],
+                  curve_model: Any = None) -> Strategy:
+    """The arm's strategy, as a job's spec would build it. The pausing arms are `pruner:
+    freeze-thaw` with their options, `curve_model` the learned arm's (fitted without the
+    scored dataset; None: the shipped one)."""
     space = SearchSpace(max_epochs=MAX_EPOCHS)
     if name == "random":
         return Strategy(space, sampler="random", pruner="none", seed=seed, warm_start=False)
     if name == "asha":  # Ray Tune's ASHAScheduler defaults: grace period 1, reduction factor 4
         return Strategy(space, sampler="random", pruner="sha", seed=seed, warm_start=False,
                         pruner_options={"min_resource": 1, "reduction_factor": 4})
-    if name in ("asha-promotion", "hyperband-pause"):  # pausing anchors: no portfolio
-        return Strategy(space, sampler="random", pruner="none", seed=seed, warm_start=False)
-    if name in ("default-promotion", "freeze-thaw"):  # the default's, pruning left to pausing
-        return Strategy(space, pruner="none", seed=seed, portfolio=portfolio)
+    if name in PAUSING:
+        options = PAUSING[name]
+        anchor = name in ("asha-promotion", "hyperband-pause")  # no portfolio
+        return Strategy(space, sampler="random", pruner=FREEZE_THAW, seed=seed,
+                        warm_start=not anchor, portfolio=() if anchor else portfolio,
+                        pruner_options=dict(options), curve_model=curve_model)
     if name == "tpe":  # the model-based pair, no portfolio (the defaults before the replay)
         return Strategy(space, sampler="tpe", pruner="hyperband", seed=seed, warm_start=False)
     return Strategy(space, seed=seed, portfolio=portfolio)  # what a job with no strategy gets
@@ -407,16 +421,16 @@ def _one(args: tuple[Path, str, str, int, int, tuple[float, ...]]) -> Cell:
     data, dataset, name, seed, workers, budgets = args
     pools = load_pools(data)
     held_out = pools[dataset]
-    with_portfolio = name in ("default", "default-promotion", "freeze-thaw")
+    with_portfolio = name in ("default", "default-promotion", "freeze-thaw", "freeze-thaw-early")
     portfolio = held_out_portfolio(pools, dataset) if with_portfolio else ()
-    strategy = make_strategy(name, seed, portfolio)
-    if name in STRATEGIES[4:]:
-        from benchmarks.freeze_thaw_replay import held_out_model, make_freeze_thaw, simulate_paused
+    if name in PAUSING:
+        from benchmarks.freeze_thaw_replay import held_out_model, simulate_paused
 
-        model = held_out_model(pools, dataset) if name == "freeze-thaw" else None
-        trace = simulate_paused(strategy, make_freeze_thaw(name, model), held_out, workers,
-                                max(budgets))
+        model = held_out_model(pools, dataset) if name.startswith("freeze-thaw") else None
+        strategy = make_strategy(name, seed, portfolio, model)
+        trace = simulate_paused(strategy, held_out, workers, max(budgets))
     else:
+        strategy = make_strategy(name, seed, portfolio)
         trace = simulate(strategy, held_out, workers, max(budgets))
     return Cell(dataset, name, seed, tuple(regrets(trace, held_out, budgets)))
 

@@ -20,8 +20,7 @@ class TrialCounts:
     pruned: int = 0
     failed: int = 0
     waiting: int = 0
-    # freeze-thaw: RUNNING in Optuna, its checkpoint kept, not training (not among `running`);
-    # a job row, which has no column for it, counts these as running
+    # freeze-thaw: RUNNING in Optuna, its checkpoint kept, not training (not among `running`)
     paused: int = 0
 
     @classmethod

@@ -55,7 +55,8 @@ class Progress:
 
     def columns(self) -> dict[str, Any]:
         """The job row's columns this progress sets."""
-        return {"n_running": self.counts.running + self.counts.paused, "n_complete": self.counts.complete,
+        return {"n_running": self.counts.running, "n_paused": self.counts.paused,
+                "n_complete": self.counts.complete,
                 "n_pruned": self.counts.pruned, "n_failed": self.counts.failed,
                 "best_trial": self.best_trial, "best_value": self.best_value,
                 "study_id": self.study_id}
@@ -70,7 +71,7 @@ class JobStore:
         with self._sessions.begin() as session:
             job = Job(
                 id=job_id, name=name, spec=spec, state=state, attempts=0, restarts=0,
-                cancel_requested=False, n_running=0, n_complete=0, n_pruned=0, n_failed=0,
+                cancel_requested=False, n_running=0, n_complete=0, n_pruned=0, n_failed=0, n_paused=0,
             )
             if state == "running":
                 job.started_at = job.heartbeat_at = utcnow()
@@ -244,9 +245,10 @@ class JobStore:
         since that claim. Returns whether it was written."""
         assert state in FINISHED_STATES
         values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "error": error,
-                                  "n_running": 0}
-        if progress is not None:
-            values.update({k: v for k, v in progress.columns().items() if k != "n_running"})
+                                  "n_running": 0, "n_paused": 0}
+        if progress is not None:  # nothing runs or stays paused once a job has ended
+            values.update({k: v for k, v in progress.columns().items()
+                           if k not in ("n_running", "n_paused")})
         if test_metrics is not None:
             values["test_metrics"] = test_metrics
         query = update(Job).where(Job.id == job_id)

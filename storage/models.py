@@ -54,6 +54,7 @@ class Job(Base):
     n_complete: Mapped[int] = mapped_column(Integer, default=0)
     n_pruned: Mapped[int] = mapped_column(Integer, default=0)
     n_failed: Mapped[int] = mapped_column(Integer, default=0)
+    n_paused: Mapped[int] = mapped_column(Integer, default=0)  # freeze-thaw: checkpoint kept, not training
     test_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     study_id: Mapped[int | None] = mapped_column(Integer)  # the Optuna study's id, once created
     restarts: Mapped[int] = mapped_column(Integer, default=0)  # drivers lost since the last resume

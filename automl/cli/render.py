@@ -134,8 +134,8 @@ def status_panel(view: JobView) -> Text:
     stopping = view.cancel_requested and view.state == "running"
     lines = [
         f"job {view.id}: {view.state}" + (" (cancel requested)" if stopping else ""),
-        f"trials: {t.running} running, {t.complete} complete, {t.pruned} pruned, "
-        f"{t.failed} failed, budget {t.budget}",
+        f"trials: {t.running} running, " + (f"{t.paused} paused, " if t.paused else "")
+        + f"{t.complete} complete, {t.pruned} pruned, {t.failed} failed, budget {t.budget}",
         "best so far: -" if best.value is None else
         f"best so far: trial {best.trial}, {view.objective} {best.value:.4f}",
         f"dashboard: {view.dashboard}",
@@ -153,8 +153,9 @@ def jobs_table(page: JobPage) -> Table:
         table.add_column(name, no_wrap=True)
     for job in page.jobs:
         t, best = job.trials, job.best
+        paused = f", {t.paused} paused" if t.paused else ""  # freeze-thaw: may still resume
         table.add_row(
-            job.id, job.state, f"{t.complete}/{t.pruned}/{t.failed} of {t.budget}",
+            job.id, job.state, f"{t.complete}/{t.pruned}/{t.failed} of {t.budget}{paused}",
             "-" if best.value is None else f"{best.value:.4f} (trial {best.trial})",
             job.created_at.strftime("%Y-%m-%d %H:%M") if job.created_at else "",
         )

@@ -168,6 +168,9 @@ def run_job(
             ran = job.clock.used()
             link.call(lambda: study.set_user_attr(keys.RUN_SECONDS, ran), "record the running time")
             timings["database"] = link.db_seconds
+            if link.policy_calls:
+                timings["freeze-thaw decisions"] = link.policy_seconds
+                timings["freeze-thaw calls"] = float(link.policy_calls)
             counts = finish_leftovers(link, events)
             results = [grid[i] for i in range(len(grid))]
             publishing = time.monotonic()

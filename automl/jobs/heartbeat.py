@@ -52,12 +52,20 @@ def read_progress(storage: optuna.storages.BaseStorage, job_id: str) -> Progress
     try:
         study_id = storage.get_study_id_from_name(job_id)
         counts = TrialCounts(**{name: storage.get_n_trials(study_id, state) for name, state in (
-            ("running", TrialState.RUNNING), ("complete", TrialState.COMPLETE),
-            ("pruned", TrialState.PRUNED), ("failed", TrialState.FAIL))})
+            ("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED),
+            ("failed", TrialState.FAIL))}, **_running_and_paused(storage, study_id))
     except KeyError:  # not created yet, or deleted under the job
         return None
     best_trial, best_value = _best(storage, study_id)
     return Progress(counts, best_trial, best_value, study_id)
+
+
+def _running_and_paused(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, int]:
+    """RUNNING trials, those freeze-thaw paused apart: a read of the RUNNING ones only, which
+    are few (the concurrency plus at most `FreezeThaw.max_paused` paused)."""
+    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    paused = sum(1 for t in running if keys.is_paused(t.user_attrs, t.state))
+    return {"running": len(running) - paused, "paused": paused}
 
 
 def _best(storage: optuna.storages.BaseStorage, study_id: int) -> tuple[int | None, float | None]:

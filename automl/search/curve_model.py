@@ -112,14 +112,24 @@ def _seconds_per_epoch(curve: Curve) -> float | None:
     return sum(curve.seconds.values()) / len(curve.seconds) if curve.seconds else None
 
 
+def _typical_epoch(curves: Sequence[Curve]) -> float:
+    """Mean seconds of an epoch over the curves that know theirs (1.0 if none does): what a
+    curve without its own seconds (a job's trial from before a driver restart) is charged."""
+    known = [s for c in curves if (s := _seconds_per_epoch(c)) is not None]
+    return float(np.mean(known)) if known else 1.0
+
+
 class LearnedFreezeThaw(PromotionAsha):
     """Pauses at promotion-type ASHA's rungs; resumes by expected improvement per second.
     Maximized objectives only (accuracy-like, in [0, 1]); minimized ones get PromotionAsha."""
 
     def __init__(self, max_epochs: int, maximize: bool = True, model: CurveModel | None = None,
-                 min_resource: int = 2, reduction_factor: int = 3) -> None:
+                 min_resource: int = 2, reduction_factor: int = 3, early: bool = False) -> None:
         super().__init__(max_epochs, maximize, min_resource, reduction_factor)
         self.model = model or shipped()
+        # also pause before the first rung when a new configuration is expected to bring more
+        # per second (big datasets: an epoch there is 6-20 min, two of them before any rung)
+        self.early = early
         self._predicted: dict[int, tuple[int, float, float]] = {}  # number -> epochs, mean, sigma
 
     def predict(self, curve: Curve) -> tuple[float, float]:
@@ -129,10 +139,10 @@ class LearnedFreezeThaw(PromotionAsha):
             known = self._predicted[curve.number] = (len(curve.values), mean, sigma)
         return known[1], known[2]
 
-    def rate(self, curve: Curve, incumbent: float) -> float:
+    def rate(self, curve: Curve, incumbent: float, typical: float = 1.0) -> float:
         """Expected improvement over `incumbent` per second of the rest of its run."""
         mean, sigma = self.predict(curve)
-        seconds = (_seconds_per_epoch(curve) or 1.0) * max(
+        seconds = (_seconds_per_epoch(curve) or typical) * max(
             self.model.epochs_left(curve.epochs, self.max_epochs), 1.0)
         return expected_improvement(mean, sigma, incumbent) / seconds
 
@@ -143,19 +153,31 @@ class LearnedFreezeThaw(PromotionAsha):
         if not seen:
             return math.inf
         gains, seconds = [], []
+        typical = _typical_epoch(seen)
         for c in seen:
             mean, sigma = self.predict(c)
             gains.append(expected_improvement(mean, sigma, incumbent))
-            seconds.append(_seconds_per_epoch(c) or 1.0)
+            seconds.append(_seconds_per_epoch(c) or typical)
         whole = float(np.mean(seconds)) * max(self.model.epochs_left(0, self.max_epochs), 1.0)
         return float(np.mean(gains)) / whole
+
+    def should_pause(self, curve: Curve, curves: Sequence[Curve]) -> bool:
+        if super().should_pause(curve, curves):
+            return True
+        if not (self.early and self.maximize and curve.epochs < self.min_resource):
+            return False
+        incumbent = max((c.best() or 0.0) for c in curves)
+        typical = _typical_epoch(curves)
+        return self.rate(curve, incumbent, typical) < self.new_rate(curves, incumbent)
 
     def choose(self, paused: Sequence[Curve], curves: Sequence[Curve]) -> int | None:
         if not self.maximize:
             return super().choose(paused, curves)
         incumbent = max((c.best() or 0.0) for c in curves)
-        best = max(paused, key=lambda c: self.rate(c, incumbent))
-        return best.number if self.rate(best, incumbent) > self.new_rate(curves, incumbent) else None
+        typical = _typical_epoch(curves)
+        best = max(paused, key=lambda c: self.rate(c, incumbent, typical))
+        better = self.rate(best, incumbent, typical) > self.new_rate(curves, incumbent)
+        return best.number if better else None
 
 
 class PausingHyperband(FreezeThaw):

@@ -48,6 +48,8 @@ class FreezeThaw:
       configuration. `paused` is never empty when it is called.
     - `give_up(curves)`: the budget is spent: the paused trials to end as pruned (default:
       all of them).
+    - `evict(paused, concurrent)`: after a pause, the paused trial to give up (pruned, its
+      checkpoint removed) when more than `max_paused(concurrent)` are paused, else None.
     """
 
     def __init__(self, max_epochs: int, maximize: bool = True) -> None:
@@ -62,6 +64,24 @@ class FreezeThaw:
 
     def give_up(self, curves: Sequence[Curve]) -> list[int]:
         return [c.number for c in curves if c.state == "paused"]
+
+    @staticmethod
+    def max_paused(concurrent: int) -> int:
+        """How many paused trials keep their checkpoint. Promotion happens near the rung's cut:
+        a paused trial far below it is resumed only if many later trials score worse, which the
+        budget seldom allows. Twice the trials running at once (at least 4) is room for the
+        ones a few new results can promote, and bounds the disk: at most this many +
+        `concurrent` latest checkpoints, however many trials the job runs."""
+        return max(4, 2 * concurrent)
+
+    def evict(self, paused: Sequence[Curve], concurrent: int) -> int | None:
+        """Beyond `max_paused`, the paused trial whose last value is the worst."""
+        return self.worst(paused) if len(paused) > self.max_paused(concurrent) else None
+
+    def worst(self, paused: Sequence[Curve]) -> int:
+        sign = 1 if self.maximize else -1
+        return min(paused, key=lambda c: sign * c.values[c.epochs] if c.values else -float("inf")
+                   ).number
 
 
 class PromotionAsha(FreezeThaw):

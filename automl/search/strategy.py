@@ -48,11 +48,15 @@ FREEZE_THAW = "freeze-thaw"  # pause a trial below the cut (its checkpoint kept)
 
 
 def freeze_thaw_options(min_resource: int = 2, reduction_factor: int = 3,
-                        learned: bool = True) -> None:
+                        learned: bool = True, brackets: bool = False, early: bool = False) -> None:
     """The options of `pruner: freeze-thaw`: its rungs (`PromotionAsha`'s), and whether a
     paused trial is resumed by the shipped learning-curve model's expected improvement per
     second (`LearnedFreezeThaw`, what the replay measured best) or as soon as promotion-type
-    ASHA would promote it (`learned: false`)."""
+    ASHA would promote it (`learned: false`); `brackets: true` is Hyperband with pausing
+    (`PausingHyperband`, first rungs min_resource * reduction_factor**s), a replay anchor;
+    `early: true` (learned only) also pauses before the first rung when the model expects a new
+    configuration to bring more per second (measured worse on the replay, docs/benchmarks.md:
+    kept so the measurement can be repeated)."""
 
 
 PRUNERS: dict[str, Any] = {
@@ -90,6 +94,10 @@ class Strategy:
     # and hard upper bounds on costs
     front_costs: tuple[str, ...] = ()
     limits: dict[str, float] = field(default_factory=dict)
+    # freeze-thaw's learning-curve model (a `CurveModel`); None: the one the package ships. The
+    # replay sets one fitted without the dataset it scores, and changes nothing else.
+    curve_model: Any = None
+    _policy: FreezeThaw | None = field(default=None, init=False, repr=False, compare=False)
     _portfolio_done: bool = field(default=False, init=False, repr=False)
 
     @property
@@ -160,16 +168,29 @@ class Strategy:
 
     def freeze_thaw(self) -> FreezeThaw | None:
         """The pause-and-resume policy (`pruner: freeze-thaw`), None for the other pruners:
-        the study's pruner is then NopPruner, and the bridge asks this object instead."""
+        the study's pruner is then NopPruner, and the bridge asks this object instead. One
+        policy per strategy, made on first use (the shipped curve model is read once): a job's
+        searcher and scheduler, and the replay's simulated cluster, ask the same object."""
         if self.pruner != FREEZE_THAW:
             return None
+        if self._policy is None:
+            self._policy = self._make_freeze_thaw()
+        return self._policy
+
+    def _make_freeze_thaw(self) -> FreezeThaw:
         options = dict(self.pruner_options)
         low, factor = int(options.get("min_resource", 2)), int(options.get("reduction_factor", 3))
+        if options.get("brackets", False):
+            from automl.search.curve_model import PausingHyperband
+
+            return PausingHyperband(self.max_epochs, self.maximize, min_resource=low,
+                                    reduction_factor=factor)
         if options.get("learned", True) and self.maximize:
             from automl.search.curve_model import LearnedFreezeThaw  # loads the shipped model
 
-            return LearnedFreezeThaw(self.max_epochs, self.maximize, min_resource=low,
-                                     reduction_factor=factor)
+            return LearnedFreezeThaw(self.max_epochs, self.maximize, model=self.curve_model,
+                                     min_resource=low, reduction_factor=factor,
+                                     early=bool(options.get("early", False)))
         return PromotionAsha(self.max_epochs, self.maximize, min_resource=low,
                              reduction_factor=factor)
 

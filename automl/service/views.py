@@ -24,6 +24,7 @@ class Counts(BaseModel):
     pruned: int
     failed: int
     budget: int
+    paused: int = 0  # freeze-thaw: checkpoint kept, may be resumed; not among `running`
 
 
 class Best(BaseModel):

@@ -112,11 +112,17 @@ class StudyLink:
         self._orphans_left = True  # until a suggestion finds none: none are marked after start
         self._costs: dict[str, dict[str, float]] | None = None  # measured, by cost_key
         self.db_seconds = 0.0  # time spent in database calls, for the overhead report
+        # freeze-thaw: time in its decisions (the study read for them included), and how many
+        self.policy_seconds, self.policy_calls = 0.0, 0
         self.live: set[str] = set()  # the Ray trials running or waiting to, in this run
         self.paused: set[str] = set()  # freeze-thaw: the Ray trials paused, not in `live`
         # freeze-thaw's view of the study, read again only after this driver changed it (Tune
         # asks at every step of its loop while a slot is free and a trial is paused)
         self._trials_seen: list[optuna.trial.FrozenTrial] | None = None
+        # each trial's epoch seconds as its results said (freeze-thaw weighs a resume by its
+        # cost); kept in memory only: after a driver restart the policy falls back to the others'
+        self.seconds: dict[int, dict[int, float]] = {}
+        self.added: set[str] = set()  # the Ray trials Tune added in this driver (a retry re-adds)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -287,6 +293,16 @@ class StudyLink:
         self.call(lambda: self.storage.set_trial_user_attr(trial_id, keys.UNCOUNTED, why),
                   "mark a trial uncounted")
 
+    def decide(self, what: Callable[[], T]) -> T:
+        """A freeze-thaw decision (should_pause, choose, give_up, evict), timed for the
+        overhead report (`automl-bench overhead --freeze-thaw`)."""
+        started = time.perf_counter()
+        try:
+            return what()
+        finally:
+            self.policy_seconds += time.perf_counter() - started
+            self.policy_calls += 1
+
     def changed(self) -> None:
         """This driver changed the study (asked, reported, told, paused): read it again."""
         self._trials_seen = None
@@ -304,7 +320,8 @@ class StudyLink:
                 continue
             state = ("paused" if keys.is_paused(t.user_attrs, t.state)
                      else state_name(t.state))
-            out.append(Curve(t.number, dict(t.params), dict(t.intermediate_values), state=state))
+            out.append(Curve(t.number, dict(t.params), dict(t.intermediate_values),
+                             dict(self.seconds.get(t.number, {})), state=state))
         return out
 
     def ray_ids(self) -> dict[int, str]:
@@ -370,7 +387,7 @@ class OptunaSearcher(Searcher):
         if len(self.link.live) >= self.max_concurrent:
             return None  # none yet
         policy = self.link.strategy.freeze_thaw()
-        if policy is not None and self.link.to_resume(policy) is not None:
+        if policy is not None and self.link.decide(lambda: self.link.to_resume(policy)) is not None:
             return None  # the free slot resumes a paused trial (the scheduler's choice)
         started = time.perf_counter()
         study = self.link.study
@@ -455,30 +472,29 @@ class OptunaPruningScheduler(FIFOScheduler):
         self.n_trials, self.max_concurrent = n_trials, max_concurrent
         self.policy = link.strategy.freeze_thaw()  # None: trials are only ever stopped
 
-    @property
-    def max_paused(self) -> int:
-        """How many paused trials keep their checkpoint (`give_up` the worst beyond it).
-
-        Promotion happens near the rung's cut: a paused trial far below it is resumed only
-        if many later trials score worse, which the budget seldom allows. Twice the trials
-        running at once (at least 4) is room for the ones a few new results can promote,
-        and bounds the disk: at most this many + `max_concurrent` latest checkpoints,
-        however many trials the job runs."""
-        return max(4, 2 * self.max_concurrent)
-
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True  # fixed at construction
 
     def on_trial_add(self, tune_controller: Any, trial: RayTrial) -> None:
         if trial.status in (RayTrial.TERMINATED, RayTrial.ERROR):
             return
+        retried = trial.trial_id in self.link.added
+        self.link.added.add(trial.trial_id)
         if self.policy is not None and trial.status != RayTrial.PAUSED:
-            # restored by `Tuner.restore`, which makes a paused trial PENDING: paused it stays
-            # (Ray files it by the status it has after this call), until the policy resumes it
             known = self.link.lookup(trial.trial_id)
             if known is not None and not known.finished and keys.is_paused(
                     self.link.frozen(known).user_attrs, TrialState.RUNNING):
-                trial.set_status(RayTrial.PAUSED)
+                if retried:
+                    # its worker died while Ray paused it: Ray retries it from its checkpoint
+                    # and has filed it as pending already (setting PAUSED here would break
+                    # Ray's own books: an AssertionError ends the job), so it goes on, resumed
+                    self.link.paused.discard(trial.trial_id)
+                    self.link.mark_paused(known, None)
+                    self.link.emit("running", known.number)
+                else:
+                    # restored by `Tuner.restore`, which makes a paused trial PENDING: paused it
+                    # stays (Ray files it by the status it has after this call) until resumed
+                    trial.set_status(RayTrial.PAUSED)
         if trial.status == RayTrial.PAUSED:
             self.link.paused.add(trial.trial_id)
         else:
@@ -532,14 +548,14 @@ class OptunaPruningScheduler(FIFOScheduler):
         by_id = {t.trial_id: t for t in trials}
         # a trial being paused stays RUNNING in Ray until its checkpoint is saved
         ready = {t.trial_id for t in trials if t.status == RayTrial.PAUSED}
-        chosen = self.link.to_resume(self.policy, ready)
+        policy = self.policy
+        chosen = self.link.decide(lambda: self.link.to_resume(policy, ready))
         log.debug("freeze-thaw: live %s, paused %s, ready %s: resume %s", self.link.live,
                   self.link.paused, ready, chosen)
         if chosen is None and self.link.paused <= ready and not self.link.live \
                 and self.link.asked() >= self.n_trials:
-            curves = self.link.curves()
             ids = self.link.ray_ids()
-            for number in self.policy.give_up(curves):
+            for number in self.link.decide(lambda: policy.give_up(self.link.curves())):
                 if ids.get(number) in self.link.paused:
                     self._give_up(tune_controller, by_id.get(ids[number]))
             chosen = next(iter(sorted(self.link.paused & ready)), None)  # any the policy kept
@@ -567,6 +583,12 @@ class OptunaPruningScheduler(FIFOScheduler):
             trial.init_local_path()
             tune_controller.stop_trial(trial)
 
+    def _should_pause(self, number: int) -> bool:
+        assert self.policy is not None
+        curves = self.link.curves()
+        curve = next((c for c in curves if c.number == number), None)
+        return curve is not None and self.policy.should_pause(curve, curves)
+
     def _pause(self, tune_controller: Any, trial: RayTrial, known: _Known, epoch: int) -> str:
         """Pause `trial` after `epoch` (Ray saves its checkpoint and stops its actor); beyond
         `max_paused` paused trials, the worst of them is given up instead."""
@@ -574,7 +596,8 @@ class OptunaPruningScheduler(FIFOScheduler):
         self.link.live.discard(trial.trial_id)
         self.link.paused.add(trial.trial_id)
         self.link.emit("paused", known.number, epoch=epoch)
-        if len(self.link.paused) <= self.max_paused:
+        assert self.policy is not None
+        if len(self.link.paused) <= self.policy.max_paused(self.max_concurrent):
             return TrialScheduler.PAUSE
         ids = self.link.ray_ids()
         by_id = {t.trial_id: t for t in tune_controller.get_trials()}
@@ -582,13 +605,13 @@ class OptunaPruningScheduler(FIFOScheduler):
                    if i == trial.trial_id or getattr(by_id.get(i), "status", None) == RayTrial.PAUSED}
         paused = [c for c in self.link.curves()
                   if c.state == "paused" and ids.get(c.number) in givable]
-        sign = 1 if self.link.strategy.maximize else -1
-        worst = min(paused, key=lambda c: sign * c.values[c.epochs] if c.values else -float("inf"))
-        if worst.number == known.number:
+        policy = self.policy
+        evicted = self.link.decide(lambda: policy.worst(paused))  # `evict`, with those pausing
+        if evicted == known.number:
             self.link.paused.discard(trial.trial_id)
             self.link.tell(known, TrialState.PRUNED)
             return TrialScheduler.STOP
-        self._give_up(tune_controller, by_id.get(ids[worst.number]))
+        self._give_up(tune_controller, by_id.get(ids[evicted]))
         return TrialScheduler.PAUSE
 
     def on_trial_result(self, tune_controller: Any, trial: RayTrial, result: dict[str, Any]) -> str:
@@ -621,16 +644,16 @@ class OptunaPruningScheduler(FIFOScheduler):
             lambda: self.link.strategy.report(study, handle, int(epoch), float(value), last),
             "report an epoch and ask the pruner")
         self.link.changed()
+        if (seconds := result.get("epoch_seconds")) is not None:
+            self.link.seconds.setdefault(known.number, {})[int(epoch)] = float(seconds)
         self.link.emit("report", known.number, float(value), int(epoch))
         known.report_ms.append((time.perf_counter() - started) * 1e3)
         if prune:
             self.link.tell(known, TrialState.PRUNED)
             return TrialScheduler.STOP
-        if self.policy is not None and not last:
-            curves = self.link.curves()
-            curve = next((c for c in curves if c.number == known.number), None)
-            if curve is not None and self.policy.should_pause(curve, curves):
-                return self._pause(tune_controller, trial, known, int(epoch))
+        if self.policy is not None and not last and self.link.decide(
+                lambda: self._should_pause(known.number)):
+            return self._pause(tune_controller, trial, known, int(epoch))
         return TrialScheduler.CONTINUE
 
 

@@ -32,14 +32,22 @@ class PauseFirstOnce(FreezeThaw):
         return paused[0].number if done else None
 
 
+def scripted(decision: FreezeThaw, monkeypatch: pytest.MonkeyPatch) -> Strategy:
+    """A `pruner: freeze-thaw` strategy whose policy is `decision`: the replay asks only the
+    strategy for it, as a job's bridge does."""
+    strategy = Strategy(SearchSpace(max_epochs=50), sampler="random", pruner="freeze-thaw",
+                        seed=0, warm_start=False)
+    monkeypatch.setattr(strategy, "_make_freeze_thaw", lambda: decision)
+    return strategy
+
+
 def test_a_paused_run_resumes_where_its_curve_stood_and_the_checkpoint_is_charged(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_recorded_runs(tmp_path)
     pool = load_pools(tmp_path)["D0"]
-    strategy = Strategy(SearchSpace(max_epochs=50), sampler="random", pruner="none", seed=0,
-                        warm_start=False)
+    strategy = scripted(PauseFirstOnce(50), monkeypatch)
     log: list[tuple[float, str, int, int]] = []
-    trials = drive_paused(strategy, PauseFirstOnce(50), pool, workers=1, horizon=10_000,
+    trials = drive_paused(strategy, pool, workers=1, horizon=10_000,
                           seen=lambda now, run, value: False, params={}, log=log)
     first = trials[0]
     save, load = checkpoint_seconds(first.run.config["backbone"], {})
@@ -65,7 +73,8 @@ def test_a_paused_run_resumes_where_its_curve_stood_and_the_checkpoint_is_charge
     assert first.curve.values == trial.intermediate_values
 
 
-def test_paused_trials_left_at_the_end_are_pruned(tmp_path: Path) -> None:
+def test_paused_trials_left_at_the_end_are_pruned(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     write_recorded_runs(tmp_path)
     pool = load_pools(tmp_path)["D0"]
 
@@ -73,9 +82,7 @@ def test_paused_trials_left_at_the_end_are_pruned(tmp_path: Path) -> None:
         def choose(self, paused: Sequence[Curve], curves: Sequence[Curve]) -> int | None:
             return None
 
-    strategy = Strategy(SearchSpace(max_epochs=50), sampler="random", pruner="none", seed=0,
-                        warm_start=False)
-    trials = drive_paused(strategy, NeverResume(50), pool, workers=2, horizon=2_000,
+    trials = drive_paused(scripted(NeverResume(50), monkeypatch), pool, workers=2, horizon=2_000,
                           seen=lambda now, run, value: False, params={})
     assert trials[0].curve.state == "pruned"
     assert trials[0].trial.study.trials[0].state.name == "PRUNED"
@@ -155,3 +162,91 @@ def test_the_learned_decision_resumes_what_it_expects_to_beat_the_incumbent() ->
     assert decision.rate(rising, 0.64) > decision.rate(flat, 0.64)
     assert decision.choose([flat], curves) is None  # a hopeless one: a new configuration
     assert decision.choose([rising, flat], curves) == 0
+
+
+def test_the_replays_arms_are_job_strategies_and_their_one_policy() -> None:
+    """Each pausing arm is a `pruner: freeze-thaw` Strategy; the policy the replay drives is
+    the one `Strategy.freeze_thaw()` hands a job's bridge (made once, the same object after)."""
+    from automl.search.curve_model import PausingHyperband
+    from automl.search.freeze_thaw import PromotionAsha
+    from benchmarks.replay import PAUSING, make_strategy
+
+    model = shipped()
+    kinds = {"asha-promotion": PromotionAsha, "default-promotion": PromotionAsha,
+             "hyperband-pause": PausingHyperband, "freeze-thaw": LearnedFreezeThaw,
+             "freeze-thaw-early": LearnedFreezeThaw}
+    for name in PAUSING:
+        strategy = make_strategy(name, 0, (), model)
+        assert strategy.pruner == "freeze-thaw"
+        policy = strategy.freeze_thaw()
+        assert type(policy) is kinds[name] and strategy.freeze_thaw() is policy
+    learned = make_strategy("freeze-thaw", 0, (), model).freeze_thaw()
+    assert isinstance(learned, LearnedFreezeThaw) and learned.model is model and not learned.early
+    early = make_strategy("freeze-thaw-early", 0, (), model).freeze_thaw()
+    assert isinstance(early, LearnedFreezeThaw) and early.early
+
+
+def test_no_more_trials_stay_paused_than_a_job_keeps(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy that pauses everything at epoch 1 and never resumes: as in a job, at most
+    `max_paused(workers)` are paused at once; the worst beyond it is given up (pruned)."""
+    write_recorded_runs(tmp_path)
+    pool = load_pools(tmp_path)["D0"]
+
+    class PauseAll(FreezeThaw):
+        def should_pause(self, curve: Curve, curves: Sequence[Curve]) -> bool:
+            return curve.epochs == 1
+
+        def choose(self, paused: Sequence[Curve], curves: Sequence[Curve]) -> int | None:
+            return None
+
+    log: list[tuple[float, str, int, int]] = []
+    drive_paused(scripted(PauseAll(50), monkeypatch), pool, workers=1, horizon=5_000,
+                 seen=lambda now, run, value: False, params={}, log=log)
+    paused: set[int] = set()
+    most = 0
+    for _, what, number, _ in log:
+        if what == "pause":
+            paused.add(number)
+        elif what == "pruned":
+            paused.discard(number)
+        most = max(most, len(paused))
+    assert most == FreezeThaw.max_paused(1) + 1  # the one over is given up right away
+    assert sum(1 for _, what, _, _ in log if what == "pause") > FreezeThaw.max_paused(1)
+
+
+def test_the_nested_choice_never_sees_the_scored_dataset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`automl-bench replay-nested`: the variant a dataset gets is chosen from inner replays of
+    the other datasets only, each with a portfolio and a curve model derived without both."""
+    from benchmarks import nested_variants
+    from benchmarks.nested_variants import InnerCell, choose
+
+    write_recorded_runs(tmp_path, datasets=4)
+    fitted_on: list[tuple[str, frozenset[str]]] = []
+    real = nested_variants.held_out_model
+
+    def recorded(pools: dict[str, object], dataset: str) -> CurveModel:
+        fitted_on.append((dataset, frozenset(pools) - {dataset}))
+        return real(pools, dataset)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nested_variants, "held_out_model", recorded)
+    cells = nested_variants._inner((tmp_path, "D0", "D1", ("learned", "promotion"), 1, 2,
+                                    (120.0, 600.0)))
+    assert {(c.excluded, c.scored) for c in cells} == {("D0", "D1")}
+    assert fitted_on == [("D1", frozenset({"D2", "D3"}))]
+    # the choice: lowest inner regret, each budget weighed alike
+    inner = [InnerCell("D0", "D1", "a", 0, (0.2, 0.010)), InnerCell("D0", "D2", "a", 0, (0.2, 0.010)),
+             InnerCell("D0", "D1", "b", 0, (0.1, 0.030)), InnerCell("D0", "D2", "b", 0, (0.1, 0.030)),
+             InnerCell("D3", "D1", "a", 0, (0.9, 0.9)), InnerCell("D3", "D1", "b", 0, (0.1, 0.1))]
+    assert choose(inner, "D0", ["a", "b"], 2) == "a"  # 2/3 + 1/2 < 4/3 + 3/2
+    assert choose(inner, "D3", ["a", "b"], 2) == "b"
+
+
+def test_the_early_learned_pause_pauses_a_hopeless_trial_before_the_first_rung() -> None:
+    decision = LearnedFreezeThaw(50, model=shipped(), early=True)
+    seconds = {e: 10.0 for e in range(1, 4)}
+    good = Curve(0, {}, {1: 0.80, 2: 0.85, 3: 0.86}, seconds)
+    hopeless = Curve(1, {}, {1: 0.01}, {1: 10.0})
+    assert decision.should_pause(hopeless, [good, hopeless])
+    assert not LearnedFreezeThaw(50, model=shipped()).should_pause(hopeless, [good, hopeless])

@@ -38,3 +38,14 @@ def test_minimizing_ranks_the_other_way() -> None:
     policy = PromotionAsha(10, maximize=False, min_resource=1, reduction_factor=2)
     curves = [curve(0, 0.2), curve(1, 0.9)]
     assert policy.should_pause(curves[1], curves) and not policy.should_pause(curves[0], curves)
+
+
+def test_beyond_max_paused_the_worst_paused_trial_is_evicted() -> None:
+    """The bound a job's bridge and the replay both apply: twice the concurrency, at least 4."""
+    policy = PromotionAsha(10, min_resource=1, reduction_factor=2)
+    assert policy.max_paused(1) == 4 and policy.max_paused(3) == 6
+    paused = [curve(n, 0.1 * (n + 1), state="paused") for n in range(4)]
+    assert policy.evict(paused, 1) is None
+    assert policy.evict([*paused, curve(9, 0.05, state="paused")], 1) == 9
+    low = PromotionAsha(10, maximize=False, min_resource=1, reduction_factor=2)
+    assert low.evict([*paused, curve(9, 0.05, state="paused")], 1) == 3  # 0.4: worst minimized

@@ -24,7 +24,8 @@ def test_submit_then_inspect(client: TestClient, tmp_path: Path,
     assert created.status_code == 201
     job = created.json()
     assert job["id"].startswith("api-") and job["state"] == "queued"
-    assert job["trials"] == {"running": 0, "complete": 0, "pruned": 0, "failed": 0, "budget": 2}
+    assert job["trials"] == {"running": 0, "complete": 0, "pruned": 0, "failed": 0, "budget": 2,
+                             "paused": 0}
     assert client.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
     page = client.get("/jobs", params={"state": "queued"}).json()
     assert page["total"] == 1 and page["jobs"][0]["id"] == job["id"]

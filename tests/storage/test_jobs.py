@@ -107,3 +107,45 @@ def test_a_claim_skips_the_job_another_transaction_holds_instead_of_waiting(pg_u
         assert claims, "the claim waited for the row another transaction holds"
     assert claims[0] is not None and claims[0].id == "free"
     assert store.get("held").state == "queued"
+
+
+def test_paused_trials_are_counted_apart_in_the_job_row_and_its_views(
+        store: JobStore, tmp_path: Path) -> None:
+    """Freeze-thaw's paused trials (RUNNING in Optuna with the `paused` attr): the heartbeat's
+    progress counts them apart from running ones, the row stores them (`n_paused`), `GET /jobs`
+    and `automl jobs` show them, and a finished job has none."""
+    import optuna
+    from rich.console import Console
+
+    from automl.cli.render import jobs_table, status_panel
+    from automl.jobs.heartbeat import read_progress
+    from automl.search import keys
+    from automl.service.service import JobService
+    from automl.service.views import JobPage
+    from automl.settings import Settings
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(storage=storage, study_name="job-1", direction="maximize")
+    for number in range(3):
+        trial = study.ask()
+        trial.report(0.1 * number, 1)
+        if number:  # 1 and 2 paused after epoch 1, 0 trains on
+            trial.set_user_attr(keys.PAUSED, 1)
+    progress = read_progress(storage, "job-1")
+    assert progress is not None
+    assert (progress.counts.running, progress.counts.paused) == (1, 2)
+    store.submit("job-1", "job", {"budget": {"n_trials": 6}, "objective": {"metric": "val"}})
+    job = store.claim("runner-a")
+    assert job is not None
+    store.heartbeat("job-1", job.attempts, progress)
+    row = store.get("job-1")
+    assert (row.n_running, row.n_paused) == (1, 2)
+    view = JobService(Settings(home=tmp_path), store=store, studies=storage).view(row)
+    assert (view.trials.running, view.trials.paused) == (1, 2)  # what GET /jobs answers
+    console = Console(width=200, record=True)
+    console.print(status_panel(view))
+    console.print(jobs_table(JobPage(jobs=[view], total=1, limit=50, offset=0)))
+    text = console.export_text()
+    assert "1 running, 2 paused" in text and "0/0/0 of 6, 2 paused" in text
+    store.finish("job-1", "succeeded", progress=progress)
+    assert store.get("job-1").n_paused == 0

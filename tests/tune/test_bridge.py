@@ -179,3 +179,49 @@ def test_no_trial_starts_once_the_job_is_cancelled(tmp_path: Path) -> None:
         control.unregister("cancel-race")
     assert searcher.suggest("ray-trial-2") is not None
     assert len(load_study(url, "cancel-race").trials) == 1
+
+
+def test_a_trial_whose_worker_died_while_being_paused_goes_on_and_a_restored_one_stays_paused(
+        tmp_path: Path) -> None:
+    """Freeze-thaw: Ray retries a trial whose worker died while Ray was pausing it by filing it
+    as pending, then adding it again; the scheduler must not set it PAUSED behind Ray's back (Ray
+    then fails the whole run on an AssertionError): it goes on from its checkpoint, its pause
+    undone in the study. A trial `Tuner.restore` brings back (a new driver) stays paused."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    searcher, scheduler = bridged(url, n_trials=3, max_concurrent=1, pruner="freeze-thaw",
+                                  pruner_options={"min_resource": 1, "reduction_factor": 2,
+                                                  "learned": False})
+    start(searcher, scheduler, "a")
+    assert epochs(scheduler, "a", 0.9, 0.9, 0.9)[-1] == TrialScheduler.CONTINUE
+    end(searcher, scheduler, "a")
+    start(searcher, scheduler, "b")
+    assert epochs(scheduler, "b", 0.1) == [TrialScheduler.PAUSE]
+    paused = load_study(url, STUDY).trials[1]
+    assert paused.user_attrs[keys.PAUSED] == 1 and "b" in scheduler.link.paused
+    restored = pickle.loads(pickle.dumps(scheduler))  # a new driver, as after Tuner.restore
+    again = ray_trial("b")
+    restored.on_trial_add(None, again)
+    assert again.status == RayTrial.PAUSED and "b" in restored.link.paused
+    # this driver: the worker died mid-pause; Ray reports the error, files it PENDING, adds it
+    scheduler.on_trial_error(None, ray_trial("b"))
+    retried = ray_trial("b")
+    scheduler.on_trial_add(None, retried)
+    assert retried.status == RayTrial.PENDING
+    assert "b" not in scheduler.link.paused and "b" in scheduler.link.live
+    record = load_study(url, STUDY).trials[1]
+    assert record.user_attrs[keys.PAUSED] is None and record.state == TrialState.RUNNING
+    assert list(record.intermediate_values) == [1]  # nothing lost, nothing counted twice
+
+
+def test_freeze_thaw_sees_each_epochs_seconds_as_the_replay_does(tmp_path: Path) -> None:
+    """The learned policy weighs a resume by its cost: a job's curves carry the seconds each
+    epoch took (the trial's `epoch_seconds`), as the replay's carry the recorded ones."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    searcher, scheduler = bridged(url, n_trials=2, max_concurrent=1, pruner="freeze-thaw")
+    start(searcher, scheduler, "a")
+    for epoch, seconds in ((1, 2.5), (2, 3.5)):
+        scheduler.on_trial_result(None, ray_trial("a"), {"val_accuracy": 0.5, "epoch": epoch,
+                                                         "epoch_seconds": seconds})
+    (curve,) = scheduler.link.curves()
+    assert curve.seconds == {1: 2.5, 2: 3.5} and curve.values == {1: 0.5, 2: 0.5}
+    assert scheduler.policy is scheduler.link.strategy.freeze_thaw()  # one policy per job
