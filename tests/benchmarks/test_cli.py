@@ -46,6 +46,8 @@ def smallest_runs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                      "--img-size", "16", "--student-size", "16"], "distillation on builtin:digits"),
         "backbone-costs": (["--backbones", "test_resnet.r160_in1k", "--no-write"], "costs on"),
         "replay": ([*replay, "--strategies", "random"], "mean normalized regret"),
+        "replay-nested": ([*replay, "--inner-seeds", "1", "--variants", "learned,promotion",
+                           "--no-anchors", "--processes", "1"], "mean normalized regret"),
         "replay-pareto": ([*replay, "--costs", costs, "--strategies", "mo-random"],
                           "accuracy x latency"),
         "portfolio": (["--data", runs, "--size", "1"], '"generated_by": "automl-bench portfolio'),
