@@ -21,6 +21,7 @@ def job_spec(name: str, **changes: Any) -> dict[str, Any]:
         "max_concurrent_trials": 1,
         "strategy": {"seed": 0, "warm_start": False, "pruner": "none"},
         "space": TINY_SPACE,
+        "evaluation": {"corruptions": False},  # the corruption suite: tests/jobs/test_driver.py
         **changes,
     }
 

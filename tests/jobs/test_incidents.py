@@ -24,7 +24,8 @@ from tests.support import AUTOML, TINY_SPACE
 from workers.config import ConfigError
 
 SPEC = {"name": "incident", "dataset": {"source": "builtin:digits"},
-        "budget": {"n_trials": 1, "max_epochs": 1}, "space": TINY_SPACE}
+        "budget": {"n_trials": 1, "max_epochs": 1}, "space": TINY_SPACE,
+        "evaluation": {"corruptions": False}}
 IN_THE_LOG = r"the traceback is in its driver's log under that id \(logs/{job}\.log on its runner\)"
 
 

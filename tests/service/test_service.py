@@ -33,6 +33,7 @@ TINY: dict[str, Any] = {
     "max_concurrent_trials": 2,
     "resources": {"cpu": 1},
     "strategy": {"seed": 0},
+    "evaluation": {"corruptions": False},
     "space": {
         "backbone": "test_resnet.r160_in1k", "pretrained": False, "img_size": 32,
         "augment": "none", "batch_size": 64, "freeze_stages": 0,

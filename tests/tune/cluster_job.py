@@ -30,6 +30,7 @@ def main(home: Path) -> None:
         "max_concurrent_trials": 2,
         "resources": {"cpu": 1},
         "strategy": {"seed": 0, "pruner": "none"},
+        "evaluation": {"corruptions": False},
         "space": {"backbone": "test_resnet.r160_in1k", "pretrained": False, "img_size": 32,
                   "augment": "none", "batch_size": 64, "freeze_stages": 0},
     })
