@@ -90,6 +90,7 @@ def _run_trial(config: dict[str, Any], index: DatasetIndex | None = None,
 
     def report(result: EpochResult) -> bool:
         metrics = {**result.report, "node_id": node}
+        assert result.checkpoint is not None  # one process: rank 0
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(result.checkpoint))
         return False  # stopping is the scheduler's call; Ray ends the trial
 
@@ -242,7 +243,7 @@ class _Mailbox:
 
         try:
             return await asyncio.wait_for(self.reports.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     async def answer(self, go_on: bool) -> None:
@@ -271,7 +272,7 @@ def run_group(
     trial_id = tune.get_context().get_trial_id()
     storage = Path(size.storage)
     shutil.rmtree(storage / trial_id, ignore_errors=True)  # a killed attempt's: Tune's wins
-    mailbox = ray.remote(num_cpus=0)(_Mailbox).remote()
+    mailbox: Any = ray.remote(num_cpus=0)(_Mailbox).remote()
     trainer = TorchTrainer(
         _group_worker,
         train_loop_config={"trial": config.to_dict(), "index": index, "notes": notes,
@@ -331,7 +332,7 @@ def _abort(controller: Any, mailbox: Any) -> None:
         return  # it has reported nothing yet: it dies with this actor, the driver reaps it
     try:
         ray.get(controller.abort.remote(), timeout=30)
-    except Exception:  # noqa: BLE001 - it exits as it aborts; an error is the usual answer
+    except Exception:
         with contextlib.suppress(Exception):
             ray.kill(controller)
 

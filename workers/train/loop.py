@@ -36,6 +36,14 @@ from workers.predict import load_checkpoint
 from workers.train.augment import batch_mixer, eval_transform, train_transform
 from workers.train.device import Acceleration, pick_device
 from workers.train.device_augment import DEVICE_POLICIES, DeviceAugment
+from workers.train.distill import (
+    CachedLogits,
+    DistillationLoss,
+    IndexedImages,
+    IndexedSquares,
+    Teacher,
+    mix_with_teacher,
+)
 from workers.train.distributed import (
     Group,
     RankBatches,
@@ -44,14 +52,6 @@ from workers.train.distributed import (
     check_batch,
     loss_weight,
     shard,
-)
-from workers.train.distill import (
-    CachedLogits,
-    DistillationLoss,
-    IndexedImages,
-    IndexedSquares,
-    Teacher,
-    mix_with_teacher,
 )
 from workers.train.evaluation import device_batches, evaluate_model
 from workers.train.optimizer import create_optimizer
