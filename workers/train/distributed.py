@@ -116,8 +116,3 @@ def all_sum(value: torch.Tensor | float, device: torch.device) -> float:
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when it is true on one (a stop one rank's callback asked for)."""
     return all_sum(1.0 if flag else 0.0, device) > 0
-
-
-def barrier() -> None:
-    if Group.current().world > 1:
-        dist.barrier()
