@@ -21,6 +21,7 @@ from workers.data.sources import load_index
 from workers.model.costs import broken_limits, measure_costs, static_costs
 from workers.model.preprocessing import preprocessing, stored_size
 from workers.model.weights import hub_unreachable, uncached_hub_weights
+from workers.tune_adapter import TRIAL_SHARE
 
 
 class DatasetSize(NamedTuple):
@@ -126,11 +127,16 @@ def placement_problem(need: ResourcesSpec, nodes: list[dict[str, float]]) -> str
 
     A group needs a node for each worker (a worker's resources are one bundle of its placement
     group, which Ray never splits over nodes) and all of them at once: the workers each node
-    can hold, summed, must reach `workers`."""
+    can hold, summed, must reach `workers`, beside the trial's own process (`TRIAL_SHARE` of a
+    CPU on one of them)."""
     biggest_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
     biggest_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
     each = "each trial" if need.workers == 1 else "each worker"
     fits = [_workers_on(node, need) for node in nodes]
+    if need.workers > 1 and fits:  # the trial's own process takes a sliver of one node's CPU
+        fits = max(([*fits[:i], _workers_on({**node, "CPU": node.get("CPU", 0) - TRIAL_SHARE},
+                                            need), *fits[i + 1:]]
+                    for i, node in enumerate(nodes)), key=sum)
     if not any(fits):
         return (f"{each} asks for {need.cpu:g} CPU and {need.gpu:g} GPU, but the largest Ray "
                 f"node has {biggest_cpu:g} CPU and {biggest_gpu:g} GPU; lower `resources` in the "
@@ -142,7 +148,8 @@ def placement_problem(need: ResourcesSpec, nodes: list[dict[str, float]]) -> str
                 f"{need.gpu:g} GPU ({need.workers * need.cpu:g} CPU and "
                 f"{need.workers * need.gpu:g} GPU at once), but the cluster's {len(nodes)} "
                 f"node(s), {total_cpu:g} CPU and {total_gpu:g} GPU in all, hold only "
-                f"{sum(fits)} such workers; lower resources.workers, resources.cpu or "
+                f"{sum(fits)} such workers beside the trial's own process ({TRIAL_SHARE:g} "
+                "CPU); lower resources.workers, resources.cpu or "
                 "resources.gpu, or point --ray-address at a cluster that has them")
     return None
 
