@@ -209,6 +209,41 @@ def gpu(
                   f"(x{result['speedup']:.2f})")
 
 
+@app.command()
+def ddp(
+    workers: Annotated[int, typer.Option(min=2, help="the group's size (GPUs: at most those here)")] = 2,
+    epochs: Annotated[int, typer.Option(min=1, help="images/s is the last epoch's")] = 2,
+    seeds: Annotated[int, typer.Option(min=0, help="accuracy runs per arm; 0: none")] = 3,
+    accuracy_epochs: Annotated[int, typer.Option(min=1)] = 3,
+) -> None:
+    """One trial over 1 vs N data-parallel workers: images/s, and validation accuracy with the
+    same global batch (builtin:digits)."""
+    from benchmarks.ddp import accuracy, throughput
+
+    arms = throughput(workers, epochs)
+    base = {a.model: a.images_per_second for a in arms if a.workers == 1}
+    table = Table("model", "device", "workers", "images/s", "speed-up", "scaling efficiency",
+                  title="data-parallel trial: images/s of the train phase")
+    for arm in arms:
+        speedup = arm.images_per_second / base[arm.model]
+        table.add_row(arm.model, arm.device, str(arm.workers), f"{arm.images_per_second:.0f}",
+                      f"{speedup:.2f}", f"{speedup / arm.workers:.2f}")
+    out.print(table)
+    if arms[0].device == "cpu":
+        out.print("CPU: one thread per worker (OMP_NUM_THREADS=1), test_resnet at 32 px, global "
+                  "batch 64; with CUDA: resnet50 and vit_base_patch16_224 at 224 px, bf16")
+    if not seeds:
+        return
+    runs = accuracy(workers, seeds, accuracy_epochs)
+    table = Table("seed", "1 worker", f"{workers} workers", "difference",
+                  title=f"validation accuracy after {accuracy_epochs} epochs, global batch 64")
+    for seed in range(seeds):
+        one, group = (next(a.val_accuracy for a in runs if a.seed == seed and a.workers == n)
+                      for n in (1, workers))
+        table.add_row(str(seed), f"{one:.4f}", f"{group:.4f}", f"{group - one:+.4f}")
+    out.print(table)
+
+
 REPLAY_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "finetune-curves"
 
 

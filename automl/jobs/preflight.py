@@ -11,7 +11,7 @@ import ray
 from automl.errors import JobError, SpecError
 from automl.jobs.admission import require_under_roots
 from automl.search.paths import check_weights
-from automl.search.spec import JobSpec
+from automl.search.spec import JobSpec, ResourcesSpec
 from workers.config import DataConfig
 from workers.data.cache_budget import check_cache_budget
 from workers.data.decoded_cache import decoded_path, verify_once
@@ -22,6 +22,7 @@ from workers.model.costs import measure_costs, static_costs
 from workers.model.preprocessing import preprocessing, stored_size
 from workers.model.target import broken_limits
 from workers.model.weights import hub_unreachable, uncached_hub_weights
+from workers.tune_adapter import TRIAL_SHARE
 
 
 class DatasetSize(NamedTuple):
@@ -114,17 +115,52 @@ def check_pretrained_weights(spec: JobSpec) -> None:
 
 
 def check_resources(spec: JobSpec) -> None:
-    """Refuse a trial size no node can ever host, instead of waiting forever for it."""
+    """Refuse a trial size no node can ever host, or a data-parallel group the whole cluster
+    cannot hold at once, instead of waiting forever for it."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    need = spec.resources
-    if not any(n.get("CPU", 0) >= need.cpu and n.get("GPU", 0) >= need.gpu for n in nodes):
-        biggest_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
-        biggest_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
-        raise JobError(
-            f"each trial asks for {need.cpu:g} CPU and {need.gpu:g} GPU, but the largest Ray node "
-            f"has {biggest_cpu:g} CPU and {biggest_gpu:g} GPU; lower `resources` in the job spec "
-            "or point --ray-address at a cluster that has them"
-        )
+    problem = placement_problem(spec.resources, nodes)
+    if problem:
+        raise JobError(problem)
+
+
+def placement_problem(need: ResourcesSpec, nodes: list[dict[str, float]]) -> str | None:
+    """Why one trial of `need` cannot be placed on these nodes (Ray's resource dicts), or None.
+
+    A group needs a node for each worker (a worker's resources are one bundle of its placement
+    group, which Ray never splits over nodes) and all of them at once: the workers each node
+    can hold, summed, must reach `workers`, beside the trial's own process (`TRIAL_SHARE` of a
+    CPU on one of them)."""
+    biggest_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+    biggest_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+    each = "each trial" if need.workers == 1 else "each worker"
+    fits = [_workers_on(node, need) for node in nodes]
+    if need.workers > 1 and fits:  # the trial's own process takes a sliver of one node's CPU
+        fits = max(([*fits[:i], _workers_on({**node, "CPU": node.get("CPU", 0) - TRIAL_SHARE},
+                                            need), *fits[i + 1:]]
+                    for i, node in enumerate(nodes)), key=sum)
+    if not any(fits):
+        return (f"{each} asks for {need.cpu:g} CPU and {need.gpu:g} GPU, but the largest Ray "
+                f"node has {biggest_cpu:g} CPU and {biggest_gpu:g} GPU; lower `resources` in the "
+                "job spec or point --ray-address at a cluster that has them")
+    if sum(fits) < need.workers:
+        total_cpu = sum(n.get("CPU", 0) for n in nodes)
+        total_gpu = sum(n.get("GPU", 0) for n in nodes)
+        return (f"each trial is a group of {need.workers} workers of {need.cpu:g} CPU and "
+                f"{need.gpu:g} GPU ({need.workers * need.cpu:g} CPU and "
+                f"{need.workers * need.gpu:g} GPU at once), but the cluster's {len(nodes)} "
+                f"node(s), {total_cpu:g} CPU and {total_gpu:g} GPU in all, hold only "
+                f"{sum(fits)} such workers beside the trial's own process ({TRIAL_SHARE:g} "
+                "CPU); lower resources.workers, resources.cpu or "
+                "resources.gpu, or point --ray-address at a cluster that has them")
+    return None
+
+
+def _workers_on(node: dict[str, float], need: ResourcesSpec) -> int:
+    """How many workers of `need` one node holds (at most `need.workers`: enough)."""
+    slack = 1e-9  # Ray's resources are fixed-point; 0.1 * 3 is 0.30000000000000004
+    by_cpu = int(node.get("CPU", 0) / need.cpu + slack)
+    by_gpu = int(node.get("GPU", 0) / need.gpu + slack) if need.gpu else need.workers
+    return min(by_cpu, by_gpu, need.workers)
 
 
 def _static_costs(backbone: str, img_size: int | None, n_classes: int) -> tuple[float, float, int]:

@@ -168,9 +168,25 @@ class BudgetSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
+    """One trial's share of the cluster. With `workers` > 1 a trial is a data-parallel group
+    (Ray Train workers inside the Tune trial, `workers.tune_adapter`), and `cpu`/`gpu` are each
+    worker's: the group holds `workers` times them, reserved together or not at all."""
+
     # below a tenth of a CPU, hundreds of trials would share one core and none would progress
-    cpu: float = Field(1.0, ge=0.1, le=1024, description="CPUs per trial")
-    gpu: float = Field(0.0, ge=0, le=64, description="GPUs per trial; fractions share a GPU")
+    cpu: float = Field(1.0, ge=0.1, le=1024, description="CPUs per trial (per worker)")
+    gpu: float = Field(0.0, ge=0, le=64,
+                       description="GPUs per trial (per worker); fractions share a GPU")
+    workers: int = Field(1, ge=1, le=1024,
+                         description="data-parallel processes per trial (1: one process)")
+
+    @model_validator(mode="after")
+    def _whole_gpus_in_groups(self) -> ResourcesSpec:
+        """NCCL cannot put two ranks of one group on one GPU, and a fraction of a GPU per rank
+        would let Ray do just that."""
+        if self.workers > 1 and self.gpu and self.gpu != int(self.gpu):
+            raise ValueError(f"gpu={self.gpu:g} per worker: a multi-worker trial (workers="
+                             f"{self.workers}) takes whole GPUs per worker")
+        return self
 
 
 class CheckpointsSpec(_Strict):

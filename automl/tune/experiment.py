@@ -24,13 +24,16 @@ from automl.search.keys import count_trials
 from automl.search.spec import JobSpec
 from automl.settings import Settings
 from automl.tune.bridge import StudyLink, bridge
+from automl.tune.groups import GroupReaper
 from automl.tune.retention import Keepers, Retention
 from automl.tune.stopper import JobStopper
 from storage.optuna_storage import retry
 from workers.data.index import DatasetIndex
 from workers.errors import last_line
 from workers.model.target import COSTS, COSTS_REQUEST
-from workers.tune_adapter import run_tune_trial
+from workers.tune_adapter import TRIAL_SHARE, GroupSize, run_tune_trial
+
+GROUPS_FOLDER = ".groups"  # the data-parallel trials' own Ray Train runs, under the job's folder
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +47,26 @@ def run_experiment(
     `automl.tune.control`, which the caller registers). `index`: the job's dataset as its
     driver indexed it, handed to every trial through Ray's object store."""
     _quiet_and_parallel(spec)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_tune_trial, index=index),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-    )
     path = settings.runs_path / job_id
+    trainable = trial_trainable(spec, path, index)
     JobStopper.register(job_id)
     with short_trial_errors(path):
         return _fit(spec, job_id, settings, link, path, trainable, n_classes)
+
+
+def trial_trainable(spec: JobSpec, path: Path, index: DatasetIndex | None) -> Any:
+    """The trials' Tune trainable with its resources: one process with `resources`, or, with
+    `resources.workers` > 1, a process holding a sliver of a CPU that runs a Ray Train group
+    whose placement group holds the workers' resources (`workers.tune_adapter.run_group`), its
+    latest checkpoint kept under the job's run folder (`.groups`), which every node reaches."""
+    need = spec.resources
+    if need.workers == 1:
+        return tune.with_resources(tune.with_parameters(run_tune_trial, index=index),
+                                   {"cpu": need.cpu, "gpu": need.gpu})
+    group = GroupSize(need.workers, need.cpu, need.gpu, str(path / GROUPS_FOLDER),
+                      spec.max_failures)
+    return tune.with_resources(tune.with_parameters(run_tune_trial, index=index, group=group),
+                               {"cpu": TRIAL_SHARE})
 
 
 def _quiet_and_parallel(spec: JobSpec) -> None:
@@ -120,7 +135,9 @@ def _fit(
             ),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             callbacks=[JsonLoggerCallback(), retention_for(spec, link),
-                       *tracking_callbacks(spec, settings, link)],
+                       *tracking_callbacks(spec, settings, link),
+                       *([GroupReaper(path / GROUPS_FOLDER)] if spec.resources.workers > 1
+                         else [])],
         ),
     )
     return tuner.fit()

@@ -36,6 +36,7 @@ def smallest_runs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "cache-scale": (["--images", "16", "--img-size", "32", "--data-dir", bench],
                         "decoded-image cache: 16 JPEGs"),
         "gpu": (["--steps", "5", "--images", "64", "--no-share"], "training throughput"),
+        "ddp": (["--epochs", "1", "--seeds", "0"], "data-parallel trial"),
         "cache": (["--images", "16", "--trials", "2", "--img-size", "32"],
                   "decoded-image cache, 16 JPEGs"),
         "loader": (["--images", "64", "--img-size", "32", "--batch-size", "8", "--batches", "1",

@@ -39,3 +39,19 @@ def test_a_trial_taken_off_retries_fails_once_and_another_is_still_retried(tmp_p
     trials = tune.ExperimentAnalysis(str(tmp_path / "internals")).trials
     failures = {t.config["say_so"]: t.run_metadata.num_failures for t in trials}
     assert failures == {True: 1, False: 3}, f"ray {ray.__version__}: {failures}"
+
+
+def test_what_data_parallel_trials_rely_on_in_ray_train() -> None:
+    """`workers.tune_adapter.run_group` aborts a stopped group's controller by its `abort`
+    (the one Ray's own Ctrl-C handler calls), hears of reports through `after_report`, and the
+    driver's reaper (`automl.tune.groups`) rebuilds a placement group from its hex id."""
+    import inspect
+
+    from ray._raylet import PlacementGroupID
+    from ray.train.v2._internal.execution.controller.controller import TrainController
+    from ray.train.v2.api.callback import UserCallback
+
+    assert inspect.iscoroutinefunction(TrainController.abort)
+    assert list(inspect.signature(UserCallback.after_report).parameters) == [
+        "self", "run_context", "metrics", "checkpoint"]
+    assert PlacementGroupID(bytes.fromhex("ab" * 18)).hex() == "ab" * 18

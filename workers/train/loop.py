@@ -3,6 +3,11 @@
 The callback is the only coupling to the outside: Ray Tune's adapter reports through it, the CLI
 prints through it, and either can return True to stop the trial (a pruner's verdict). Nothing here
 imports Ray, Optuna or a database, so the same loop runs, and is benchmarked, on a bare GPU box.
+
+Run in each process of an initialized `torch.distributed` group, the same loop is one
+data-parallel trial (`workers.train.distributed`): the model DDP-wrapped, each rank training on
+its share of every global batch and validating on its shard (the metrics summed over all ranks),
+rank 0 alone writing checkpoints, every rank calling the callback with the same metrics.
 """
 
 from __future__ import annotations
@@ -39,6 +44,15 @@ from workers.train.distill import (
     Teacher,
     mix_with_teacher,
 )
+from workers.train.distributed import (
+    Group,
+    RankBatches,
+    all_sum,
+    any_rank,
+    check_batch,
+    loss_weight,
+    shard,
+)
 from workers.train.evaluation import device_batches, evaluate_model
 from workers.train.optimizer import create_optimizer
 from workers.train.prepared import PreparedData, prepare_data
@@ -53,7 +67,7 @@ class EpochResult:
 
     epoch: int  # 1-based
     metrics: dict[str, Any]
-    checkpoint: Path  # full state after this epoch (weights, optimizer, loop state)
+    checkpoint: Path | None  # full state after this epoch; None on a group's ranks but 0
     is_best: bool
 
     @property
@@ -99,6 +113,7 @@ def train(
     the dataset's index when the caller has it (a job's driver indexes once for all trials)."""
     device = device or pick_device()
     acceleration = acceleration or Acceleration.for_device(device, config)
+    group = Group.current()
     _seed_everything(config.seed)
     if data is not None:
         index = data.index
@@ -118,12 +133,13 @@ def train(
         state = ckpt.load_trainer_state(resume, optimizer)
         schedule.fast_forward(state.objective_history)
     teacher = _teacher(config, data, device) if config.teacher else None
-    run = _Run(config, data, model, optimizer, schedule, device, acceleration, frozen, teacher)
+    run = _Run(config, data, model, optimizer, schedule, device, acceleration, frozen, teacher,
+               group)
     run.notes = dict(notes or {})
     summary_stop = "budget"
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
-        _seed_everything(config.seed * 100_003 + epoch)
+        _seed_everything(config.seed * 100_003 + epoch + 7_919 * group.rank)
         metrics = run.epoch(epoch, on_step)
         value = float(metrics[config.objective])
         improved = state.best_value is None or (
@@ -137,13 +153,16 @@ def train(
         else:
             state.bad_epochs += 1
         schedule.step(value)
-        latest = run.save(workdir / "latest", metrics, state)
-        if improved and keep_best:
+        latest = run.save(workdir / "latest", metrics, state) if group.leader else None
+        if improved and keep_best and group.leader:
             ckpt.write_checkpoint(
                 workdir / "best", model, run.checkpoint_config(),
                 {**_with_history(metrics, state), **run.notes}
             )
-        if callback is not None and callback(EpochResult(epoch, metrics, latest, improved)):
+        stop = callback is not None and bool(callback(EpochResult(epoch, metrics, latest, improved)))
+        if group.world > 1:  # one rank's stop is the group's
+            stop = any_rank(stop, device)
+        if stop:
             summary_stop = "callback"
             break
         if config.patience is not None and state.bad_epochs >= config.patience:
@@ -176,8 +195,13 @@ class _Run:
         acceleration: Acceleration,
         frozen_stages: int,
         teacher: Teacher | None = None,
+        group: Group | None = None,
     ) -> None:
         self.config, self.data, self.model, self.teacher = config, data, model, teacher
+        self.group = group or Group()
+        # what trains: the model itself, or its DDP wrapper in a group (which averages the
+        # ranks' gradients); evaluation and checkpoints use the model itself
+        self.trained: torch.nn.Module = model
         self.optimizer, self.schedule, self.device = optimizer, schedule, device
         self.acceleration = acceleration
         self.frozen_stages = frozen_stages
@@ -199,15 +223,23 @@ class _Run:
                 data.pixels, labels, split["train"], train_transform(config, prep.img_size)
             )
         )
-        self.val_set = CachedImages(
-            data.pixels, labels, split["val"], eval_transform(prep.img_size)
-        )
+        val = split["val"]
+        if self.group.world > 1:  # each rank its shard; the metrics sum them (Evaluator)
+            val = val[shard(len(val), self.group)]
+        self.val_set = CachedImages(data.pixels, labels, val, eval_transform(prep.img_size))
         self.cached_logits = self._cache_teacher(teacher) if cached and teacher else None
         self.mixer = batch_mixer(config, data.num_classes)
         if self.mixer is not None and config.batch_size % 2:
             raise ConfigError(
                 f"batch_size={config.batch_size} must be even when mixup/cutmix is on"
             )
+        if self.group.world > 1:
+            problem = check_batch(config.batch_size, self.group.world,
+                                  pairs=self.mixer is not None)
+            if problem:
+                raise ConfigError(problem)
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
         self.criterion: torch.nn.Module = (
             SoftTargetCrossEntropy()
             if self.mixer is not None
@@ -230,6 +262,17 @@ class _Run:
 
     def loader(self, dataset: CachedImages, *, train: bool, epoch: int = 0) -> DataLoader[Any]:
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
+        collate = whole_batch if isinstance(dataset, CachedSquares) else None
+        if train and self.group.world > 1:  # this rank's share of each global batch
+            return DataLoader(
+                dataset,
+                batch_sampler=RankBatches(len(dataset), self.config.batch_size, self.group,
+                                          self.config.seed * 7919 + epoch,
+                                          pairs=self.mixer is not None),
+                num_workers=self.acceleration.loader_workers,
+                pin_memory=self.acceleration.pin_memory,
+                collate_fn=collate,
+            )
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
@@ -239,7 +282,7 @@ class _Run:
             pin_memory=self.acceleration.pin_memory,
             generator=generator,
             persistent_workers=False,
-            collate_fn=whole_batch if isinstance(dataset, CachedSquares) else None,
+            collate_fn=collate,
         )
 
     def batches(
@@ -272,8 +315,9 @@ class _Run:
         return metrics
 
     def _train_epoch(self, epoch: int, on_step: StepHook | None) -> tuple[float, int]:
-        self.model.train()
+        self.trained.train()
         loader = self.loader(self.train_set, train=True, epoch=epoch)
+        world, batch_size = self.group.world, self.config.batch_size
         total, seen = torch.zeros((), device=self.device), 0
         for step, (images, targets) in enumerate(self.batches(loader, epoch)):
             taught = None  # the teacher's logits for the batch, when they are cached
@@ -288,7 +332,7 @@ class _Run:
             with torch.autocast(
                 self.device.type, torch.bfloat16, enabled=self.acceleration.autocast
             ):
-                logits = self.model(images)
+                logits = self.trained(images)
                 if self.teacher is None:
                     loss = self.criterion(logits, soft_targets)
                 else:
@@ -296,7 +340,10 @@ class _Run:
                         taught = self.teacher(images)
                     loss = self.criterion(logits, soft_targets, taught)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if world > 1:  # DDP averages the ranks' gradients: weigh each by its share
+                (loss * loss_weight(batch_size, world, len(targets))).backward()
+            else:
+                loss.backward()
             if self.config.clip_grad:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
             self.optimizer.step()
@@ -304,6 +351,9 @@ class _Run:
             seen += len(targets)
             if on_step is not None:
                 on_step(step + 1, len(loader))
+        if world > 1:  # the whole group's mean loss and images
+            total_sum, seen_sum = all_sum(total, self.device), all_sum(seen, self.device)
+            return total_sum / max(seen_sum, 1), int(seen_sum)
         return float(total) / max(seen, 1), seen
 
     def evaluate(self, loader: DataLoader[Any], prefix: str) -> dict[str, Any]:
