@@ -1,22 +1,18 @@
 """Data-parallel trials (`resources.workers` > 1) as Ray Tune runs them, on real local Ray with
-real gloo: a trial the scheduler stops takes its whole group down and leaves no placement group
-behind, and a group that loses a worker mid-epoch restarts from its last checkpoint without
-reporting an epoch twice."""
+real gloo: a group that loses a worker mid-epoch restarts from its last checkpoint without
+reporting an epoch twice. (A pruned group freeing its placement group: the job in
+tests/jobs/test_data_parallel_job.py.)"""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-from ray.util import placement_group_table
 
 from automl.tune.groups import GroupReaper
 from workers.tune_adapter import TRIAL_SHARE, GroupSize, run_tune_trial
@@ -32,46 +28,6 @@ def group_trainable(tmp: Path, max_failures: int = 0) -> Any:
                       max_failures=max_failures)
     return tune.with_resources(tune.with_parameters(run_tune_trial, group=group),
                                {"cpu": TRIAL_SHARE})
-
-
-class StopAfterFirstEpoch(FIFOScheduler):
-    """What the bridge's scheduler answers for a pruned trial: STOP."""
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        return TrialScheduler.STOP if result.get("epoch") == 1 else TrialScheduler.CONTINUE
-
-
-def live_groups() -> list[str]:
-    return [pg for pg, info in placement_group_table().items()
-            if info["state"] not in ("REMOVED",)]
-
-
-def test_a_stopped_group_leaves_no_placement_group(tmp_path: Path) -> None:
-    """ray#54305: Ray Train's placement group outlived a trial Tune stopped. Here the trial's
-    stop aborts its group's controller, and the driver's reaper removes what a killed trial
-    process left (as jobs run trials: `automl.tune.experiment`)."""
-    before = set(live_groups())
-    grid = tune.Tuner(
-        group_trainable(tmp_path),
-        param_space={**TINY, "epochs": 4},
-        tune_config=tune.TuneConfig(scheduler=StopAfterFirstEpoch()),
-        run_config=tune.RunConfig(storage_path=str(tmp_path), name="pruned", verbose=0,
-                                  callbacks=[GroupReaper(tmp_path / ".groups")]),
-    ).fit()
-    result = grid[0]
-    assert result.error is None, result.error
-    assert list(result.metrics_dataframe["epoch"]) == [1]
-    deadline = time.monotonic() + 30
-
-    def freed() -> bool:
-        return (not set(live_groups()) - before
-                and ray.available_resources().get("CPU", 0) == pytest.approx(2.0))
-
-    while not freed() and time.monotonic() < deadline:  # Ray's resource view lags a little
-        time.sleep(0.5)
-    assert set(live_groups()) - before == set(), placement_group_table()
-    assert ray.available_resources().get("CPU") == pytest.approx(2.0)
-    assert list((tmp_path / ".groups").iterdir()) == []
 
 
 def _train_workers() -> list[int]:
@@ -104,9 +60,13 @@ class KillOneWorkerInEpochTwo(tune.Callback):
 
     def __init__(self) -> None:
         self.killed: list[int] = []
+        self.reported: list[tuple[int, int]] = []  # (epoch, training_iteration) as Tune saw them
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
+        # counted here, not from result.json: a job run earlier in this process turns Tune's
+        # file loggers off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS)
+        self.reported.append((result["epoch"], result["training_iteration"]))
         if result.get("epoch") == 1 and not self.killed:
             threading.Timer(0.7, self._kill).start()
 
@@ -130,7 +90,6 @@ def test_a_group_that_loses_a_worker_resumes_from_its_checkpoint_counting_once(
     result = grid[0]
     assert killer.killed, "no Ray Train worker was found to kill"
     assert result.error is None, result.error
-    frame = result.metrics_dataframe
-    assert list(frame["epoch"]) == [1, 2, 3]  # epoch 2 trained again, reported once
-    assert list(frame["training_iteration"]) == [1, 2, 3]
-    assert frame["val_accuracy"].iloc[-1] >= 0.8
+    # epoch 2 trained again, reported once
+    assert killer.reported == [(1, 1), (2, 2), (3, 3)]
+    assert result.metrics["val_accuracy"] >= 0.8
