@@ -111,14 +111,9 @@ class Candidates:
 def outer(candidates: Candidates, variant: str, arm: str, dataset: str, seed: int
           ) -> list[float]:
     """`dataset`'s regret at the budgets, its portfolio derived without it by `variant`."""
-    def held_out(pools: dict[str, Pool], scored: str) -> tuple[dict[str, Any], ...]:
-        return candidates.portfolio(variant, {scored}, scored)
-
-    shipped, replay.held_out_portfolio = replay.held_out_portfolio, held_out  # type: ignore[assignment]
-    try:
-        return list(replay._one((DATA, dataset, arm, seed, 4, BUDGETS)).regrets)
-    finally:
-        replay.held_out_portfolio = shipped
+    portfolio = candidates.portfolio(variant, {dataset}, dataset)
+    return list(replay.replay_cell(candidates.pools, dataset, arm, seed, 4, BUDGETS,
+                                   portfolio).regrets)
 
 
 def inner_choice(candidates: Candidates, dataset: str, variants: Sequence[str]) -> str:
