@@ -419,10 +419,18 @@ def held_out_portfolio(pools: dict[str, Pool], dataset: str) -> tuple[dict[str, 
 
 def _one(args: tuple[Path, str, str, int, int, tuple[float, ...]]) -> Cell:
     data, dataset, name, seed, workers, budgets = args
-    pools = load_pools(data)
+    return replay_cell(load_pools(data), dataset, name, seed, workers, budgets)
+
+
+def replay_cell(pools: dict[str, Pool], dataset: str, name: str, seed: int, workers: int,
+                budgets: Sequence[float], portfolio: tuple[dict[str, Any], ...] | None = None
+                ) -> Cell:
+    """`dataset`'s regrets under strategy `name`, with `portfolio` (default: the one derived
+    without it, for the strategies that warm-start)."""
     held_out = pools[dataset]
     with_portfolio = name in ("default", "default-promotion", "freeze-thaw", "freeze-thaw-early")
-    portfolio = held_out_portfolio(pools, dataset) if with_portfolio else ()
+    if portfolio is None:
+        portfolio = held_out_portfolio(pools, dataset) if with_portfolio else ()
     if name in PAUSING:
         from benchmarks.freeze_thaw_replay import held_out_model, simulate_paused
 
