@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from automl.jobs.driver import ensure_ray, run_job
-from automl.search.spec import parse_spec
+from automl.search.spec import JobSpec, parse_spec
 from automl.settings import Settings
 from workers.config import TrialConfig
 from workers.predict import evaluate_checkpoint, load_checkpoint
@@ -107,20 +107,27 @@ class _Clock:
             self.first_report.setdefault(number, now)
 
 
+def _one_at_a_time(name: str, space: dict[str, Any], trials: int, epochs: int,
+                   strategy: dict[str, Any], **extra: Any) -> JobSpec:
+    """A job on the digits whose trials run one at a time, each with every CPU."""
+    return parse_spec({
+        "name": name,
+        "dataset": {"source": "builtin:digits"},
+        "budget": {"n_trials": trials, "max_epochs": epochs},
+        "max_concurrent_trials": 1,
+        "resources": {"cpu": os.cpu_count() or 1},
+        "strategy": {"seed": 0, "warm_start": False, **strategy},
+        "space": space,
+        **extra,
+    })
+
+
 def _automl(
     space: dict[str, Any], trials: int, epochs: int, root: Path
 ) -> tuple[float, float, dict[str, float]]:
     from ray.tune import ExperimentAnalysis
 
-    spec = parse_spec({
-        "name": "overhead",
-        "dataset": {"source": "builtin:digits"},
-        "budget": {"n_trials": trials, "max_epochs": epochs},
-        "max_concurrent_trials": 1,
-        "resources": {"cpu": os.cpu_count() or 1},
-        "strategy": {"seed": 0, "pruner": "none", "warm_start": False},
-        "space": space,
-    })
+    spec = _one_at_a_time("overhead", space, trials, epochs, {"pruner": "none"})
     settings = Settings(home=root)
     clock = _Clock()
     started = time.perf_counter()
@@ -199,18 +206,11 @@ def freeze_thaw(trials: int = 6, epochs: int = 4, img_size: int = 32,
     from ray.tune import ExperimentAnalysis
 
     space = {**fixed_space(backbone, img_size), "lr": [0.003, 1e-7]}
-    spec = parse_spec({
-        "name": "overhead-ft",
-        "dataset": {"source": "builtin:digits"},
-        "budget": {"n_trials": trials, "max_epochs": epochs},
-        "max_concurrent_trials": 1,
-        "resources": {"cpu": os.cpu_count() or 1},
-        "strategy": {"seed": 0, "pruner": "freeze-thaw", "warm_start": False,
-                     "pruner_options": {"min_resource": 1, "reduction_factor": 2,
-                                        "learned": False}},
-        "evaluation": {"corruptions": False},
-        "space": space,
-    })
+    spec = _one_at_a_time(
+        "overhead-ft", space, trials, epochs,
+        {"pruner": "freeze-thaw",
+         "pruner_options": {"min_resource": 1, "reduction_factor": 2, "learned": False}},
+        evaluation={"corruptions": False})
     with tempfile.TemporaryDirectory(prefix="bench-overhead-ft-") as tmp:
         settings = Settings(home=Path(tmp))
         events = _Events()
